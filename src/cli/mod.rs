@@ -1,0 +1,85 @@
+//! The command line: argument parsing, output and exit codes. Each
+//! subcommand lives in its own file; the work is done by the library.
+//!
+//! Exit codes (documented in `--help` and README):
+//! - 0: success (valid config / rendered / in sync)
+//! - 1: error (invalid config, unreadable files, failed operation)
+//! - 2: changes pending (`reconcile --dry-run`)
+
+mod render;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success: config valid, render printed, fleet in sync
+  1  error: invalid config (file:line:col: key: message), unreadable input, failed operation
+  2  changes pending (reconcile --dry-run)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berth",
+    version,
+    about = "GitOps reconciliation for Kamal 2 deployments",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the config is and which destination: shared by every subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Kamal config file (a destination file `deploy.<dest>.yml` beside it is merged on top).
+    #[arg(short = 'c', long = "config-file", default_value = "config/deploy.yml")]
+    pub config_file: PathBuf,
+    /// Destination (e.g. staging): merges `deploy.<dest>.yml` and reads `.kamal/secrets.<dest>`.
+    #[arg(short = 'd', long)]
+    pub destination: Option<String>,
+    /// Allow `$(command)` substitution in `.kamal/secrets*` (runs the commands locally).
+    #[arg(long)]
+    pub allow_secret_commands: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a Kamal config (and berth's `x-berth` block) without touching any host.
+    #[command(after_help = EXIT_CODES)]
+    Validate(validate::Args),
+    /// Print, per host, the containers and commands Kamal would run for this config.
+    #[command(after_help = EXIT_CODES)]
+    Render(render::Args),
+}
+
+/// An error that has already been reported to the user, with its exit code.
+pub struct Exit(pub u8);
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Render(args) => render::run(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Read berth's own environment (for ERB `ENV[...]` and secrets interpolation).
+pub(crate) fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}

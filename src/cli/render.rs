@@ -1,0 +1,202 @@
+//! `berth render`: print what Kamal would run on each host for this config.
+//! Secret values never appear: env files are listed by key only.
+
+use anyhow::Context;
+
+use super::{ConfigArgs, Output, process_env};
+use crate::config::secrets::{Secrets, SecretsOptions};
+use crate::config::{self, LoadOptions};
+use crate::desired::{self, Desired, RenderOptions};
+use crate::shell;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Image version to render (default: `x-berth.version` from the config).
+    #[arg(long = "app-version")]
+    pub app_version: Option<String>,
+    /// The SSH user's home directory on the hosts (default: /root for root, else /home/<user>).
+    #[arg(long)]
+    pub home: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Load config and secrets, and render the desired state.
+pub fn load_desired(
+    cfg_args: &ConfigArgs,
+    app_version: Option<&str>,
+    home: Option<&str>,
+) -> anyhow::Result<(config::Config, Desired)> {
+    let cfg = config::load(&LoadOptions {
+        config_file: &cfg_args.config_file,
+        destination: cfg_args.destination.as_deref(),
+        env: &process_env,
+    })?;
+    let secrets_path = config::project_root(&cfg_args.config_file).join(&cfg.secrets_path);
+    let secrets = Secrets::load(
+        &secrets_path,
+        &SecretsOptions {
+            destination: cfg_args.destination.as_deref(),
+            allow_commands: cfg_args.allow_secret_commands,
+            env: &process_env,
+        },
+    )?;
+    let version = app_version
+        .map(str::to_string)
+        .or_else(|| cfg.berth.version.clone())
+        .ok_or(desired::RenderError::NoVersion)?;
+    let home = home.map(str::to_string).unwrap_or_else(|| {
+        if cfg.ssh.user == "root" {
+            "/root".into()
+        } else {
+            format!("/home/{}", cfg.ssh.user)
+        }
+    });
+    let desired = desired::render(
+        &cfg,
+        &RenderOptions {
+            version: &version,
+            secrets: &secrets,
+            home: &home,
+        },
+    )
+    .context("cannot render the desired state")?;
+    Ok((cfg, desired))
+}
+
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    let (_cfg, desired) = load_desired(
+        &args.config,
+        args.app_version.as_deref(),
+        args.home.as_deref(),
+    )?;
+    match args.output {
+        Output::Text => print!("{}", render_text(&desired)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&render_json(&desired))?),
+    }
+    Ok(0)
+}
+
+const TARGET_PLACEHOLDER: &str = "<container-id>";
+
+pub fn render_text(d: &Desired) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let dest = d
+        .destination
+        .as_deref()
+        .map(|d| format!(" (destination {d})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# {} {}{dest}: {} host(s), image {}",
+        d.service,
+        d.version,
+        d.hosts.len(),
+        d.image
+    );
+    for h in &d.hosts {
+        let _ = writeln!(out, "\nhost {}", h.host);
+        if let Some(p) = &h.proxy {
+            let _ = writeln!(out, "  proxy kamal-proxy ({})", p.image);
+            let _ = writeln!(out, "    {}", shell::join(&p.run_argv));
+        }
+        for a in &h.accessories {
+            let _ = writeln!(
+                out,
+                "  accessory {} → container {} ({})",
+                a.name, a.container_name, a.image
+            );
+            let _ = writeln!(
+                out,
+                "    env file {} (mode 600): {}",
+                a.env_file.path,
+                keys_line(&a.env_file.keys)
+            );
+            let _ = writeln!(out, "    {}", shell::join(&a.run_argv));
+            if let Some(r) = &a.proxy {
+                let _ = writeln!(
+                    out,
+                    "    {}",
+                    shell::join(r.deploy_argv(TARGET_PLACEHOLDER))
+                );
+            }
+        }
+        for a in &h.apps {
+            let _ = writeln!(out, "  app {} → container {}", a.role, a.container_name);
+            let _ = writeln!(
+                out,
+                "    env file {} (mode 600): {}",
+                a.env_file.path,
+                keys_line(&a.env_file.keys)
+            );
+            let hostname = format!("{}-<12 hex>", a.hostname_prefix);
+            let _ = writeln!(out, "    {}", shell::join(a.run_argv(Some(&hostname))));
+            if let Some(r) = &a.proxy {
+                let _ = writeln!(
+                    out,
+                    "    {}",
+                    shell::join(r.deploy_argv(TARGET_PLACEHOLDER))
+                );
+            }
+        }
+    }
+    out
+}
+
+fn keys_line(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "(no secrets)".into()
+    } else {
+        keys.iter()
+            .map(|k| format!("{k}=(sensitive)"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+pub fn render_json(d: &Desired) -> serde_json::Value {
+    use serde_json::json;
+    let env_file = |f: &desired::EnvFile| json!({"path": f.path, "mode": "0600", "keys": f.keys});
+    let hosts: Vec<_> = d
+        .hosts
+        .iter()
+        .map(|h| {
+            json!({
+                "host": h.host,
+                "proxy": h.proxy.as_ref().map(|p| json!({"image": p.image, "run": p.run_argv})),
+                "accessories": h.accessories.iter().map(|a| json!({
+                    "name": a.name,
+                    "container": a.container_name,
+                    "image": a.image,
+                    "labels": a.labels,
+                    "env": a.clear_env,
+                    "env_file": env_file(&a.env_file),
+                    "run": a.run_argv,
+                    "proxy_deploy": a.proxy.as_ref().map(|r| r.deploy_argv(TARGET_PLACEHOLDER)),
+                })).collect::<Vec<_>>(),
+                "apps": h.apps.iter().map(|a| json!({
+                    "role": a.role,
+                    "container": a.container_name,
+                    "image": a.image,
+                    "labels": a.labels,
+                    "env": a.clear_env,
+                    "env_file": env_file(&a.env_file),
+                    "cmd": a.cmd,
+                    "run": a.run_argv(None),
+                    "proxy_deploy": a.proxy.as_ref().map(|r| r.deploy_argv(TARGET_PLACEHOLDER)),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "schema": "berth.render/v1",
+        "service": d.service,
+        "destination": d.destination,
+        "version": d.version,
+        "image": d.image,
+        "hosts": hosts,
+    })
+}

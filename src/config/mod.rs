@@ -1,0 +1,176 @@
+//! `config`: reading a Kamal 2 deploy configuration the way `kamal` does.
+//!
+//! Owns the path from files on disk to a validated [`Config`]:
+//! `deploy.yml` (+ `deploy.<dest>.yml`) → ERB forms evaluated ([`erb`]) →
+//! positioned YAML trees ([`yaml`]) → destination deep-merge → typed,
+//! Kamal-validated model ([`decode`], [`model`]). Secrets (`.kamal/secrets*`)
+//! are read separately by [`secrets`], because validating a config must not
+//! need them (nor run the commands they may contain).
+
+pub mod decode;
+pub mod erb;
+pub mod model;
+pub mod secrets;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+use yaml::Mark;
+
+/// One problem in a config, located at file:line:col and a key path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub mark: Mark,
+    /// Dotted key path (`servers.web.hosts.0`); empty for the document.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.mark, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.mark, self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: cannot read configuration: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+impl LoadError {
+    fn one(mark: Mark, path: &str, message: impl Into<String>) -> Self {
+        LoadError::Invalid(vec![ConfigError {
+            mark,
+            path: path.to_string(),
+            message: message.into(),
+        }])
+    }
+
+    /// The located errors, if this is a validation failure.
+    pub fn errors(&self) -> &[ConfigError] {
+        match self {
+            LoadError::Invalid(errors) => errors,
+            LoadError::Io { .. } => &[],
+        }
+    }
+}
+
+/// What to load: the base file, the destination, and where `ENV` comes from
+/// (berth's own environment in production, a map in tests).
+pub struct LoadOptions<'a> {
+    pub config_file: &'a Path,
+    pub destination: Option<&'a str>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// `config/deploy.yml` → `config/deploy.<dest>.yml`, as Kamal's `sub_ext`.
+pub fn destination_file(config_file: &Path, destination: &str) -> PathBuf {
+    config_file.with_extension(format!("{destination}.yml"))
+}
+
+/// The directory Kamal would run in: relative paths in the config (secrets,
+/// hooks, accessory files) are resolved from it. For `…/config/deploy.yml`
+/// that is the directory holding `config/`.
+pub fn project_root(config_file: &Path) -> PathBuf {
+    let dir = config_file.parent().unwrap_or(Path::new("."));
+    match dir.file_name() {
+        Some(name) if name == "config" => dir.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+fn read_tree(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<yaml::Node, LoadError> {
+    let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let rendered = erb::render(&text, env).map_err(|e| {
+        let (line, col) = e.position();
+        LoadError::one(
+            Mark {
+                file: file.into(),
+                line,
+                col,
+            },
+            "",
+            e.to_string(),
+        )
+    })?;
+    yaml::parse(&rendered, file).map_err(|e| LoadError::one(e.mark, "", e.message))
+}
+
+/// Load, merge and validate a configuration. Nothing is executed: secrets
+/// are not read here.
+pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
+    let base = read_tree(opts.config_file, opts.env)?;
+    let root_mark = Mark {
+        file: opts.config_file.into(),
+        line: 1,
+        col: 1,
+    };
+    let merged = match opts.destination {
+        None => base,
+        Some(dest) => {
+            if dest.is_empty()
+                || !dest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(LoadError::one(
+                    root_mark,
+                    "destination",
+                    format!("invalid destination name {dest:?}"),
+                ));
+            }
+            let dest_file = destination_file(opts.config_file, dest);
+            if !dest_file.exists() {
+                return Err(LoadError::one(
+                    root_mark,
+                    "destination",
+                    format!("Configuration file not found in {}", dest_file.display()),
+                ));
+            }
+            let over = read_tree(&dest_file, opts.env)?;
+            if !matches!(
+                over.value,
+                yaml::Value::Map(_) | yaml::Value::Scalar(yaml::Scalar::Null)
+            ) {
+                return Err(LoadError::one(
+                    over.mark,
+                    "",
+                    "the destination file must be a mapping",
+                ));
+            }
+            yaml::deep_merge(base, over)
+        }
+    };
+    let mut decoder = decode::Decoder::new(root_mark);
+    let config = decoder.config(&merged, opts.destination);
+    match config {
+        Some(config) if decoder.errors.is_empty() => Ok(config),
+        _ => {
+            let mut errors = decoder.errors;
+            errors.sort_by(|a, b| {
+                (a.mark.file.as_ref(), a.mark.line, a.mark.col).cmp(&(
+                    b.mark.file.as_ref(),
+                    b.mark.line,
+                    b.mark.col,
+                ))
+            });
+            errors.dedup();
+            Err(LoadError::Invalid(errors))
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! Kamal secrets: `.kamal/secrets-common` then `.kamal/secrets[.<dest>]`, in
+//! dotenv syntax, and the [`Secret`] type that never prints its value.
+//!
+//! The parser follows dotenv 3 (what Kamal 2.11 uses) for everything a real
+//! secrets file contains: `export`, `KEY=value`, `KEY: value`, single quotes
+//! (literal), double quotes (multi-line, backslash escapes), trailing
+//! comments, `$VAR` / `${VAR}` substitution (earlier keys of the same file,
+//! then berth's environment, else empty). Where dotenv silently skips a line
+//! it cannot parse, berth reports it with file and line: a secret that
+//! vanished silently is worse than a refused config. `$(command)` runs only
+//! with an explicit opt-in, because it executes code from the repository.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use indexmap::IndexMap;
+use sha2::{Digest, Sha256};
+
+/// A secret value. `Debug` and `Display` print `(sensitive)`; only
+/// [`Secret::expose`] gives the value, so every place that leaks it is greppable.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for writing it where it belongs (an env file on a host).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A SHA-256 of the value, hex: lets berth tell whether a secret changed
+    /// without ever storing or printing it.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(sensitive)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(sensitive)")
+    }
+}
+
+/// How to read the secrets files.
+pub struct SecretsOptions<'a> {
+    pub destination: Option<&'a str>,
+    /// Allow `$(command)` substitution (runs `sh -c` on this machine).
+    pub allow_commands: bool,
+    /// berth's environment, for `$VAR` substitution.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(
+        "{}:{line}: {key}: command substitution $(...) is disabled; pass --allow-secret-commands to run it",
+        file.display()
+    )]
+    CommandNotAllowed {
+        file: PathBuf,
+        line: usize,
+        key: String,
+    },
+    #[error("{}:{line}: {key}: command substitution failed: {message}", file.display())]
+    Command {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// The merged secrets of one destination.
+#[derive(Debug, Default, Clone)]
+pub struct Secrets {
+    values: IndexMap<String, Secret>,
+    /// The files that existed and were read, in order.
+    files: Vec<PathBuf>,
+    /// The files Kamal would look for (for error messages).
+    candidates: Vec<PathBuf>,
+}
+
+impl Secrets {
+    /// Read `<path>-common` then `<path>.<dest>` (or `<path>`); later files
+    /// override earlier ones, missing files are skipped.
+    pub fn load(path: &Path, opts: &SecretsOptions<'_>) -> Result<Secrets, SecretsError> {
+        let base = path.as_os_str().to_string_lossy().into_owned();
+        let candidates = vec![
+            PathBuf::from(format!("{base}-common")),
+            match opts.destination {
+                Some(d) => PathBuf::from(format!("{base}.{d}")),
+                None => PathBuf::from(&base),
+            },
+        ];
+        let mut secrets = Secrets {
+            candidates: candidates.clone(),
+            ..Secrets::default()
+        };
+        for file in candidates {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(SecretsError::Io { path: file, source }),
+            };
+            let parsed = parse(&text, &file, opts)?;
+            secrets.values.extend(parsed);
+            secrets.files.push(file);
+        }
+        Ok(secrets)
+    }
+
+    /// Secrets from literal pairs (tests, benchmarks).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Secrets {
+        Secrets {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), Secret::new(v)))
+                .collect(),
+            ..Secrets::default()
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Secret> {
+        self.values.get(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Where a missing secret was looked for, phrased for an error message.
+    pub fn describe_files(&self) -> String {
+        let join = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.files.is_empty() {
+            format!("no secret files ({}) exist", join(&self.candidates))
+        } else {
+            format!("looked in {}", join(&self.files))
+        }
+    }
+}
+
+/// Parse one dotenv file. Values are substituted as they are read, so a
+/// value may refer to keys defined above it in the same file.
+fn parse(
+    text: &str,
+    file: &Path,
+    opts: &SecretsOptions<'_>,
+) -> Result<IndexMap<String, Secret>, SecretsError> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut out: IndexMap<String, Secret> = IndexMap::new();
+    let mut p = Cursor {
+        s: text.as_bytes(),
+        i: 0,
+        line: 1,
+    };
+    let syntax = |line: usize, message: String| SecretsError::Syntax {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    loop {
+        p.skip_ws(true);
+        let Some(c) = p.peek() else { break };
+        if c == b'#' {
+            p.skip_line();
+            continue;
+        }
+        let line = p.line;
+        let mut export = false;
+        if p.rest().starts_with(b"export") && matches!(p.s.get(p.i + 6), Some(b' ' | b'\t')) {
+            p.i += 6;
+            p.skip_ws(false);
+            export = true;
+        }
+        let key_start = p.i;
+        while p
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+        {
+            p.i += 1;
+        }
+        if p.i == key_start {
+            return Err(syntax(
+                line,
+                format!("expected KEY=value, found {:?}", p.line_text()),
+            ));
+        }
+        let key = String::from_utf8_lossy(&p.s[key_start..p.i]).into_owned();
+        p.skip_ws(false);
+        let mut raw: Option<(Option<u8>, String)> = None;
+        match p.peek() {
+            Some(b'=') => {
+                p.i += 1;
+                p.skip_ws(false);
+                raw = Some(p.value().map_err(|m| syntax(line, format!("{key}: {m}")))?);
+            }
+            Some(b':') if matches!(p.s.get(p.i + 1), Some(b' ' | b'\t')) => {
+                p.i += 1;
+                p.skip_ws(false);
+                raw = Some(p.value().map_err(|m| syntax(line, format!("{key}: {m}")))?);
+            }
+            _ => {}
+        }
+        p.skip_ws(false);
+        match p.peek() {
+            None | Some(b'\n') => {}
+            Some(b'#') => p.skip_line(),
+            Some(_) => {
+                return Err(syntax(
+                    p.line,
+                    format!(
+                        "{key}: unexpected text after the value: {:?}",
+                        p.line_text()
+                    ),
+                ));
+            }
+        }
+        let Some((quote, raw)) = raw else {
+            if export {
+                // `export KEY` asserts KEY is already set (dotenv's check).
+                if !out.contains_key(&key) && (opts.env)(&key).is_none() {
+                    return Err(syntax(
+                        line,
+                        format!("{key}: `export {key}` but {key} is not set"),
+                    ));
+                }
+                continue;
+            }
+            out.insert(key, Secret::default());
+            continue;
+        };
+        let value = match quote {
+            Some(b'\'') => raw,
+            Some(_) => substitute(
+                &unescape(&expand_newlines(&raw)),
+                &out,
+                file,
+                line,
+                &key,
+                opts,
+            )?,
+            None => substitute(&unescape(&raw), &out, file, line, &key, opts)?,
+        };
+        out.insert(key, Secret::new(value));
+    }
+    Ok(out)
+}
+
+struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+    line: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+    fn rest(&self) -> &[u8] {
+        &self.s[self.i..]
+    }
+    fn skip_ws(&mut self, newlines: bool) {
+        while let Some(c) = self.peek() {
+            match c {
+                b' ' | b'\t' => {}
+                b'\n' if newlines => self.line += 1,
+                _ => break,
+            }
+            self.i += 1;
+        }
+    }
+    fn skip_line(&mut self) {
+        while self.peek().is_some_and(|c| c != b'\n') {
+            self.i += 1;
+        }
+    }
+    fn line_text(&self) -> String {
+        let end = self
+            .rest()
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(self.s.len(), |n| self.i + n);
+        String::from_utf8_lossy(&self.s[self.i..end]).into_owned()
+    }
+    /// A value after the separator: quoted (may span lines) or bare up to `#`
+    /// or end of line. Returns the quote used and the text inside it.
+    fn value(&mut self) -> Result<(Option<u8>, String), String> {
+        match self.peek() {
+            Some(q @ (b'\'' | b'"')) => {
+                let start = self.i + 1;
+                let mut j = start;
+                loop {
+                    match self.s.get(j) {
+                        None => return Err(format!("unterminated {} quote", q as char)),
+                        Some(b'\\') if self.s.get(j + 1) == Some(&q) => j += 2,
+                        Some(&c) if c == q => break,
+                        Some(&c) => {
+                            if c == b'\n' {
+                                self.line += 1;
+                            }
+                            j += 1;
+                        }
+                    }
+                }
+                let inner = String::from_utf8_lossy(&self.s[start..j]).into_owned();
+                self.i = j + 1;
+                Ok((Some(q), inner))
+            }
+            _ => {
+                let start = self.i;
+                while self.peek().is_some_and(|c| c != b'#' && c != b'\n') {
+                    self.i += 1;
+                }
+                let v = String::from_utf8_lossy(&self.s[start..self.i])
+                    .trim()
+                    .to_string();
+                Ok((None, v))
+            }
+        }
+    }
+}
+
+/// dotenv 3's default line-break mode: a literal `\n` in double quotes stays
+/// a backslash-n (it survives the unescape step below).
+fn expand_newlines(v: &str) -> String {
+    v.replace("\\n", "\\\\n").replace("\\r", "\\\\r")
+}
+
+/// `\x` → `x` for any x but `$` (an escaped `$` is handled by substitution).
+fn unescape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.peek() {
+                Some('$') | None => out.push('\\'),
+                Some(_) => {
+                    if let Some(n) = chars.next() {
+                        out.push(n);
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `$VAR`, `${VAR}` (then `$(command)` when allowed). `\$` is a literal `$`.
+fn substitute(
+    v: &str,
+    defined: &IndexMap<String, Secret>,
+    file: &Path,
+    line: usize,
+    key: &str,
+    opts: &SecretsOptions<'_>,
+) -> Result<String, SecretsError> {
+    let b = v.as_bytes();
+    let mut out = String::with_capacity(v.len());
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        let escaped = i > 0 && b[i - 1] == b'\\';
+        if b.get(i + 1) == Some(&b'(') {
+            // Command substitution, with balanced parentheses.
+            let mut depth = 0usize;
+            let mut j = i + 1;
+            let mut end = None;
+            while j < b.len() {
+                match b[j] {
+                    b'(' => depth += 1,
+                    b')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some(j);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            let Some(end) = end else {
+                i += 1;
+                continue;
+            };
+            if escaped {
+                out.push_str(&v[last..i - 1]);
+                out.push_str(&v[i..=end]);
+            } else {
+                out.push_str(&v[last..i]);
+                if !opts.allow_commands {
+                    return Err(SecretsError::CommandNotAllowed {
+                        file: file.to_path_buf(),
+                        line,
+                        key: key.to_string(),
+                    });
+                }
+                out.push_str(&run_command(&v[i + 2..end]).map_err(|message| {
+                    SecretsError::Command {
+                        file: file.to_path_buf(),
+                        line,
+                        key: key.to_string(),
+                        message,
+                    }
+                })?);
+            }
+            i = end + 1;
+            last = i;
+            continue;
+        }
+        // Variable: `\{?([A-Za-z0-9_]+)?\}?`, as dotenv's case-insensitive regex.
+        let mut j = i + 1;
+        if b.get(j) == Some(&b'{') {
+            j += 1;
+        }
+        let name_start = j;
+        while b
+            .get(j)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        {
+            j += 1;
+        }
+        let name = &v[name_start..j];
+        if b.get(j) == Some(&b'}') {
+            j += 1;
+        }
+        if escaped {
+            out.push_str(&v[last..i - 1]);
+            out.push_str(&v[i..j]);
+        } else if name.is_empty() {
+            out.push_str(&v[last..j]);
+        } else {
+            out.push_str(&v[last..i]);
+            match defined.get(name) {
+                Some(s) => out.push_str(s.expose()),
+                None => out.push_str(&(opts.env)(name).unwrap_or_default()),
+            }
+        }
+        i = j;
+        last = j;
+    }
+    out.push_str(&v[last..]);
+    Ok(out)
+}
+
+/// Run `sh -c` and return stdout without its trailing newline, as Ruby's
+/// backticks + `chomp`. The command's stderr goes to berth's stderr; its
+/// output (the secret) is never logged.
+fn run_command(cmd: &str) -> Result<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("exited with {}", out.status));
+    }
+    let mut s = String::from_utf8(out.stdout).map_err(|_| "output is not UTF-8".to_string())?;
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with(
+        text: &str,
+        env: &[(&str, &str)],
+        allow: bool,
+    ) -> Result<Vec<(String, String)>, SecretsError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let opts = SecretsOptions {
+            destination: None,
+            allow_commands: allow,
+            env: &lookup,
+        };
+        Ok(parse(text, Path::new(".kamal/secrets"), &opts)?
+            .into_iter()
+            .map(|(k, v)| (k, v.expose().to_string()))
+            .collect())
+    }
+
+    fn one(text: &str) -> String {
+        parse_with(text, &[("HOME_DIR", "/home/x")], false).unwrap()[0]
+            .1
+            .clone()
+    }
+
+    #[test]
+    fn dotenv_forms() {
+        assert_eq!(one("A=plain"), "plain");
+        assert_eq!(one("export A=plain"), "plain");
+        assert_eq!(one("A: plain"), "plain");
+        assert_eq!(one("A = spaced   # comment"), "spaced");
+        assert_eq!(one("A='lit $HOME_DIR \\n'"), "lit $HOME_DIR \\n");
+        assert_eq!(one("A=\"dq $HOME_DIR\""), "dq /home/x");
+        assert_eq!(one("A=\"line1\nline2\""), "line1\nline2");
+        assert_eq!(one("A=\"a\\nb\""), "a\\nb");
+        assert_eq!(one("A=\"say \\\"hi\\\"\""), "say \"hi\"");
+        assert_eq!(one("A=${HOME_DIR}/x"), "/home/x/x");
+        assert_eq!(one("A=\\$HOME_DIR"), "$HOME_DIR");
+        assert_eq!(one("A=$MISSING"), "");
+        assert_eq!(one("A=cost$"), "cost$");
+        assert_eq!(one("A="), "");
+        assert_eq!(one("A=a#b"), "a");
+        assert_eq!(one("A=\"a#b\""), "a#b");
+    }
+
+    #[test]
+    fn earlier_keys_are_visible() {
+        let v = parse_with("A=1\r\nB=$A-2\n\n# c\nC=${B}", &[("A", "env")], false).unwrap();
+        assert_eq!(v[1], ("B".into(), "1-2".into()));
+        assert_eq!(v[2], ("C".into(), "1-2".into()));
+    }
+
+    #[test]
+    fn commands_need_opt_in() {
+        let err = parse_with("\nTOKEN=$(echo hi)", &[], false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".kamal/secrets:2: TOKEN: command substitution $(...) is disabled; pass --allow-secret-commands to run it"
+        );
+        let v = parse_with("TOKEN=$(echo \"(hi)\")x\nB=\\$(not)", &[], true).unwrap();
+        assert_eq!(v[0].1, "(hi)x");
+        assert_eq!(v[1].1, "$(not)");
+        let err = parse_with("T=$(exit 3)", &[], true).unwrap_err();
+        assert!(
+            err.to_string().contains("T: command substitution failed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_lines_name_the_line() {
+        let err = parse_with("A=1\n!!\n", &[], false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".kamal/secrets:2: expected KEY=value, found \"!!\""
+        );
+        let err = parse_with("A=1\nB=\"open\n", &[], false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".kamal/secrets:2: B: unterminated \" quote"
+        );
+        let err = parse_with("A='x' y", &[], false).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(".kamal/secrets:1: A: unexpected text"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn files_merge_common_then_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("secrets");
+        std::fs::write(dir.path().join("secrets-common"), "A=common\nB=common\n").unwrap();
+        std::fs::write(dir.path().join("secrets.prod"), "B=prod\n").unwrap();
+        let env = |_: &str| None;
+        let s = Secrets::load(
+            &base,
+            &SecretsOptions {
+                destination: Some("prod"),
+                allow_commands: false,
+                env: &env,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.get("A").unwrap().expose(), "common");
+        assert_eq!(s.get("B").unwrap().expose(), "prod");
+        assert_eq!(s.files().len(), 2);
+        let none = Secrets::load(
+            &dir.path().join("nothing"),
+            &SecretsOptions {
+                destination: None,
+                allow_commands: false,
+                env: &env,
+            },
+        )
+        .unwrap();
+        assert!(none.describe_files().starts_with("no secret files ("));
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "(sensitive) (sensitive)");
+        assert_eq!(s.fingerprint().len(), 64);
+    }
+}

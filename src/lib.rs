@@ -1,0 +1,11 @@
+//! berth: a GitOps reconciliation controller for Kamal 2 deployments.
+//!
+//! The pipeline is the architecture:
+//! `source → config → desired → observe → plan → apply`, driven by `controller`
+//! and exposed by `server`. Each module owns one stage; see ARCHITECTURE.md.
+
+pub mod cli;
+pub mod config;
+pub mod desired;
+pub mod shell;
+pub mod testbed;
