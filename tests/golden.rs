@@ -134,13 +134,11 @@ fn berth_renders_what_real_kamal_runs() {
         let (want_cmds, want_files) = golden(dir);
         let (got_cmds, got_files) = render(dir);
         if want_cmds != got_cmds {
-            let diff = similar::TextDiff::from_lines(
-                &format!("{want_cmds:#?}"),
-                &format!("{got_cmds:#?}"),
-            )
-            .unified_diff()
-            .header("kamal", "berth")
-            .to_string();
+            let (want, got) = (format!("{want_cmds:#?}"), format!("{got_cmds:#?}"));
+            let diff = similar::TextDiff::from_lines(want.as_str(), got.as_str())
+                .unified_diff()
+                .header("kamal", "berth")
+                .to_string();
             failures.push(format!("{name}: commands differ\n{diff}"));
         }
         if want_files != got_files {
