@@ -37,7 +37,7 @@ for s in "${scenarios[@]}"; do
     cat "$log"; echo "kamal $* failed" >&2; exit 1; }; }
   if grep -q '^proxy=yes' "$src/scenario"; then
     k proxy boot_config set "${dflag[@]}" --registry 10.210.0.1:5000 \
-      --repository basecamp/kamal-proxy --image-version v0.9.2
+      --repository basecamp --image-version v0.9.2
   fi
   k deploy --skip-push --version "$version" "${dflag[@]}"
   if grep -q '^accessories=all' "$src/scenario"; then

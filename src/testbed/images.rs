@@ -21,8 +21,9 @@ pub struct ImageSet<'a> {
     pub proxy_binary: Option<&'a Path>,
 }
 
-/// The stand-in's repository and tag, as `kamal proxy boot_config set` takes them.
-pub const PROXY_REPOSITORY: &str = "basecamp/kamal-proxy";
+/// The stand-in's repository and tag, as `kamal proxy boot_config set` takes
+/// them (Kamal appends `/kamal-proxy` to the repository).
+pub const PROXY_REPOSITORY: &str = "basecamp";
 pub const PROXY_VERSION: &str = "v0.9.2";
 
 const SERVE: &str = "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
@@ -64,7 +65,7 @@ pub fn push(tb: &Testbed, set: &ImageSet<'_>) -> Result<Vec<String>> {
     build("kv:1", kv(&work)?)?;
     if let Some(bin) = set.proxy_binary {
         build(
-            &format!("{PROXY_REPOSITORY}:{PROXY_VERSION}"),
+            &format!("{PROXY_REPOSITORY}/kamal-proxy:{PROXY_VERSION}"),
             proxy(&work, bin)?,
         )?;
     }

@@ -1,0 +1,209 @@
+//! Integration-test fixtures: a [`Fleet`] is a real testbed in a slot of its
+//! own (so tests run in parallel), with the test images pushed to its
+//! registry, torn down on drop. Helpers run real Kamal against it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use berth::testbed::{self, Host, SlotLock, Testbed, images};
+
+pub struct Fleet {
+    pub tb: Testbed,
+    _lock: SlotLock,
+}
+
+impl Fleet {
+    /// `n` hosts plus the test images (and the kamal-proxy stand-in image).
+    pub fn up(n: usize) -> Fleet {
+        assert!(
+            is_root(),
+            "integration tests need root (network namespaces)"
+        );
+        let lock = testbed::lock_free_slot().expect("testbed slot");
+        let tb = testbed::up(lock.slot, n).unwrap_or_else(|e| panic!("testbed up: {e}"));
+        let fleet = Fleet { tb, _lock: lock };
+        images::push(
+            &fleet.tb,
+            &images::ImageSet {
+                proxy_binary: Some(proxy_binary()),
+            },
+        )
+        .unwrap_or_else(|e| panic!("testbed images: {e}"));
+        fleet
+    }
+
+    /// Hosts only, no images.
+    pub fn bare(n: usize) -> Fleet {
+        assert!(
+            is_root(),
+            "integration tests need root (network namespaces)"
+        );
+        let lock = testbed::lock_free_slot().expect("testbed slot");
+        let tb = testbed::up(lock.slot, n).unwrap_or_else(|e| panic!("testbed up: {e}"));
+        Fleet { tb, _lock: lock }
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.tb.hosts[i]
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.tb.hosts.iter().map(|h| h.addr.to_string()).collect()
+    }
+
+    /// A project directory with `config/deploy.yml` and `.kamal/secrets`.
+    /// `{registry}`, `{key}` and `{hosts}` (a YAML flow list) are filled in.
+    pub fn project(&self, deploy_yml: &str, secrets: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".kamal")).unwrap();
+        let yml = deploy_yml
+            .replace("{registry}", &self.tb.registry())
+            .replace("{key}", &self.tb.ssh_key().to_string_lossy())
+            .replace("{hosts}", &format!("[{}]", self.addrs().join(", ")));
+        std::fs::write(dir.path().join("config/deploy.yml"), yml).unwrap();
+        std::fs::write(dir.path().join(".kamal/secrets"), secrets).unwrap();
+        dir
+    }
+
+    /// Run real Kamal 2.11 in `project`, as a user whose HOME holds the
+    /// testbed's client key and known_hosts.
+    pub fn kamal(&self, project: &Path, args: &[&str]) -> Output {
+        Command::new(kamal_bin())
+            .args(args)
+            .current_dir(project)
+            .env("HOME", self.tb.client_home())
+            .env("VERSION", "v1")
+            .output()
+            .expect("run kamal")
+    }
+
+    /// Like [`Fleet::kamal`], panicking with Kamal's output unless it succeeds.
+    pub fn kamal_ok(&self, project: &Path, args: &[&str]) -> String {
+        let out = self.kamal(project, args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "kamal {} failed:\n{text}",
+            args.join(" ")
+        );
+        text
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Err(e) = testbed::down(self.tb.slot) {
+            eprintln!("testbed down (slot {}): {e}", self.tb.slot);
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Real Kamal: `$BERTH_KAMAL`, else the venv scripts/install-deps.sh makes.
+pub fn kamal_bin() -> PathBuf {
+    std::env::var_os("BERTH_KAMAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/kamal-venv/bin/kamal"))
+}
+
+/// The kamal-proxy stand-in, built once per test binary as a static binary.
+pub fn proxy_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/kamal-proxy");
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+            ])
+            .arg(dir.join("target"))
+            .arg("--manifest-path")
+            .arg(dir.join("Cargo.toml"))
+            .env("RUSTFLAGS", "-Ctarget-feature=+crt-static")
+            .status()
+            .expect("cargo build kamal-proxy stand-in");
+        assert!(status.success(), "building the kamal-proxy stand-in failed");
+        dir.join("target/x86_64-unknown-linux-gnu/release/kamal-proxy")
+    })
+}
+
+/// HTTP GET from inside a host's network namespace (where container IPs and
+/// the host's published ports are reachable), via curl.
+pub fn http_get_in(host: &Host, url: &str) -> Option<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", host.netns))
+        .args(["curl", "-sf", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// HTTP/1.0 GET from the machine (root namespace): `Ok(body)` on 200,
+/// `Err` naming what went wrong otherwise.
+pub fn http_get(addr: &str, path: &str, host_header: Option<&str>) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let host = host_header.unwrap_or(addr);
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{status}: {}", body.trim()))
+    }
+}
+
+impl Fleet {
+    /// Tear down now and return whatever was left behind (empty when clean).
+    pub fn teardown(self) -> Vec<String> {
+        let slot = self.tb.slot;
+        drop(self);
+        testbed::leftovers(slot)
+    }
+}
+
+/// The deploy.yml head every Kamal test uses: the testbed's registry and SSH.
+pub const KAMAL_COMMON: &str = "registry:
+  server: {registry}
+  username: test
+  password: [KAMAL_REGISTRY_PASSWORD]
+builder:
+  arch: amd64
+ssh:
+  user: root
+  keys_only: true
+  keys: [{key}]
+  config: false
+";
