@@ -52,6 +52,8 @@ for line in open(log):
     if not m:
         continue
     cmd, host = m.groups()
+    # proxy.run boots as `docker container start kamal-proxy || docker run ...`.
+    cmd = re.sub(r"^docker container start kamal-proxy \|\| (docker run )", r"\1", cmd)
     if not (cmd.startswith("docker run ") or cmd.startswith("docker exec kamal-proxy kamal-proxy deploy ")):
         continue
     argv = shlex.split(cmd)

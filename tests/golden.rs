@@ -55,6 +55,10 @@ fn render(dir: &Path) -> Rendered {
     )
     .expect("secrets");
     let with_accessories = scenario_value(dir, "accessories").is_some();
+    // `proxy=run`: the proxy boots from `proxy.run` (a plain `docker run`
+    // Kamal logs); with `kamal proxy boot_config` it boots from files on the
+    // host through `xargs`, which the golden log cannot show as argv.
+    let with_proxy_run = scenario_value(dir, "proxy").as_deref() == Some("run");
     let d = desired::render(
         &cfg,
         &RenderOptions {
@@ -78,6 +82,9 @@ fn render(dir: &Path) -> Rendered {
                 app.env_file.path.clone(),
                 app.env_file.contents.expose().to_string(),
             );
+        }
+        if with_proxy_run && let Some(proxy) = &h.proxy {
+            list.push(proxy.run_argv.clone());
         }
         if with_accessories {
             for acc in &h.accessories {
@@ -125,7 +132,7 @@ fn berth_renders_what_real_kamal_runs() {
         .collect();
     scenarios.sort();
     assert!(
-        scenarios.len() >= 5,
+        scenarios.len() >= 8,
         "golden scenarios missing: {scenarios:?}"
     );
     let mut failures = Vec::new();

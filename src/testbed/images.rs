@@ -117,14 +117,10 @@ fn proxy(work: &Path, bin: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&ctx).map_err(|e| step("proxy context", e))?;
     fs::copy(bin, ctx.join("kamal-proxy"))
         .map_err(|e| step(format!("copy {}", bin.display()), e))?;
+    // The stand-in's own Dockerfile, so the image is what its README says.
     put(
         &ctx.join("Dockerfile"),
-        "FROM scratch\n\
-         COPY kamal-proxy /usr/local/bin/kamal-proxy\n\
-         ENV PATH=/usr/local/bin HOME=/home/kamal-proxy\n\
-         LABEL org.opencontainers.image.title=kamal-proxy\n\
-         EXPOSE 80 443\n\
-         CMD [\"kamal-proxy\", \"run\"]\n",
+        include_str!("../../testbed/kamal-proxy/Dockerfile"),
     )?;
     Ok(ctx)
 }
