@@ -7,5 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod observe;
+pub mod plan;
+pub mod remote;
 pub mod shell;
 pub mod testbed;

@@ -6,6 +6,7 @@
 //! - 1: error (invalid config, unreadable files, failed operation)
 //! - 2: changes pending (`reconcile --dry-run`)
 
+mod reconcile;
 mod render;
 mod validate;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Print, per host, the containers and commands Kamal would run for this config.
     #[command(after_help = EXIT_CODES)]
     Render(render::Args),
+    /// Observe every host over SSH and plan what converges the fleet (`--dry-run`).
+    #[command(after_help = EXIT_CODES)]
+    Reconcile(reconcile::Args),
 }
 
 /// An error that has already been reported to the user, with its exit code.
@@ -69,6 +73,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Render(args) => render::run(&args),
+        Command::Reconcile(args) => reconcile::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -173,6 +173,11 @@ pub struct Desired {
     pub destination: Option<String>,
     pub version: String,
     pub image: String,
+    /// Role names in boot order: the primary role first, then the others as
+    /// the config lists them (Kamal boots the primary role first).
+    pub roles: Vec<String>,
+    /// Hosts per boot batch (`boot.limit`), for a rollout's order.
+    pub boot_batch: usize,
     /// Hosts in Kamal's order (roles' hosts, then accessories').
     pub hosts: Vec<HostUnits>,
 }
@@ -783,6 +788,12 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         return Err(RenderError::Version(opts.version.to_string()));
     }
     let image = format!("{}:{}", config.repository(), opts.version);
+    let mut roles: Vec<String> = config.roles.iter().map(|r| r.name.clone()).collect();
+    if let Some(i) = roles.iter().position(|r| *r == config.primary_role) {
+        let primary = roles.remove(i);
+        roles.insert(0, primary);
+    }
+    let boot_batch = config.boot.batch_size(config.all_hosts().len());
     let mut hosts = Vec::new();
     for host in config.all_hosts() {
         let mut apps = Vec::new();
@@ -822,6 +833,8 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         destination: config.destination.clone(),
         version: opts.version.to_string(),
         image,
+        roles,
+        boot_batch,
         hosts,
     })
 }

@@ -1,0 +1,180 @@
+//! `observe`: what actually runs on every host, in one SSH round trip per
+//! host ([`probe`]). A host that cannot be reached is [`HostState::Unreachable`]
+//! — never mistaken for an empty host.
+
+pub mod probe;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::desired::Desired;
+use crate::remote::Connections;
+
+/// An env value as observed: always hashed; in clear only for keys the config
+/// declares clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvValue {
+    pub sha256: String,
+    pub clear: Option<String>,
+}
+
+impl std::fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.clear {
+            Some(v) => write!(f, "{v:?}"),
+            None => f.write_str("(sensitive)"),
+        }
+    }
+}
+
+/// One container as `docker inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    /// The image reference it was run with (`Config.Image`).
+    pub image: String,
+    pub image_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
+    /// Label keys and env keys whose value is the image's own.
+    pub from_image: (BTreeSet<String>, BTreeSet<String>),
+    /// `None`: the image's default command.
+    pub cmd: Option<Vec<String>>,
+    pub volumes: Vec<String>,
+    pub log_opts: BTreeMap<String, String>,
+    pub restart_policy: String,
+    pub networks: Vec<String>,
+    /// `running`, `exited`, `created`, `restarting`, `paused`, `dead`.
+    pub status: String,
+    pub health: Option<String>,
+    pub restart_count: u64,
+}
+
+impl ObservedContainer {
+    pub fn running(&self) -> bool {
+        self.status == "running" || self.status == "restarting"
+    }
+}
+
+/// A kamal-proxy route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRouteState {
+    pub service: String,
+    /// `<container id or name>:<port>`.
+    pub target: Option<String>,
+    pub state: String,
+}
+
+/// Everything observed on one reachable host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostObservation {
+    pub containers: Vec<ObservedContainer>,
+    /// `None` when no kamal-proxy container is running.
+    pub proxy_routes: Option<Vec<ProxyRouteState>>,
+    /// Env file path → SHA-256 of its contents (`None`: missing).
+    pub env_files: BTreeMap<String, Option<String>>,
+    /// Kamal's deploy lock, if held (its decoded details).
+    pub lock: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostState {
+    Reached(HostObservation),
+    Unreachable(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedHost {
+    pub host: String,
+    pub state: HostState,
+}
+
+/// The observed fleet, in the desired state's host order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub hosts: Vec<ObservedHost>,
+}
+
+impl Observed {
+    pub fn host(&self, host: &str) -> Option<&ObservedHost> {
+        self.hosts.iter().find(|h| h.host == host)
+    }
+}
+
+/// The probe for one host of `desired`.
+pub fn probe_request(desired: &Desired, host: &str) -> probe::ProbeRequest {
+    let mut req = probe::ProbeRequest {
+        service_labels: vec![desired.service.clone()],
+        ..Default::default()
+    };
+    let mut clear = BTreeSet::new();
+    if let Some(units) = desired.hosts.iter().find(|h| h.host == host) {
+        for app in &units.apps {
+            req.env_files.push(app.env_file.path.clone());
+            clear.extend(app.clear_env.iter().map(|(k, _)| k.clone()));
+        }
+        for acc in &units.accessories {
+            req.env_files.push(acc.env_file.path.clone());
+            clear.extend(acc.clear_env.iter().map(|(k, _)| k.clone()));
+        }
+    }
+    for acc in desired.hosts.iter().flat_map(|h| &h.accessories) {
+        if let Some((_, svc)) = acc.labels.iter().find(|(k, _)| k == "service")
+            && !req.service_labels.contains(svc)
+        {
+            req.service_labels.push(svc.clone());
+        }
+    }
+    req.lock_dirs.push(lock_dir(desired));
+    req.clear_keys = clear;
+    req
+}
+
+/// Kamal's lock directory, relative to the SSH user's home.
+pub fn lock_dir(desired: &Desired) -> String {
+    match &desired.destination {
+        Some(d) => format!(".kamal/lock-{}-{d}", desired.service),
+        None => format!(".kamal/lock-{}", desired.service),
+    }
+}
+
+/// Observe every host of `desired` (at most `parallel` at once).
+pub async fn observe(desired: &Desired, conns: &Arc<Connections>, parallel: usize) -> Observed {
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = Vec::new();
+    for h in &desired.hosts {
+        let host = h.host.clone();
+        let req = probe_request(desired, &host);
+        let conns = conns.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await;
+            let state = match conns.run(&host, &req.argv()).await {
+                Err(e) => HostState::Unreachable(e.to_string()),
+                Ok(out) if !out.success() => HostState::Unreachable(format!(
+                    "{host}: observation failed: {}",
+                    out.stderr.trim()
+                )),
+                Ok(out) => match probe::parse(&out.stdout, &req) {
+                    Ok(o) => HostState::Reached(o),
+                    Err(e) => HostState::Unreachable(format!("{host}: {e}")),
+                },
+            };
+            ObservedHost { host, state }
+        }));
+    }
+    let mut hosts = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(h) => hosts.push(h),
+            Err(e) => hosts.push(ObservedHost {
+                host: String::new(),
+                state: HostState::Unreachable(format!("observer task failed: {e}")),
+            }),
+        }
+    }
+    Observed { hosts }
+}

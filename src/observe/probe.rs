@@ -1,0 +1,358 @@
+//! The one remote command that observes a host, and the parsing of its output.
+//!
+//! The script is a constant; everything host- or config-specific is passed as
+//! positional arguments (`L:<service label>`, `F:<env file>`, `K:<lock dir>`),
+//! quoted by [`crate::shell`], so no config value is ever interpreted by the
+//! remote shell. Env files are hashed *on the host* (`sha256sum`): their
+//! contents never cross the wire. Container env values are hashed as soon as
+//! they are parsed; only values of keys the caller declares clear are kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{EnvValue, HostObservation, ObservedContainer, ProxyRouteState};
+
+/// The remote script. Sections are introduced by `@@name` lines.
+pub const SCRIPT: &str = r#"ids=""
+for a in "$@"; do case "$a" in L:*) ids="$ids $(docker ps -aq --no-trunc --filter "label=service=${a#L:}")";; esac; done
+ids="$ids $(docker ps -aq --no-trunc --filter 'name=^kamal-proxy$')"
+ids=$(echo $ids)
+echo "@@inspect"
+if [ -n "$ids" ]; then docker inspect $ids; else echo '[]'; fi
+echo "@@images"
+imgs=""
+if [ -n "$ids" ]; then imgs=$(docker inspect --format '{{.Image}}' $ids | sort -u); fi
+if [ -n "$imgs" ]; then docker image inspect $imgs; else echo '[]'; fi
+echo "@@proxy"
+if [ -n "$(docker ps -q --filter 'name=^kamal-proxy$' --filter status=running)" ]; then
+  docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
+else
+  echo "@@proxy-absent"
+fi
+echo "@@files"
+for a in "$@"; do case "$a" in F:*) f="${a#F:}"
+  if [ -f "$f" ]; then printf '%s %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$f"; else printf 'missing %s\n' "$f"; fi;; esac; done
+echo "@@lock"
+for a in "$@"; do case "$a" in K:*) d="${a#K:}"
+  if [ -d "$d" ]; then printf 'held %s\n' "$(base64 -w0 "$d/details" 2>/dev/null)"; fi;; esac; done
+echo "@@end"
+"#;
+
+/// What to ask a host about.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeRequest {
+    /// `service` label values: the app's and each accessory's.
+    pub service_labels: Vec<String>,
+    /// Env files (relative to the SSH user's home) whose hashes to report.
+    pub env_files: Vec<String>,
+    /// Kamal lock directories to check.
+    pub lock_dirs: Vec<String>,
+    /// Env keys whose values may be kept in clear (the config's clear env);
+    /// every other value is kept only as a hash.
+    pub clear_keys: BTreeSet<String>,
+}
+
+impl ProbeRequest {
+    /// `sh -c SCRIPT berth-probe ARGS…` as an argv.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            SCRIPT.to_string(),
+            "berth-probe".to_string(),
+        ];
+        argv.extend(self.service_labels.iter().map(|l| format!("L:{l}")));
+        argv.extend(self.env_files.iter().map(|f| format!("F:{f}")));
+        argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
+        argv
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe output is missing section @@{0} (is docker installed and running?)")]
+    MissingSection(&'static str),
+    #[error("cannot parse `docker {what}` output: {message}")]
+    Json { what: &'static str, message: String },
+}
+
+fn section<'a>(
+    out: &'a str,
+    name: &'static str,
+    next: &'static str,
+) -> Result<&'a str, ProbeError> {
+    let start_tag = format!("@@{name}\n");
+    let start = out
+        .find(&start_tag)
+        .ok_or(ProbeError::MissingSection(name))?
+        + start_tag.len();
+    let end_tag = format!("@@{next}\n");
+    let end = out[start..]
+        .find(&end_tag)
+        .map(|i| start + i)
+        .ok_or(ProbeError::MissingSection(next))?;
+    Ok(&out[start..end])
+}
+
+pub fn hash(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+/// Parse the probe's stdout.
+pub fn parse(out: &str, req: &ProbeRequest) -> Result<HostObservation, ProbeError> {
+    let inspect: Value =
+        serde_json::from_str(section(out, "inspect", "images")?).map_err(|e| ProbeError::Json {
+            what: "inspect",
+            message: e.to_string(),
+        })?;
+    let images: Value =
+        serde_json::from_str(section(out, "images", "proxy")?).map_err(|e| ProbeError::Json {
+            what: "image inspect",
+            message: e.to_string(),
+        })?;
+    let image_config: BTreeMap<String, &Value> = images
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| Some((i.get("Id")?.as_str()?.to_string(), i.get("Config")?)))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut containers = Vec::new();
+    for c in inspect.as_array().into_iter().flatten() {
+        containers.push(container(c, &image_config, req));
+    }
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let proxy_text = section(out, "proxy", "files")?;
+    let proxy_routes = if proxy_text.starts_with("@@proxy-absent") {
+        None
+    } else {
+        Some(parse_proxy_list(proxy_text))
+    };
+
+    let mut env_files = BTreeMap::new();
+    for line in section(out, "files", "lock")?.lines() {
+        if let Some(path) = line.strip_prefix("missing ") {
+            env_files.insert(path.to_string(), None);
+        } else if let Some((h, path)) = line.split_once(' ') {
+            env_files.insert(path.to_string(), Some(h.to_string()));
+        }
+    }
+    let lock = section(out, "lock", "end")?
+        .lines()
+        .find_map(|l| l.strip_prefix("held "))
+        .map(decode_lock);
+    Ok(HostObservation {
+        containers,
+        proxy_routes,
+        env_files,
+        lock,
+    })
+}
+
+fn str_of(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(n) => cur = n,
+            None => return String::new(),
+        }
+    }
+    cur.as_str().unwrap_or_default().to_string()
+}
+
+fn strings_of(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn map_of(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn container(
+    c: &Value,
+    images: &BTreeMap<String, &Value>,
+    req: &ProbeRequest,
+) -> ObservedContainer {
+    let config = c.get("Config");
+    let image_id = str_of(c, &["Image"]);
+    let image_cfg = images.get(&image_id).copied();
+    let image_labels = map_of(image_cfg.and_then(|i| i.get("Labels")));
+    let image_env: BTreeSet<String> = strings_of(image_cfg.and_then(|i| i.get("Env")))
+        .into_iter()
+        .collect();
+    let image_cmd = strings_of(image_cfg.and_then(|i| i.get("Cmd")));
+
+    // Note which labels and env the image brings (same value as the image's):
+    // the plan ignores them unless the config sets them too.
+    let labels: BTreeMap<String, String> = map_of(config.and_then(|c| c.get("Labels")));
+    let from_image_labels = labels
+        .iter()
+        .filter(|(k, v)| image_labels.get(*k) == Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut env = BTreeMap::new();
+    let mut from_image_env = BTreeSet::new();
+    for entry in strings_of(config.and_then(|c| c.get("Env"))) {
+        let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
+        if image_env.contains(&entry) {
+            from_image_env.insert(k.to_string());
+        }
+        env.insert(
+            k.to_string(),
+            EnvValue {
+                sha256: hash(v),
+                clear: req.clear_keys.contains(k).then(|| v.to_string()),
+            },
+        );
+    }
+    let cmd = strings_of(config.and_then(|c| c.get("Cmd")));
+    let state = c.get("State");
+    let host_config = c.get("HostConfig");
+    let mut networks: Vec<String> = c
+        .get("NetworkSettings")
+        .and_then(|n| n.get("Networks"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    networks.sort();
+    ObservedContainer {
+        id: str_of(c, &["Id"]),
+        name: str_of(c, &["Name"]).trim_start_matches('/').to_string(),
+        image: str_of(c, &["Config", "Image"]),
+        image_id,
+        labels,
+        env,
+        from_image: (from_image_labels, from_image_env),
+        cmd: if cmd == image_cmd { None } else { Some(cmd) },
+        volumes: strings_of(host_config.and_then(|h| h.get("Binds"))),
+        log_opts: map_of(
+            host_config
+                .and_then(|h| h.get("LogConfig"))
+                .and_then(|l| l.get("Config")),
+        ),
+        restart_policy: str_of(c, &["HostConfig", "RestartPolicy", "Name"]),
+        networks,
+        status: state.map(|s| str_of(s, &["Status"])).unwrap_or_default(),
+        health: state
+            .and_then(|s| s.get("Health"))
+            .map(|h| str_of(h, &["Status"]))
+            .filter(|s| !s.is_empty()),
+        restart_count: c.get("RestartCount").and_then(Value::as_u64).unwrap_or(0),
+    }
+}
+
+/// `kamal-proxy list`: a table whose first column is the service and whose
+/// target column is `<host>:<port>`.
+pub fn parse_proxy_list(text: &str) -> Vec<ProxyRouteState> {
+    let mut routes = Vec::new();
+    for line in text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("Service"))
+        .skip(1)
+    {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let Some(service) = cols.first() else {
+            continue;
+        };
+        let target = cols
+            .iter()
+            .skip(1)
+            .find(|c| {
+                c.rsplit_once(':')
+                    .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(|s| s.to_string());
+        let state = cols
+            .iter()
+            .find(|c| matches!(**c, "running" | "stopped" | "paused"))
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        routes.push(ProxyRouteState {
+            service: service.to_string(),
+            target,
+            state,
+        });
+    }
+    routes
+}
+
+/// Kamal's lock `details` file is base64 of "Locked by: …\nAt: …\nVersion: …\nMessage: …".
+fn decode_lock(b64: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "held (details unreadable)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_probe_output() {
+        let out = r#"@@inspect
+[{"Id":"abc","Name":"/demo-web-v1","Image":"sha256:1","Config":{"Image":"reg/demo:v1","Labels":{"service":"demo","role":"web","img":"x"},"Env":["PATH=/bin","KAMAL_VERSION=v1","DB_PASSWORD=hunter2"],"Cmd":["/bin/sh","-c","serve"]},
+  "HostConfig":{"Binds":["/data:/data"],"RestartPolicy":{"Name":"unless-stopped"},"LogConfig":{"Config":{"max-size":"10m"}}},
+  "State":{"Status":"running"},"RestartCount":0,"NetworkSettings":{"Networks":{"kamal":{}}}}]
+@@images
+[{"Id":"sha256:1","Config":{"Labels":{"service":"demo","img":"x"},"Env":["PATH=/bin"],"Cmd":["/bin/sh","-c","serve"]}}]
+@@proxy
+Service    Host  Path  Target     State    TLS
+demo-web   *     /     abc:80     running  no
+@@files
+0123 .kamal/apps/demo/env/roles/web.env
+missing .kamal/apps/demo/env/roles/job.env
+@@lock
+held TG9ja2VkIGJ5OiBtZQ==
+@@end
+"#;
+        let req = ProbeRequest {
+            clear_keys: ["KAMAL_VERSION".to_string()].into(),
+            ..Default::default()
+        };
+        let o = parse(out, &req).unwrap();
+        let c = &o.containers[0];
+        assert_eq!(c.name, "demo-web-v1");
+        // The image's labels are the image's; the container's `role` is not.
+        assert_eq!(
+            c.from_image.0.iter().collect::<Vec<_>>(),
+            ["img", "service"]
+        );
+        assert_eq!(c.from_image.1.iter().collect::<Vec<_>>(), ["PATH"]);
+        assert_eq!(c.env["KAMAL_VERSION"].clear.as_deref(), Some("v1"));
+        assert_eq!(c.env["DB_PASSWORD"].clear, None);
+        assert_eq!(c.env["DB_PASSWORD"].sha256, hash("hunter2"));
+        assert!(!format!("{o:?}").contains("hunter2"));
+        assert_eq!(c.cmd, None);
+        let routes = o.proxy_routes.unwrap();
+        assert_eq!(routes[0].service, "demo-web");
+        assert_eq!(routes[0].target.as_deref(), Some("abc:80"));
+        assert_eq!(o.env_files[".kamal/apps/demo/env/roles/job.env"], None);
+        assert_eq!(o.lock.as_deref(), Some("Locked by: me"));
+    }
+
+    #[test]
+    fn a_truncated_output_is_an_error_not_an_empty_host() {
+        assert!(parse("@@inspect\n[]\n", &ProbeRequest::default()).is_err());
+    }
+}

@@ -1,0 +1,874 @@
+//! `plan`: a pure function of (desired, observed) → the minimal actions that
+//! converge the fleet, each naming its unit and why. No I/O.
+//!
+//! Units are compared through [`UnitSpec`], the part of a container that the
+//! config determines (image, labels, env, cmd, volumes, log options, restart
+//! policy, network). The desired spec is read off the exact `docker run` argv
+//! berth would run, the observed one off `docker inspect` minus what the image
+//! brings — so a fleet deployed by real Kamal with the same config and version
+//! compares equal. Env values are compared by SHA-256; secret values are never
+//! held in clear on the observed side.
+
+pub mod output;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits};
+use crate::observe::probe::hash;
+use crate::observe::{EnvValue, HostObservation, HostState, Observed, ObservedContainer};
+
+/// The config-determined part of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitSpec {
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
+    pub cmd: Option<Vec<String>>,
+    pub volumes: Vec<String>,
+    pub log_opts: BTreeMap<String, String>,
+    pub restart: String,
+    pub network: String,
+}
+
+/// `docker run` flags that take no value (so the next word is not theirs).
+const BOOL_FLAGS: &[&str] = &[
+    "--detach",
+    "-d",
+    "--init",
+    "--privileged",
+    "--rm",
+    "--read-only",
+    "--tty",
+    "-t",
+    "--interactive",
+    "-i",
+    "--oom-kill-disable",
+    "--no-healthcheck",
+    "--publish-all",
+    "-P",
+    "--disable-content-trust",
+    "--sig-proxy",
+    "--quiet",
+    "-q",
+];
+
+impl UnitSpec {
+    /// Read a spec off a `docker run` argv and the env file it names.
+    pub fn from_run_argv(argv: &[String], env_file: Option<&EnvFile>) -> UnitSpec {
+        let mut spec = UnitSpec::default();
+        let mut i = argv
+            .iter()
+            .position(|a| a == "run")
+            .map_or(argv.len(), |p| p + 1);
+        while i < argv.len() {
+            let a = &argv[i];
+            if !a.starts_with('-') {
+                spec.image = a.clone();
+                let rest = &argv[i + 1..];
+                spec.cmd = (!rest.is_empty()).then(|| rest.to_vec());
+                break;
+            }
+            let (flag, value) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ if BOOL_FLAGS.contains(&a.as_str()) => (a.as_str(), None),
+                _ => {
+                    i += 1;
+                    (a.as_str(), argv.get(i).cloned())
+                }
+            };
+            let value = value.unwrap_or_default();
+            match flag {
+                "--label" | "-l" => {
+                    let (k, v) = value.split_once('=').unwrap_or((&value, ""));
+                    spec.labels.insert(k.to_string(), v.to_string());
+                }
+                "--env" | "-e" => {
+                    let (k, v) = value.split_once('=').unwrap_or((&value, ""));
+                    spec.env.insert(
+                        k.to_string(),
+                        EnvValue {
+                            sha256: hash(v),
+                            clear: Some(v.to_string()),
+                        },
+                    );
+                }
+                "--volume" | "-v" => spec.volumes.push(value),
+                "--log-opt" => {
+                    let (k, v) = value.split_once('=').unwrap_or((&value, ""));
+                    spec.log_opts.insert(k.to_string(), v.to_string());
+                }
+                "--restart" => spec.restart = value,
+                "--network" => spec.network = value,
+                _ => {}
+            }
+            i += 1;
+        }
+        if let Some(f) = env_file {
+            // docker reads env files literally: the value is what Kamal wrote.
+            for line in f.contents.expose().lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    spec.env.insert(
+                        k.to_string(),
+                        EnvValue {
+                            sha256: hash(v),
+                            clear: None,
+                        },
+                    );
+                }
+            }
+        }
+        if spec.restart.is_empty() {
+            spec.restart = "no".into();
+        }
+        spec
+    }
+
+    /// The observed spec, without the labels and env the image brings unless
+    /// `want` sets them too.
+    pub fn from_observed(c: &ObservedContainer, want: &UnitSpec) -> UnitSpec {
+        UnitSpec {
+            image: c.image.clone(),
+            labels: c
+                .labels
+                .iter()
+                .filter(|(k, _)| !c.from_image.0.contains(*k) || want.labels.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            env: c
+                .env
+                .iter()
+                .filter(|(k, _)| !c.from_image.1.contains(*k) || want.env.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cmd: c.cmd.clone(),
+            volumes: c.volumes.clone(),
+            log_opts: c.log_opts.clone(),
+            restart: if c.restart_policy.is_empty() {
+                "no".into()
+            } else {
+                c.restart_policy.clone()
+            },
+            network: c.networks.first().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// What differs, desired (`self`) against observed.
+    pub fn diff(&self, observed: &UnitSpec) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.image != observed.image {
+            out.push(Change::Image {
+                from: observed.image.clone(),
+                to: self.image.clone(),
+            });
+        }
+        let keys: BTreeSet<&String> = self.labels.keys().chain(observed.labels.keys()).collect();
+        for k in keys {
+            let (want, have) = (self.labels.get(k), observed.labels.get(k));
+            if want != have {
+                out.push(Change::Label {
+                    key: k.clone(),
+                    from: have.cloned(),
+                    to: want.cloned(),
+                });
+            }
+        }
+        let keys: BTreeSet<&String> = self.env.keys().chain(observed.env.keys()).collect();
+        for k in keys {
+            let (want, have) = (self.env.get(k), observed.env.get(k));
+            if want.map(|v| &v.sha256) != have.map(|v| &v.sha256) {
+                out.push(Change::Env {
+                    key: k.clone(),
+                    from: have.map(shown),
+                    to: want.map(shown),
+                });
+            }
+        }
+        if self.cmd != observed.cmd {
+            out.push(Change::Field {
+                field: "cmd",
+                from: format!("{:?}", observed.cmd),
+                to: format!("{:?}", self.cmd),
+            });
+        }
+        for (field, want, have) in [
+            (
+                "volumes",
+                self.volumes.join(" "),
+                observed.volumes.join(" "),
+            ),
+            ("restart", self.restart.clone(), observed.restart.clone()),
+            ("network", self.network.clone(), observed.network.clone()),
+            (
+                "log options",
+                fmt_map(&self.log_opts),
+                fmt_map(&observed.log_opts),
+            ),
+        ] {
+            if want != have {
+                out.push(Change::Field {
+                    field,
+                    from: have,
+                    to: want,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn fmt_map(m: &BTreeMap<String, String>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An env value for display: clear values as they are, the rest `(sensitive)`.
+fn shown(v: &EnvValue) -> String {
+    v.clear.clone().unwrap_or_else(|| "(sensitive)".into())
+}
+
+/// One reason an action is needed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// No container of this unit exists.
+    Missing,
+    /// The container exists but is not running.
+    State {
+        status: String,
+    },
+    /// Another version runs.
+    Version {
+        from: String,
+        to: String,
+    },
+    Image {
+        from: String,
+        to: String,
+    },
+    Label {
+        key: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    /// Env values are shown only when clear in the config; secrets as `(sensitive)`.
+    Env {
+        key: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    Field {
+        field: &'static str,
+        from: String,
+        to: String,
+    },
+    /// The env file on the host differs from what the config renders.
+    EnvFile {
+        path: String,
+        missing: bool,
+    },
+    /// The proxy routes the service elsewhere (or not at all).
+    Route {
+        service: String,
+        from: Option<String>,
+        to: String,
+    },
+    /// A container no role or accessory of the config declares.
+    Orphan,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// `+` run a unit that does not exist.
+    Create,
+    /// `>` start a stopped unit whose spec is right.
+    Start,
+    /// `~` run the desired container and retire the current one (rolling).
+    Replace,
+    /// `~` an accessory whose spec changed: remove and run again.
+    Reboot,
+    /// `~` rewrite an env file (nothing else differs).
+    WriteEnvFile,
+    /// `~` point the proxy route at the desired container.
+    Route,
+    /// `-` remove an orphan (only with `x-berth.prune`).
+    Remove,
+}
+
+impl ActionKind {
+    pub fn symbol(self) -> char {
+        match self {
+            ActionKind::Create => '+',
+            ActionKind::Start => '>',
+            ActionKind::Remove => '-',
+            _ => '~',
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Unit {
+    App { role: String },
+    Accessory { name: String },
+    Proxy,
+    Orphan,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Action {
+    pub host: String,
+    pub unit: Unit,
+    /// The container the action produces (or removes).
+    pub container: String,
+    pub kind: ActionKind,
+    /// The container retired by a replace, if any.
+    pub replaces: Option<String>,
+    pub reasons: Vec<Change>,
+}
+
+/// The plan for a fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Plan {
+    /// In execution order: accessories, proxies, then roles (primary first)
+    /// host by host in boot batches, then orphans.
+    pub actions: Vec<Action>,
+    /// Hosts that could not be observed: their state is unknown.
+    pub unknown_hosts: Vec<(String, String)>,
+    /// Things worth knowing that are not actions (orphans kept, locks held).
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn in_sync(&self) -> bool {
+        self.actions.is_empty() && self.unknown_hosts.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Remove orphaned containers of the service (`x-berth.prune`).
+    pub prune: bool,
+    /// Look for orphans at all (off when the plan covers only some roles).
+    pub orphans: bool,
+}
+
+/// The desired spec of an app unit.
+pub fn app_spec(app: &AppUnit) -> UnitSpec {
+    UnitSpec::from_run_argv(&app.run_argv(None), Some(&app.env_file))
+}
+
+pub fn accessory_spec(acc: &AccessoryUnit) -> UnitSpec {
+    UnitSpec::from_run_argv(&acc.run_argv, Some(&acc.env_file))
+}
+
+/// Hash of an env file's contents, as `sha256sum` on the host prints it.
+pub fn env_file_hash(f: &EnvFile) -> String {
+    hash(f.contents.expose())
+}
+
+/// Plan the fleet.
+pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan {
+    let mut plan = Plan::default();
+    let mut accessories = Vec::new();
+    let mut proxies = Vec::new();
+    let mut apps: BTreeMap<usize, Vec<(usize, Action)>> = BTreeMap::new();
+    let mut orphans = Vec::new();
+    for (host_index, units) in desired.hosts.iter().enumerate() {
+        let obs = match observed.host(&units.host).map(|h| &h.state) {
+            Some(HostState::Reached(o)) => o,
+            Some(HostState::Unreachable(why)) => {
+                plan.unknown_hosts.push((units.host.clone(), why.clone()));
+                continue;
+            }
+            None => {
+                plan.unknown_hosts
+                    .push((units.host.clone(), "not observed".into()));
+                continue;
+            }
+        };
+        if let Some(lock) = &obs.lock {
+            plan.notes.push(format!(
+                "{}: deploy lock held: {}",
+                units.host,
+                lock.replace('\n', "; ")
+            ));
+        }
+        accessories.extend(plan_accessories(units, obs));
+        proxies.extend(plan_proxy(units, obs));
+        for app in &units.apps {
+            if let Some(a) = plan_app(&units.host, app, obs) {
+                let role_rank = desired
+                    .roles
+                    .iter()
+                    .position(|r| *r == app.role)
+                    .unwrap_or(usize::MAX);
+                apps.entry(role_rank).or_default().push((host_index, a));
+            }
+        }
+        let orphans_here = if opts.orphans {
+            orphan_containers(desired, units, obs)
+        } else {
+            Vec::new()
+        };
+        for c in orphans_here {
+            if opts.prune {
+                orphans.push(Action {
+                    host: units.host.clone(),
+                    unit: Unit::Orphan,
+                    container: c.name.clone(),
+                    kind: ActionKind::Remove,
+                    replaces: None,
+                    reasons: vec![Change::Orphan],
+                });
+            } else if c.running() {
+                plan.notes.push(format!(
+                    "{}: {} runs but no role declares it (kept: x-berth.prune is off)",
+                    units.host, c.name
+                ));
+            }
+        }
+    }
+    plan.actions.extend(accessories);
+    plan.actions.extend(proxies);
+    for (_, mut list) in apps {
+        list.sort_by_key(|(i, _)| *i);
+        plan.actions.extend(list.into_iter().map(|(_, a)| a));
+    }
+    plan.actions.extend(orphans);
+    plan
+}
+
+fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> {
+    let want = app_spec(app);
+    let mine = |c: &&ObservedContainer| {
+        c.labels.get("service")
+            == app
+                .labels
+                .iter()
+                .find(|(k, _)| k == "service")
+                .map(|(_, v)| v)
+            && c.labels.get("role") == Some(&app.role)
+            && c.name.starts_with(&format!("{}-", app.container_prefix))
+    };
+    let same_name = obs.containers.iter().find(|c| c.name == app.container_name);
+    let running_other = obs
+        .containers
+        .iter()
+        .filter(mine)
+        .find(|c| c.running() && c.name != app.container_name);
+    let action = |kind, reasons, replaces: Option<String>| Action {
+        host: host.to_string(),
+        unit: Unit::App {
+            role: app.role.clone(),
+        },
+        container: app.container_name.clone(),
+        kind,
+        replaces,
+        reasons,
+    };
+    match same_name {
+        Some(c) => {
+            let diff = want.diff(&UnitSpec::from_observed(c, &want));
+            if !diff.is_empty() {
+                return Some(action(ActionKind::Replace, diff, Some(c.name.clone())));
+            }
+            if !c.running() {
+                let mut reasons = vec![Change::State {
+                    status: c.status.clone(),
+                }];
+                if let Some(other) = running_other {
+                    reasons.push(Change::Version {
+                        from: other.name.clone(),
+                        to: app.container_name.clone(),
+                    });
+                }
+                return Some(action(
+                    ActionKind::Start,
+                    reasons,
+                    running_other.map(|o| o.name.clone()),
+                ));
+            }
+            // In sync as a container; the env file and route may still drift.
+            let want_file = env_file_hash(&app.env_file);
+            match obs.env_files.get(&app.env_file.path) {
+                Some(Some(h)) if *h == want_file => {}
+                other => {
+                    return Some(action(
+                        ActionKind::WriteEnvFile,
+                        vec![Change::EnvFile {
+                            path: app.env_file.path.clone(),
+                            missing: !matches!(other, Some(Some(_))),
+                        }],
+                        None,
+                    ));
+                }
+            }
+            if let (Some(route), Some(routes)) = (&app.proxy, &obs.proxy_routes) {
+                let current = routes.iter().find(|r| r.service == route.service);
+                let target_ok = current.and_then(|r| r.target.as_deref()).is_some_and(|t| {
+                    let host_part = t.rsplit_once(':').map_or(t, |(h, _)| h);
+                    !host_part.is_empty()
+                        && (c.id.starts_with(host_part) || host_part == c.name)
+                        && t.ends_with(&format!(":{}", route.app_port))
+                });
+                if !target_ok {
+                    return Some(action(
+                        ActionKind::Route,
+                        vec![Change::Route {
+                            service: route.service.clone(),
+                            from: current.and_then(|r| r.target.clone()),
+                            to: format!("{}:{}", app.container_name, route.app_port),
+                        }],
+                        None,
+                    ));
+                }
+            }
+            None
+        }
+        None => match running_other {
+            Some(other) => {
+                let mut reasons = vec![Change::Version {
+                    from: other.name.clone(),
+                    to: app.container_name.clone(),
+                }];
+                reasons.extend(
+                    want.diff(&UnitSpec::from_observed(other, &want))
+                        .into_iter()
+                        .filter(|c| !matches!(c, Change::Image { .. }) && !is_version_env(c)),
+                );
+                Some(action(
+                    ActionKind::Replace,
+                    reasons,
+                    Some(other.name.clone()),
+                ))
+            }
+            None => Some(action(ActionKind::Create, vec![Change::Missing], None)),
+        },
+    }
+}
+
+/// `KAMAL_VERSION` / `KAMAL_CONTAINER_NAME` differ whenever the version does.
+fn is_version_env(c: &Change) -> bool {
+    matches!(c, Change::Env { key, .. } if key == "KAMAL_VERSION" || key == "KAMAL_CONTAINER_NAME")
+}
+
+fn plan_accessories(units: &HostUnits, obs: &HostObservation) -> Vec<Action> {
+    let mut out = Vec::new();
+    for acc in &units.accessories {
+        let action = |kind, reasons| Action {
+            host: units.host.clone(),
+            unit: Unit::Accessory {
+                name: acc.name.clone(),
+            },
+            container: acc.container_name.clone(),
+            kind,
+            replaces: None,
+            reasons,
+        };
+        match obs.containers.iter().find(|c| c.name == acc.container_name) {
+            None => out.push(action(ActionKind::Create, vec![Change::Missing])),
+            Some(c) => {
+                let want = accessory_spec(acc);
+                let diff = want.diff(&UnitSpec::from_observed(c, &want));
+                if !diff.is_empty() {
+                    out.push(action(ActionKind::Reboot, diff));
+                } else if !c.running() {
+                    out.push(action(
+                        ActionKind::Start,
+                        vec![Change::State {
+                            status: c.status.clone(),
+                        }],
+                    ));
+                } else if obs.env_files.get(&acc.env_file.path)
+                    != Some(&Some(env_file_hash(&acc.env_file)))
+                {
+                    out.push(action(
+                        ActionKind::WriteEnvFile,
+                        vec![Change::EnvFile {
+                            path: acc.env_file.path.clone(),
+                            missing: !matches!(
+                                obs.env_files.get(&acc.env_file.path),
+                                Some(Some(_))
+                            ),
+                        }],
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn plan_proxy(units: &HostUnits, obs: &HostObservation) -> Option<Action> {
+    units.proxy.as_ref()?;
+    let action = |kind, reasons| Action {
+        host: units.host.clone(),
+        unit: Unit::Proxy,
+        container: crate::desired::PROXY_CONTAINER.to_string(),
+        kind,
+        replaces: None,
+        reasons,
+    };
+    match obs
+        .containers
+        .iter()
+        .find(|c| c.name == crate::desired::PROXY_CONTAINER)
+    {
+        None => Some(action(ActionKind::Create, vec![Change::Missing])),
+        Some(c) if !c.running() => Some(action(
+            ActionKind::Start,
+            vec![Change::State {
+                status: c.status.clone(),
+            }],
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Containers of this service on the host that no unit explains: a role not
+/// (or no longer) on this host, or an extra running version of a role.
+fn orphan_containers<'a>(
+    desired: &Desired,
+    units: &HostUnits,
+    obs: &'a HostObservation,
+) -> Vec<&'a ObservedContainer> {
+    let roles: BTreeSet<&str> = units.apps.iter().map(|a| a.role.as_str()).collect();
+    let accessory_names: BTreeSet<&str> = units
+        .accessories
+        .iter()
+        .map(|a| a.container_name.as_str())
+        .collect();
+    let all_accessories: BTreeSet<&str> = desired
+        .hosts
+        .iter()
+        .flat_map(|h| h.accessories.iter().map(|a| a.container_name.as_str()))
+        .collect();
+    obs.containers
+        .iter()
+        .filter(|c| {
+            if c.name == crate::desired::PROXY_CONTAINER
+                || accessory_names.contains(c.name.as_str())
+            {
+                return false;
+            }
+            if all_accessories.contains(c.name.as_str()) {
+                // An accessory that should not be on this host.
+                return true;
+            }
+            if c.labels.get("service") != Some(&desired.service) {
+                return false;
+            }
+            match c.labels.get("role") {
+                Some(role) if roles.contains(role.as_str()) => {
+                    // Old versions are retained stopped, as Kamal does; an
+                    // extra *running* version is drift.
+                    c.running()
+                        && !units.apps.iter().any(|a| a.container_name == c.name)
+                        && units.apps.iter().any(|a| {
+                            a.role == *role
+                                && obs
+                                    .containers
+                                    .iter()
+                                    .any(|o| o.name == a.container_name && o.running())
+                        })
+                }
+                Some(_) => c.running(),
+                None => false,
+            }
+        })
+        .collect()
+}
+
+/// Apply a plan's effects to an observed state, as a perfect executor would:
+/// the model that property tests (and the dry-run's promise) rest on.
+pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed {
+    let mut next = observed.clone();
+    for action in &plan.actions {
+        let Some(HostState::Reached(obs)) = next
+            .hosts
+            .iter_mut()
+            .find(|h| h.host == action.host)
+            .map(|h| &mut h.state)
+        else {
+            continue;
+        };
+        let Some(units) = desired.hosts.iter().find(|h| h.host == action.host) else {
+            continue;
+        };
+        match &action.unit {
+            Unit::App { role } => {
+                let Some(app) = units.apps.iter().find(|a| a.role == *role) else {
+                    continue;
+                };
+                if let Some(old) = &action.replaces {
+                    for c in obs.containers.iter_mut().filter(|c| c.name == *old) {
+                        c.status = "exited".into();
+                    }
+                    if *old == app.container_name {
+                        obs.containers.retain(|c| c.name != *old);
+                    }
+                }
+                if matches!(action.kind, ActionKind::Start) {
+                    for c in obs
+                        .containers
+                        .iter_mut()
+                        .filter(|c| c.name == app.container_name)
+                    {
+                        c.status = "running".into();
+                    }
+                } else if matches!(action.kind, ActionKind::Create | ActionKind::Replace) {
+                    obs.containers.retain(|c| c.name != app.container_name);
+                    obs.containers
+                        .push(container_from_spec(&app.container_name, &app_spec(app)));
+                }
+                obs.env_files.insert(
+                    app.env_file.path.clone(),
+                    Some(env_file_hash(&app.env_file)),
+                );
+                if let (Some(route), Some(routes)) = (&app.proxy, obs.proxy_routes.as_mut()) {
+                    let id = format!("id-{}", app.container_name);
+                    routes.retain(|r| r.service != route.service);
+                    routes.push(crate::observe::ProxyRouteState {
+                        service: route.service.clone(),
+                        target: Some(format!("{id}:{}", route.app_port)),
+                        state: "running".into(),
+                    });
+                }
+            }
+            Unit::Accessory { name } => {
+                let Some(acc) = units.accessories.iter().find(|a| a.name == *name) else {
+                    continue;
+                };
+                if matches!(action.kind, ActionKind::Start) {
+                    for c in obs
+                        .containers
+                        .iter_mut()
+                        .filter(|c| c.name == acc.container_name)
+                    {
+                        c.status = "running".into();
+                    }
+                } else if !matches!(action.kind, ActionKind::WriteEnvFile) {
+                    obs.containers.retain(|c| c.name != acc.container_name);
+                    obs.containers.push(container_from_spec(
+                        &acc.container_name,
+                        &accessory_spec(acc),
+                    ));
+                }
+                obs.env_files.insert(
+                    acc.env_file.path.clone(),
+                    Some(env_file_hash(&acc.env_file)),
+                );
+            }
+            Unit::Proxy => {
+                obs.containers
+                    .retain(|c| c.name != crate::desired::PROXY_CONTAINER);
+                let mut c =
+                    container_from_spec(crate::desired::PROXY_CONTAINER, &UnitSpec::default());
+                c.labels.clear();
+                obs.containers.push(c);
+                obs.proxy_routes.get_or_insert_with(Vec::new);
+            }
+            Unit::Orphan => obs.containers.retain(|c| c.name != action.container),
+        }
+    }
+    // A newly booted proxy learns the routes of the apps it fronts.
+    for h in &mut next.hosts {
+        let (HostState::Reached(obs), Some(units)) = (
+            &mut h.state,
+            desired.hosts.iter().find(|u| u.host == h.host),
+        ) else {
+            continue;
+        };
+        if let Some(routes) = obs.proxy_routes.as_mut() {
+            for app in &units.apps {
+                if let Some(route) = &app.proxy
+                    && !routes.iter().any(|r| r.service == route.service)
+                    && let Some(c) = obs.containers.iter().find(|c| c.name == app.container_name)
+                {
+                    routes.push(crate::observe::ProxyRouteState {
+                        service: route.service.clone(),
+                        target: Some(format!("{}:{}", c.id, route.app_port)),
+                        state: "running".into(),
+                    });
+                }
+            }
+        }
+    }
+    next
+}
+
+fn container_from_spec(name: &str, spec: &UnitSpec) -> ObservedContainer {
+    ObservedContainer {
+        id: format!("id-{name}"),
+        name: name.to_string(),
+        image: spec.image.clone(),
+        image_id: String::new(),
+        labels: spec.labels.clone(),
+        env: spec.env.clone(),
+        from_image: Default::default(),
+        cmd: spec.cmd.clone(),
+        volumes: spec.volumes.clone(),
+        log_opts: spec.log_opts.clone(),
+        restart_policy: spec.restart.clone(),
+        networks: if spec.network.is_empty() {
+            vec![]
+        } else {
+            vec![spec.network.clone()]
+        },
+        status: "running".into(),
+        health: None,
+        restart_count: 0,
+    }
+}
+
+/// The observed state of a fleet that runs exactly `desired` (tests, and the
+/// property that such a fleet plans to nothing).
+pub fn observed_from_desired(desired: &Desired) -> Observed {
+    let mut out = Observed::default();
+    for units in &desired.hosts {
+        let mut obs = HostObservation::default();
+        for app in &units.apps {
+            obs.containers
+                .push(container_from_spec(&app.container_name, &app_spec(app)));
+            obs.env_files.insert(
+                app.env_file.path.clone(),
+                Some(env_file_hash(&app.env_file)),
+            );
+        }
+        for acc in &units.accessories {
+            obs.containers.push(container_from_spec(
+                &acc.container_name,
+                &accessory_spec(acc),
+            ));
+            obs.env_files.insert(
+                acc.env_file.path.clone(),
+                Some(env_file_hash(&acc.env_file)),
+            );
+        }
+        if units.proxy.is_some() {
+            let mut c = container_from_spec(crate::desired::PROXY_CONTAINER, &UnitSpec::default());
+            c.labels.clear();
+            obs.containers.push(c);
+            let routes = units
+                .apps
+                .iter()
+                .filter_map(|a| {
+                    a.proxy.as_ref().map(|r| crate::observe::ProxyRouteState {
+                        service: r.service.clone(),
+                        target: Some(format!("id-{}:{}", a.container_name, r.app_port)),
+                        state: "running".into(),
+                    })
+                })
+                .collect();
+            obs.proxy_routes = Some(routes);
+        }
+        out.hosts.push(crate::observe::ObservedHost {
+            host: units.host.clone(),
+            state: HostState::Reached(obs),
+        });
+    }
+    out
+}

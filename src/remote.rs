@@ -1,0 +1,238 @@
+//! `remote`: SSH to the fleet's hosts. One multiplexed OpenSSH connection per
+//! host (the `openssh` crate: a ControlMaster per host), opened on first use
+//! and kept warm across reconcile cycles; every command is an argv turned into
+//! one remote string by [`crate::shell::join`].
+//!
+//! Host keys are verified: `StrictHostKeyChecking=yes` against the user's
+//! known_hosts or `--known-hosts FILE`; accepting a new key on first contact
+//! must be asked for explicitly.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssh::{KnownHosts, Session, SessionBuilder};
+use tokio::sync::Mutex;
+
+use crate::config::Ssh;
+use crate::shell;
+
+/// How to reach hosts: the config's `ssh:` plus berth's own options.
+#[derive(Clone, Debug)]
+pub struct SshOptions {
+    pub user: String,
+    pub port: u16,
+    pub keys: Vec<PathBuf>,
+    pub keys_only: bool,
+    /// Jump host (`user@host[:port]`).
+    pub jump: Option<String>,
+    pub proxy_command: Option<String>,
+    /// Read `~/.ssh/config` (Kamal's `ssh.config`, default true).
+    pub use_ssh_config: bool,
+    pub known_hosts: Option<PathBuf>,
+    pub accept_new_host_keys: bool,
+    pub connect_timeout: Duration,
+    /// Where control sockets and berth's generated ssh_config live.
+    pub control_dir: PathBuf,
+}
+
+impl SshOptions {
+    pub fn from_config(ssh: &Ssh, home: Option<PathBuf>) -> SshOptions {
+        let expand = |p: &str| match (p.strip_prefix("~/"), &home) {
+            (Some(rest), Some(h)) => h.join(rest),
+            _ => PathBuf::from(p),
+        };
+        SshOptions {
+            user: ssh.user.clone(),
+            port: ssh.port.parse().unwrap_or(22),
+            keys: ssh.keys.iter().map(|k| expand(k)).collect(),
+            keys_only: ssh.keys_only.unwrap_or(false),
+            jump: ssh.proxy.clone(),
+            proxy_command: ssh.proxy_command.clone(),
+            use_ssh_config: !matches!(ssh.config, crate::config::SshConfigFiles::Ignore),
+            known_hosts: None,
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(10),
+            control_dir: std::env::temp_dir().join(format!("berth-ssh-{}", std::process::id())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{host}: cannot connect: {message}")]
+    Connect { host: String, message: String },
+    #[error(
+        "{host}: host key verification failed: its key is not in known_hosts or has changed (pass --known-hosts FILE, or --accept-new-host-keys to trust a first contact)"
+    )]
+    HostKey { host: String },
+    #[error("{host}: `{command}` failed: {message}")]
+    Command {
+        host: String,
+        command: String,
+        message: String,
+    },
+}
+
+/// The output of a remote command.
+#[derive(Debug)]
+pub struct RemoteOutput {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RemoteOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
+/// Warm connections to hosts, shared by observe and apply.
+pub struct Connections {
+    opts: SshOptions,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Connections {
+    pub fn new(opts: SshOptions) -> Connections {
+        Connections {
+            opts,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn options(&self) -> &SshOptions {
+        &self.opts
+    }
+
+    fn ssh_config_file(&self) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.opts.control_dir)?;
+        let path = self.opts.control_dir.join("ssh_config");
+        let o = &self.opts;
+        // Values become ssh_config lines: a newline or quote would smuggle in
+        // other options.
+        let values = o
+            .keys
+            .iter()
+            .map(|k| k.to_string_lossy().into_owned())
+            .chain(o.jump.clone())
+            .chain(o.proxy_command.clone());
+        for v in values {
+            if v.contains(['\n', '\r', '"']) {
+                return Err(std::io::Error::other(format!(
+                    "ssh setting {v:?} contains a newline or quote"
+                )));
+            }
+        }
+        let mut cfg =
+            String::from("BatchMode yes\nServerAliveInterval 15\nServerAliveCountMax 3\n");
+        for k in &o.keys {
+            cfg.push_str(&format!("IdentityFile \"{}\"\n", k.display()));
+        }
+        if o.keys_only {
+            cfg.push_str("IdentitiesOnly yes\n");
+        }
+        if let Some(j) = &o.jump {
+            cfg.push_str(&format!("ProxyJump {j}\n"));
+        }
+        if let Some(c) = &o.proxy_command {
+            cfg.push_str(&format!("ProxyCommand {c}\n"));
+        }
+        if o.use_ssh_config
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            let user_cfg = PathBuf::from(home).join(".ssh/config");
+            if user_cfg.exists() {
+                cfg.push_str(&format!("Include \"{}\"\n", user_cfg.display()));
+            }
+        }
+        std::fs::write(&path, cfg)?;
+        Ok(path)
+    }
+
+    async fn session(&self, host: &str) -> Result<Arc<Session>, RemoteError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(host) {
+            if s.check().await.is_ok() {
+                return Ok(s.clone());
+            }
+            sessions.remove(host);
+        }
+        let cfg = self.ssh_config_file().map_err(|e| RemoteError::Connect {
+            host: host.to_string(),
+            message: format!("cannot write ssh config: {e}"),
+        })?;
+        let o = &self.opts;
+        let mut b = SessionBuilder::default();
+        b.user(o.user.clone())
+            .port(o.port)
+            .config_file(&cfg)
+            .connect_timeout(o.connect_timeout)
+            .control_directory(&o.control_dir)
+            .known_hosts_check(if o.accept_new_host_keys {
+                KnownHosts::Add
+            } else {
+                KnownHosts::Strict
+            });
+        if let Some(kh) = &o.known_hosts {
+            b.user_known_hosts_file(kh);
+        }
+        let session = b.connect(host).await.map_err(|e| classify(host, &e))?;
+        let s = Arc::new(session);
+        sessions.insert(host.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Run `argv` on `host` (connecting if needed) and collect its output.
+    pub async fn run(&self, host: &str, argv: &[String]) -> Result<RemoteOutput, RemoteError> {
+        let session = self.session(host).await?;
+        let command = shell::join(argv);
+        let out =
+            session
+                .raw_command(&command)
+                .output()
+                .await
+                .map_err(|e| RemoteError::Command {
+                    host: host.to_string(),
+                    command: argv.first().cloned().unwrap_or_default(),
+                    message: e.to_string(),
+                })?;
+        Ok(RemoteOutput {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Close every connection (the ControlMasters exit).
+    pub async fn close(&self) {
+        let mut sessions = self.sessions.lock().await;
+        for (_, s) in sessions.drain() {
+            if let Ok(s) = Arc::try_unwrap(s) {
+                let _ = s.close().await;
+            }
+        }
+    }
+}
+
+fn classify(host: &str, e: &openssh::Error) -> RemoteError {
+    let text = format!(
+        "{e} {}",
+        std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    if text.contains("Host key verification failed") || text.contains("REMOTE HOST IDENTIFICATION")
+    {
+        RemoteError::HostKey {
+            host: host.to_string(),
+        }
+    } else {
+        RemoteError::Connect {
+            host: host.to_string(),
+            message: text.trim().to_string(),
+        }
+    }
+}
