@@ -1,0 +1,318 @@
+//! `berth reconcile --dry-run` on a real testbed, with real Kamal 2.11 as the
+//! oracle: a fleet Kamal deployed is in sync; hand-made drift and config
+//! changes yield exactly the expected actions; bad input fails cleanly.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use berth::testbed;
+use serde_json::Value;
+use support::{Fleet, KAMAL_COMMON};
+
+fn deploy_yml(hosts: &[String], greeting: &str, version: &str, extra: &str) -> String {
+    format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n  jobs:\n    hosts: [{}]\n    proxy: false\n\
+         proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n\
+         env:\n  clear:\n    GREETING: {greeting}\n  secret: [DB_PASSWORD]\n\
+         accessories:\n  kv:\n    image: {{registry}}/kv:1\n    host: {}\n    volumes: [kv-data:/data]\n\
+         readiness_delay: 0\ndrain_timeout: 2\nx-berth:\n  version: {version}\n{extra}{KAMAL_COMMON}",
+        hosts.join(", "),
+        hosts[0],
+        hosts[hosts.len() - 1],
+    )
+}
+
+struct Berth<'a> {
+    fleet: &'a Fleet,
+    project: &'a Path,
+}
+
+impl Berth<'_> {
+    fn dry_run(&self, extra: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["reconcile", "--dry-run", "--known-hosts"])
+            .arg(self.fleet.tb.known_hosts())
+            .args(extra)
+            .current_dir(self.project)
+            .output()
+            .unwrap()
+    }
+
+    /// (exit code, plan JSON).
+    fn plan(&self, extra: &[&str]) -> (i32, Value) {
+        let mut args = vec!["--output", "json"];
+        args.extend_from_slice(extra);
+        let out = self.dry_run(&args);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), json)
+    }
+}
+
+fn actions(plan: &Value) -> Vec<(String, String, String)> {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["host"].as_str().unwrap().to_string(),
+                a["kind"].as_str().unwrap().to_string(),
+                a["container"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn write_config(project: &Path, fleet: &Fleet, yml: &str) {
+    let yml = yml
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    std::fs::write(project.join("config/deploy.yml"), yml).unwrap();
+}
+
+#[test]
+fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
+    let fleet = Fleet::up(4);
+    let addrs = fleet.addrs();
+    let three = addrs[..3].to_vec();
+    let project = fleet.project(
+        "",
+        "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=first-secret\n",
+    );
+    let p = project.path();
+    write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
+    let reg = fleet.tb.registry();
+    fleet.kamal_ok(
+        p,
+        &[
+            "proxy",
+            "boot_config",
+            "set",
+            "--registry",
+            &reg,
+            "--repository",
+            "basecamp",
+            "--image-version",
+            "v0.9.2",
+        ],
+    );
+    fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v1"]);
+    fleet.kamal_ok(p, &["accessory", "boot", "all"]);
+    let berth = Berth {
+        fleet: &fleet,
+        project: p,
+    };
+
+    // Deployed by real Kamal: in sync.
+    let out = berth.dry_run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"));
+
+    // A container stopped by hand: exactly one start, on that host.
+    let h2 = fleet.host(1);
+    h2.docker_ok(&["stop", "demo-web-v1"]).unwrap();
+    let (code, plan) = berth.plan(&[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        actions(&plan),
+        [(addrs[1].clone(), "start".into(), "demo-web-v1".into())]
+    );
+    h2.docker_ok(&["start", "demo-web-v1"]).unwrap();
+
+    // Removed by hand: exactly one create.
+    let h3 = fleet.host(2);
+    let id = h3
+        .docker_ok(&["inspect", "-f", "{{.Id}}", "demo-web-v1"])
+        .unwrap();
+    h3.docker_ok(&["rm", "-f", "demo-web-v1"]).unwrap();
+    let (code, plan) = berth.plan(&[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        actions(&plan),
+        [(addrs[2].clone(), "create".into(), "demo-web-v1".into())]
+    );
+    assert!(!id.is_empty());
+    // Kamal puts it back (same version: a fresh boot of the role).
+    fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v1"]);
+    assert_eq!(berth.dry_run(&[]).status.code(), Some(0));
+
+    // A clear env change: replace that role's units only, naming the key.
+    write_config(p, &fleet, &deploy_yml(&three, "changed", "v1", ""));
+    let (code, plan) = berth.plan(&[]);
+    assert_eq!(code, 2);
+    let acts = actions(&plan);
+    assert!(acts.iter().all(|(_, k, _)| k == "replace"), "{acts:?}");
+    assert_eq!(
+        acts.len(),
+        4,
+        "3 web + 1 jobs (the env is the app's): {acts:?}"
+    );
+    let text = String::from_utf8_lossy(&berth.dry_run(&[]).stdout).to_string();
+    assert!(
+        text.contains("GREETING=hello") && text.contains("GREETING=changed"),
+        "{text}"
+    );
+    write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
+
+    // A secret change: replace, the key named, no value anywhere.
+    std::fs::write(
+        p.join(".kamal/secrets"),
+        "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=second-secret\n",
+    )
+    .unwrap();
+    let out = berth.dry_run(&[]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text.contains("DB_PASSWORD"), "{text}");
+    assert!(
+        !text.contains("first-secret") && !text.contains("second-secret"),
+        "{text}"
+    );
+    std::fs::write(
+        p.join(".kamal/secrets"),
+        "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=first-secret\n",
+    )
+    .unwrap();
+
+    // A new host: created there only (its proxy and its app).
+    write_config(
+        p,
+        &fleet,
+        &deploy_yml(&addrs, "hello", "v1", "").replace(
+            &format!("host: {}", addrs[3]),
+            &format!("host: {}", addrs[2]),
+        ),
+    );
+    let (code, plan) = berth.plan(&[]);
+    assert_eq!(code, 2);
+    let acts = actions(&plan);
+    assert!(
+        acts.iter().all(|(h, k, _)| *h == addrs[3] && k == "create"),
+        "{acts:?}"
+    );
+    assert_eq!(acts.len(), 2, "{acts:?}");
+    write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
+
+    // Version bump: replace everywhere, primary role host by host, then jobs.
+    write_config(p, &fleet, &deploy_yml(&three, "hello", "v2", ""));
+    let (code, plan) = berth.plan(&[]);
+    assert_eq!(code, 2);
+    let want: Vec<(String, String, String)> = three
+        .iter()
+        .map(|h| (h.clone(), "replace".to_string(), "demo-web-v2".to_string()))
+        .chain([(
+            addrs[0].clone(),
+            "replace".to_string(),
+            "demo-jobs-v2".to_string(),
+        )])
+        .collect();
+    assert_eq!(actions(&plan), want);
+    // Filters.
+    let (_, plan) = berth.plan(&["--roles", "jobs"]);
+    assert_eq!(actions(&plan).len(), 1);
+    let (_, plan) = berth.plan(&["--hosts", &addrs[1]]);
+    assert_eq!(
+        actions(&plan),
+        [(addrs[1].clone(), "replace".into(), "demo-web-v2".into())]
+    );
+    write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
+
+    // A host whose sshd is down: exit 1, the others still planned.
+    let pid = std::fs::read_to_string(fleet.host(1).dir.join("sshd.pid")).unwrap();
+    Command::new("kill").arg(pid.trim()).status().unwrap();
+    testbed::poll(
+        std::time::Instant::now() + std::time::Duration::from_secs(5),
+        "sshd down",
+        || std::net::TcpStream::connect((fleet.host(1).addr, 22)).is_err(),
+    )
+    .unwrap();
+    h3.docker_ok(&["stop", "demo-web-v1"]).unwrap();
+    let (code, plan) = berth.plan(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(plan["unknown_hosts"][0]["host"], addrs[1].as_str());
+    assert_eq!(
+        actions(&plan),
+        [(addrs[2].clone(), "start".into(), "demo-web-v1".into())]
+    );
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
+fn bad_input_fails_cleanly_before_touching_any_host() {
+    let fleet = Fleet::bare(1);
+    let addr = fleet.addrs()[0].clone();
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=x\n");
+    let p = project.path();
+    let berth = Berth {
+        fleet: &fleet,
+        project: p,
+    };
+
+    // Malformed config: file:line, exit 1.
+    std::fs::write(
+        p.join("config/deploy.yml"),
+        format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hostz: [{addr}]\n{KAMAL_COMMON}"
+        )
+        .replace("{key}", "/nonexistent"),
+    )
+    .unwrap();
+    let out = berth.dry_run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config/deploy.yml:5:5: servers.web.hostz"),
+        "{err}"
+    );
+
+    // Unknown host key: strict checking refuses, nothing runs.
+    write_config(
+        p,
+        &fleet,
+        &deploy_yml(std::slice::from_ref(&addr), "hi", "v1", ""),
+    );
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["reconcile", "--dry-run", "--known-hosts"])
+        .arg(empty.path())
+        .current_dir(p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host key verification failed"));
+
+    // An unreachable bastion: a clear connection error.
+    write_config(
+        p,
+        &fleet,
+        &deploy_yml(std::slice::from_ref(&addr), "hi", "v1", "").replace(
+            "ssh:\n",
+            &format!("ssh:\n  proxy: root@10.210.{}.250\n", fleet.tb.slot),
+        ),
+    );
+    let out = berth.dry_run(&["--connect-timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+    // Nothing ran: no docker network was ever created on the host.
+    let nets = fleet
+        .host(0)
+        .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .unwrap();
+    assert!(!nets.contains("kamal"));
+}
