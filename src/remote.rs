@@ -89,18 +89,31 @@ impl RemoteOutput {
     }
 }
 
+/// A host's connection, once made.
+type Slot = Arc<Mutex<Option<Arc<Session>>>>;
+
 /// Warm connections to hosts, shared by observe and apply.
 pub struct Connections {
     opts: SshOptions,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// One slot per host, so hosts connect in parallel while two users of
+    /// the same host share one connection.
+    sessions: std::sync::Mutex<HashMap<String, Slot>>,
+    /// Remote commands run so far (round trips), for metrics and benchmarks.
+    commands: std::sync::atomic::AtomicU64,
 }
 
 impl Connections {
     pub fn new(opts: SshOptions) -> Connections {
         Connections {
             opts,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: std::sync::Mutex::new(HashMap::new()),
+            commands: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Remote commands run so far.
+    pub fn commands_run(&self) -> u64 {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn options(&self) -> &SshOptions {
@@ -152,13 +165,16 @@ impl Connections {
         Ok(path)
     }
 
+    fn slot(&self, host: &str) -> Slot {
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(host.to_string()).or_default().clone()
+    }
+
     async fn session(&self, host: &str) -> Result<Arc<Session>, RemoteError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(host) {
-            if s.check().await.is_ok() {
-                return Ok(s.clone());
-            }
-            sessions.remove(host);
+        let slot = self.slot(host);
+        let mut guard = slot.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
         }
         let cfg = self.ssh_config_file().map_err(|e| RemoteError::Connect {
             host: host.to_string(),
@@ -179,26 +195,43 @@ impl Connections {
         if let Some(kh) = &o.known_hosts {
             b.user_known_hosts_file(kh);
         }
-        let session = b.connect(host).await.map_err(|e| classify(host, &e))?;
-        let s = Arc::new(session);
-        sessions.insert(host.to_string(), s.clone());
-        Ok(s)
+        let session = Arc::new(b.connect(host).await.map_err(|e| classify(host, &e))?);
+        *guard = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Forget a host's connection (it broke); the next use reconnects.
+    async fn forget(&self, host: &str) {
+        let slot = self.slot(host);
+        slot.lock().await.take();
     }
 
     /// Run `argv` on `host` (connecting if needed) and collect its output.
     pub async fn run(&self, host: &str, argv: &[String]) -> Result<RemoteOutput, RemoteError> {
-        let session = self.session(host).await?;
         let command = shell::join(argv);
-        let out =
-            session
-                .raw_command(&command)
-                .output()
-                .await
-                .map_err(|e| RemoteError::Command {
-                    host: host.to_string(),
-                    command: argv.first().cloned().unwrap_or_default(),
-                    message: e.to_string(),
-                })?;
+        let mut attempt = 0;
+        let out = loop {
+            let session = self.session(host).await?;
+            self.commands
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match session.raw_command(&command).output().await {
+                Ok(out) => break out,
+                // A connection kept warm may have died (host rebooted, sshd
+                // restarted): reconnect once before calling the host down.
+                Err(_) if attempt == 0 => {
+                    attempt += 1;
+                    self.forget(host).await;
+                }
+                Err(e) => {
+                    self.forget(host).await;
+                    return Err(RemoteError::Command {
+                        host: host.to_string(),
+                        command: argv.first().cloned().unwrap_or_default(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        };
         Ok(RemoteOutput {
             status: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -208,9 +241,14 @@ impl Connections {
 
     /// Close every connection (the ControlMasters exit).
     pub async fn close(&self) {
-        let mut sessions = self.sessions.lock().await;
-        for (_, s) in sessions.drain() {
-            if let Ok(s) = Arc::try_unwrap(s) {
+        let slots: Vec<_> = {
+            let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().map(|(_, v)| v).collect()
+        };
+        for slot in slots {
+            if let Some(s) = slot.lock().await.take()
+                && let Ok(s) = Arc::try_unwrap(s)
+            {
                 let _ = s.close().await;
             }
         }

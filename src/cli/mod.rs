@@ -88,3 +88,20 @@ pub fn main() -> ExitCode {
 pub(crate) fn process_env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
+
+/// Load a config (and its secrets) and render the desired state, as the
+/// subcommands do (for benchmarks and embedding).
+pub fn load_desired_for(
+    config_file: &std::path::Path,
+    destination: Option<&str>,
+) -> anyhow::Result<(crate::config::Config, crate::desired::Desired)> {
+    render::load_desired(
+        &ConfigArgs {
+            config_file: config_file.to_path_buf(),
+            destination: destination.map(str::to_string),
+            allow_secret_commands: false,
+        },
+        None,
+        None,
+    )
+}

@@ -112,6 +112,7 @@ pub fn probe_request(desired: &Desired, host: &str) -> probe::ProbeRequest {
     };
     let mut clear = BTreeSet::new();
     if let Some(units) = desired.hosts.iter().find(|h| h.host == host) {
+        req.proxy = units.proxy.is_some();
         for app in &units.apps {
             req.env_files.push(app.env_file.path.clone());
             clear.extend(app.clear_env.iter().map(|(k, _)| k.clone()));

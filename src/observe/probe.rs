@@ -14,29 +14,45 @@ use sha2::{Digest, Sha256};
 
 use super::{EnvValue, HostObservation, ObservedContainer, ProxyRouteState};
 
-/// The remote script. Sections are introduced by `@@name` lines.
-pub const SCRIPT: &str = r#"ids=""
-for a in "$@"; do case "$a" in L:*) ids="$ids $(docker ps -aq --no-trunc --filter "label=service=${a#L:}")";; esac; done
-ids="$ids $(docker ps -aq --no-trunc --filter 'name=^kamal-proxy$')"
-ids=$(echo $ids)
+/// The remote script: two docker CLI calls (`ps`, then one `inspect` of the
+/// service's containers *and* their images), `kamal-proxy list` only where a
+/// proxy is wanted and running, one `sha256sum` for all env files. Sections
+/// are introduced by `@@name` lines. A failing `docker` fails the probe
+/// (exit 3): a host whose engine does not answer is unknown, never empty.
+pub const SCRIPT: &str = r#"want=" "; proxy_wanted=""
+for a in "$@"; do case "$a" in
+  L:*) want="$want${a#L:} ";;
+  P) proxy_wanted=1;;
+esac; done
+ps_out=$(docker ps -a --no-trunc --format '{{.ID}}|{{.Image}}|{{.Names}}|{{.Label "service"}}|{{.State}}') || { echo "docker ps failed" >&2; exit 3; }
+sel=""; refs=""; proxy_running=""
+while IFS='|' read -r id image name svc state; do
+  [ -n "$id" ] || continue
+  keep=""
+  if [ -n "$svc" ]; then case "$want" in *" $svc "*) keep=1;; esac; fi
+  if [ "$name" = kamal-proxy ]; then keep=1; [ "$state" = running ] && proxy_running=1; fi
+  if [ -n "$keep" ]; then
+    sel="$sel $id"
+    case " $refs " in *" $image "*) ;; *) refs="$refs $image";; esac
+  fi
+done <<PS
+$ps_out
+PS
 echo "@@inspect"
-if [ -n "$ids" ]; then docker inspect $ids; else echo '[]'; fi
-echo "@@images"
-imgs=""
-if [ -n "$ids" ]; then imgs=$(docker inspect --format '{{.Image}}' $ids | sort -u); fi
-if [ -n "$imgs" ]; then docker image inspect $imgs; else echo '[]'; fi
+if [ -n "$sel" ]; then docker inspect $sel $refs 2>/dev/null || docker inspect $sel || exit 3; else echo '[]'; fi
 echo "@@proxy"
-if [ -n "$(docker ps -q --filter 'name=^kamal-proxy$' --filter status=running)" ]; then
+if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
   docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
-else
-  echo "@@proxy-absent"
-fi
-echo "@@files"
-for a in "$@"; do case "$a" in F:*) f="${a#F:}"
-  if [ -f "$f" ]; then printf '%s %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$f"; else printf 'missing %s\n' "$f"; fi;; esac; done
+elif [ -n "$proxy_running" ]; then echo "@@proxy-unasked"
+else echo "@@proxy-absent"; fi
 echo "@@lock"
 for a in "$@"; do case "$a" in K:*) d="${a#K:}"
   if [ -d "$d" ]; then printf 'held %s\n' "$(base64 -w0 "$d/details" 2>/dev/null)"; fi;; esac; done
+echo "@@files"
+n=$#
+for a in "$@"; do case "$a" in F:*) f="${a#F:}"; [ -f "$f" ] && set -- "$@" "$f";; esac; done
+shift $n
+if [ $# -gt 0 ]; then sha256sum -- "$@"; fi
 echo "@@end"
 "#;
 
@@ -49,6 +65,8 @@ pub struct ProbeRequest {
     pub env_files: Vec<String>,
     /// Kamal lock directories to check.
     pub lock_dirs: Vec<String>,
+    /// Ask kamal-proxy for its routes (the host runs a proxied role).
+    pub proxy: bool,
     /// Env keys whose values may be kept in clear (the config's clear env);
     /// every other value is kept only as a hash.
     pub clear_keys: BTreeSet<String>,
@@ -66,6 +84,9 @@ impl ProbeRequest {
         argv.extend(self.service_labels.iter().map(|l| format!("L:{l}")));
         argv.extend(self.env_files.iter().map(|f| format!("F:{f}")));
         argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
+        if self.proxy {
+            argv.push("P".into());
+        }
         argv
     }
 }
@@ -103,46 +124,41 @@ pub fn hash(value: &str) -> String {
 /// Parse the probe's stdout.
 pub fn parse(out: &str, req: &ProbeRequest) -> Result<HostObservation, ProbeError> {
     let inspect: Value =
-        serde_json::from_str(section(out, "inspect", "images")?).map_err(|e| ProbeError::Json {
+        serde_json::from_str(section(out, "inspect", "proxy")?).map_err(|e| ProbeError::Json {
             what: "inspect",
             message: e.to_string(),
         })?;
-    let images: Value =
-        serde_json::from_str(section(out, "images", "proxy")?).map_err(|e| ProbeError::Json {
-            what: "image inspect",
-            message: e.to_string(),
-        })?;
-    let image_config: BTreeMap<String, &Value> = images
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| Some((i.get("Id")?.as_str()?.to_string(), i.get("Config")?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    // One inspect returns containers (they have `State`) and their images.
+    let objects = inspect.as_array().map(Vec::as_slice).unwrap_or_default();
+    let image_config: BTreeMap<String, &Value> = objects
+        .iter()
+        .filter(|o| o.get("State").is_none())
+        .filter_map(|i| Some((i.get("Id")?.as_str()?.to_string(), i.get("Config")?)))
+        .collect();
 
     let mut containers = Vec::new();
-    for c in inspect.as_array().into_iter().flatten() {
+    for c in objects.iter().filter(|o| o.get("State").is_some()) {
         containers.push(container(c, &image_config, req));
     }
     containers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let proxy_text = section(out, "proxy", "files")?;
-    let proxy_routes = if proxy_text.starts_with("@@proxy-absent") {
-        None
-    } else {
-        Some(parse_proxy_list(proxy_text))
-    };
+    let proxy_text = section(out, "proxy", "lock")?;
+    let proxy_routes =
+        if proxy_text.starts_with("@@proxy-absent") || proxy_text.starts_with("@@proxy-unasked") {
+            None
+        } else {
+            Some(parse_proxy_list(proxy_text))
+        };
 
-    let mut env_files = BTreeMap::new();
-    for line in section(out, "files", "lock")?.lines() {
-        if let Some(path) = line.strip_prefix("missing ") {
-            env_files.insert(path.to_string(), None);
-        } else if let Some((h, path)) = line.split_once(' ') {
+    // `sha256sum` prints `<hash>  <path>` for the files that exist.
+    let mut env_files: BTreeMap<String, Option<String>> =
+        req.env_files.iter().map(|f| (f.clone(), None)).collect();
+    for line in section(out, "files", "end")?.lines() {
+        if let Some((h, path)) = line.split_once("  ") {
             env_files.insert(path.to_string(), Some(h.to_string()));
         }
     }
-    let lock = section(out, "lock", "end")?
+    let lock = section(out, "lock", "files")?
         .lines()
         .find_map(|l| l.strip_prefix("held "))
         .map(decode_lock);
@@ -313,20 +329,22 @@ mod tests {
         let out = r#"@@inspect
 [{"Id":"abc","Name":"/demo-web-v1","Image":"sha256:1","Config":{"Image":"reg/demo:v1","Labels":{"service":"demo","role":"web","img":"x"},"Env":["PATH=/bin","KAMAL_VERSION=v1","DB_PASSWORD=hunter2"],"Cmd":["/bin/sh","-c","serve"]},
   "HostConfig":{"Binds":["/data:/data"],"RestartPolicy":{"Name":"unless-stopped"},"LogConfig":{"Config":{"max-size":"10m"}}},
-  "State":{"Status":"running"},"RestartCount":0,"NetworkSettings":{"Networks":{"kamal":{}}}}]
-@@images
-[{"Id":"sha256:1","Config":{"Labels":{"service":"demo","img":"x"},"Env":["PATH=/bin"],"Cmd":["/bin/sh","-c","serve"]}}]
+  "State":{"Status":"running"},"RestartCount":0,"NetworkSettings":{"Networks":{"kamal":{}}}},
+ {"Id":"sha256:1","Config":{"Labels":{"service":"demo","img":"x"},"Env":["PATH=/bin"],"Cmd":["/bin/sh","-c","serve"]}}]
 @@proxy
 Service    Host  Path  Target     State    TLS
 demo-web   *     /     abc:80     running  no
-@@files
-0123 .kamal/apps/demo/env/roles/web.env
-missing .kamal/apps/demo/env/roles/job.env
 @@lock
 held TG9ja2VkIGJ5OiBtZQ==
+@@files
+0123  .kamal/apps/demo/env/roles/web.env
 @@end
 "#;
         let req = ProbeRequest {
+            env_files: vec![
+                ".kamal/apps/demo/env/roles/web.env".into(),
+                ".kamal/apps/demo/env/roles/job.env".into(),
+            ],
             clear_keys: ["KAMAL_VERSION".to_string()].into(),
             ..Default::default()
         };
@@ -348,6 +366,10 @@ held TG9ja2VkIGJ5OiBtZQ==
         assert_eq!(routes[0].service, "demo-web");
         assert_eq!(routes[0].target.as_deref(), Some("abc:80"));
         assert_eq!(o.env_files[".kamal/apps/demo/env/roles/job.env"], None);
+        assert_eq!(
+            o.env_files[".kamal/apps/demo/env/roles/web.env"].as_deref(),
+            Some("0123")
+        );
         assert_eq!(o.lock.as_deref(), Some("Locked by: me"));
     }
 

@@ -1,0 +1,101 @@
+//! `cargo bench --bench observe` (root): berth's no-op dry-run against
+//! `kamal details` on the same testbed, for 3, 10 and 30 hosts, after real
+//! Kamal deployed the demo app (proxy off). Prints both, the ratio, and
+//! berth's remote round trips per host. Targets (issue 4): ≥ 20× faster than
+//! `kamal details`; ≤ 150 ms for 30 hosts with warm connections.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::cli::load_desired_for;
+use berth::observe;
+use berth::plan::{self, PlanOptions};
+use berth::remote::{Connections, SshOptions};
+use support::{Fleet, KAMAL_COMMON};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    println!(
+        "{:>5} {:>16} {:>16} {:>16} {:>8} {:>14}",
+        "hosts", "kamal details", "berth cold CLI", "berth warm", "ratio", "trips/host"
+    );
+    for n in [3usize, 10, 30] {
+        let fleet = Fleet::up(n);
+        let project = fleet.project(
+            &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
+            "KAMAL_REGISTRY_PASSWORD=unused\n",
+        );
+        let p = project.path();
+        fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v1"]);
+
+        let mut kamal = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            fleet.kamal_ok(p, &["details"]);
+            kamal.push(t.elapsed());
+        }
+        let kamal = median(kamal);
+
+        let mut cold = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let out = std::process::Command::new("target/release/berth")
+                .args(["reconcile", "--dry-run", "--known-hosts"])
+                .arg(fleet.tb.known_hosts())
+                .arg("-c")
+                .arg(p.join("config/deploy.yml"))
+                .output()
+                .expect("berth");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            cold.push(t.elapsed());
+        }
+        let cold = median(cold);
+
+        let (cfg, desired) = load_desired_for(&p.join("config/deploy.yml"), None).expect("config");
+        let mut ssh = SshOptions::from_config(&cfg.ssh, Some(PathBuf::from("/root")));
+        ssh.known_hosts = Some(fleet.tb.known_hosts());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (warm, trips) = rt.block_on(async {
+            let conns = Arc::new(Connections::new(ssh));
+            let first = observe::observe(&desired, &conns, 64).await;
+            assert!(plan::plan(&desired, &first, &PlanOptions::default()).in_sync());
+            let before = conns.commands_run();
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                let o = observe::observe(&desired, &conns, 64).await;
+                let p = plan::plan(&desired, &o, &PlanOptions::default());
+                times.push(t.elapsed());
+                assert!(p.in_sync());
+            }
+            let trips = (conns.commands_run() - before) as f64 / 5.0 / n as f64;
+            conns.close().await;
+            (median(times), trips)
+        });
+        println!(
+            "{n:>5} {:>13.0} ms {:>13.0} ms {:>13.0} ms {:>7.1}x {:>14.1}",
+            kamal.as_secs_f64() * 1000.0,
+            cold.as_secs_f64() * 1000.0,
+            warm.as_secs_f64() * 1000.0,
+            kamal.as_secs_f64() / warm.as_secs_f64(),
+            trips
+        );
+        drop(fleet);
+    }
+}
