@@ -363,8 +363,13 @@ impl Decoder {
         Some(out)
     }
 
-    fn labels(&mut self, node: &Node, path: &str) -> Labels {
+    /// Labels; Kamal reserves `service`, `role` and `destination` in role and
+    /// accessory labels only (`reserved`), not in the top-level block.
+    fn labels(&mut self, node: &Node, path: &str, reserved: bool) -> Labels {
         let labels = self.arg_map(node, path).unwrap_or_default();
+        if !reserved {
+            return labels;
+        }
         if let Value::Map(entries) = &node.value {
             for (key, _) in entries {
                 if RESERVED_LABELS.contains(&key.name.as_str()) {
@@ -420,6 +425,23 @@ impl Decoder {
         logging
     }
 
+    /// Env values must be strings (Kamal: "should be a string"): an empty
+    /// value, or an ERB `ENV[...]` that rendered empty, is not one.
+    fn reject_null_values(&mut self, node: &Node, path: &str) {
+        if let Value::Map(entries) = &node.value {
+            for (key, value) in entries {
+                if value.is_null() {
+                    // Point at the key: an empty value has no position of its own.
+                    self.error(
+                        &key.mark,
+                        &join(path, &key.name),
+                        "should be a string (found nil)",
+                    );
+                }
+            }
+        }
+    }
+
     /// `env:` in the simple (`KEY: value`) or complex (`clear`/`secret`/`tags`) shape.
     fn env(&mut self, node: &Node, path: &str, allow_tags: bool) -> EnvSpec {
         let mut env = EnvSpec::default();
@@ -434,6 +456,7 @@ impl Decoder {
             .iter()
             .any(|(k, _)| matches!(k.name.as_str(), "clear" | "secret" | "tags"));
         if !complex {
+            self.reject_null_values(node, path);
             env.clear = self.arg_map(node, path).unwrap_or_default();
             return env;
         }
@@ -441,6 +464,7 @@ impl Decoder {
             return env;
         };
         if let Some(clear) = get(map, "clear") {
+            self.reject_null_values(clear, &join(path, "clear"));
             env.clear = self
                 .arg_map(clear, &join(path, "clear"))
                 .unwrap_or_default();
@@ -898,7 +922,7 @@ impl Decoder {
         }
 
         let labels = get(map, "labels")
-            .map(|n| self.labels(n, "labels"))
+            .map(|n| self.labels(n, "labels", false))
             .unwrap_or_default();
         let volumes = self.opt_string_list(map, "volumes", "").unwrap_or_default();
         let env = get(map, "env")
@@ -922,6 +946,8 @@ impl Decoder {
         let has_servers = get(map, "servers").is_some_and(|n| !n.is_null());
         if has_servers {
             match roles.iter().find(|r| r.name == primary_role) {
+                // A malformed `servers:` was reported; its roles are unknown.
+                _ if self.has_error_under("servers") => {}
                 None => {
                     let mark = get(map, "primary_role")
                         .or(get(map, "servers"))
@@ -1182,6 +1208,15 @@ impl Decoder {
                 None | Some(Value::Scalar(Scalar::Null)) => name == primary,
                 Some(_) => true,
             };
+            // Kamal: a role's `proxy` is `true`, `false` or a hash.
+            if let Some(rp) = role_proxy
+                && !matches!(
+                    rp.value,
+                    Value::Map(_) | Value::Scalar(Scalar::Bool(_)) | Value::Scalar(Scalar::Null)
+                )
+            {
+                d.type_error(rp, &join(&path, "proxy"), "a hash");
+            }
             let proxy = if running {
                 if let Some(rp) = role_proxy
                     && matches!(rp.value, Value::Map(_))
@@ -1216,7 +1251,7 @@ impl Decoder {
             };
             let mut labels = root_labels.clone();
             if let Some(l) = get_spec("labels") {
-                for (k, v) in d.labels(l, &join(&path, "labels")) {
+                for (k, v) in d.labels(l, &join(&path, "labels"), true) {
                     if let Some(slot) = labels.iter_mut().find(|(lk, _)| *lk == k) {
                         slot.1 = v;
                     } else {
@@ -1374,7 +1409,7 @@ impl Decoder {
                 cmd: self.opt_string(m, "cmd", &path),
                 port,
                 labels: get(m, "labels")
-                    .map(|n| self.labels(n, &join(&path, "labels")))
+                    .map(|n| self.labels(n, &join(&path, "labels"), true))
                     .unwrap_or_default(),
                 options: get(m, "options")
                     .map(|n| self.docker_options(n, &join(&path, "options")))
@@ -1535,9 +1570,13 @@ impl Decoder {
             return builder;
         };
         if let Some(a) = get(m, "arch") {
-            builder.arch = self.string_or_list(a, "builder.arch").unwrap_or_default();
+            if matches!(a.value, Value::Map(_)) {
+                self.error(&a.mark, "builder.arch", "should be an array or a string");
+            } else {
+                builder.arch = self.string_or_list(a, "builder.arch").unwrap_or_default();
+            }
         }
-        if builder.arch.is_empty() {
+        if builder.arch.is_empty() && !self.has_error_under("builder.arch") {
             self.error(&node.mark, "builder.arch", "Builder arch not set");
         }
         builder.remote = self.opt_string(m, "remote", "builder");

@@ -541,7 +541,13 @@ fn app_unit(
                 .map_or(ArgValue::Bare, ArgValue::Value),
         ),
     ];
-    labels.extend(role.labels.iter().cloned());
+    // Ruby `Hash#merge`: a custom label replaces a default in place.
+    for (k, v) in &role.labels {
+        match labels.iter_mut().find(|(lk, _)| lk == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => labels.push((k.clone(), v.clone())),
+        }
+    }
     argumentize("--label", &labels, &mut tail);
     optionize(&role.options, &mut tail);
     tail.push(image.to_string());
