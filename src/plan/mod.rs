@@ -750,17 +750,19 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
                     {
                         c.status = "running".into();
                     }
-                } else if !matches!(action.kind, ActionKind::WriteEnvFile) {
+                    obs.env_files.insert(
+                        acc.env_file.path.clone(),
+                        Some(env_file_hash(&acc.env_file)),
+                    );
+                } else if matches!(action.kind, ActionKind::WriteEnvFile) {
+                    obs.env_files.insert(
+                        acc.env_file.path.clone(),
+                        Some(env_file_hash(&acc.env_file)),
+                    );
+                } else {
                     obs.containers.retain(|c| c.name != acc.container_name);
-                    obs.containers.push(container_from_spec(
-                        &acc.container_name,
-                        &accessory_spec(acc),
-                    ));
+                    put_accessory(obs, acc);
                 }
-                obs.env_files.insert(
-                    acc.env_file.path.clone(),
-                    Some(env_file_hash(&acc.env_file)),
-                );
             }
             Unit::Proxy => {
                 obs.containers
@@ -798,6 +800,18 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
         }
     }
     next
+}
+
+/// An accessory running exactly as desired, with its env file in place.
+fn put_accessory(obs: &mut HostObservation, acc: &AccessoryUnit) {
+    obs.containers.push(container_from_spec(
+        &acc.container_name,
+        &accessory_spec(acc),
+    ));
+    obs.env_files.insert(
+        acc.env_file.path.clone(),
+        Some(env_file_hash(&acc.env_file)),
+    );
 }
 
 fn container_from_spec(name: &str, spec: &UnitSpec) -> ObservedContainer {
@@ -839,14 +853,7 @@ pub fn observed_from_desired(desired: &Desired) -> Observed {
             );
         }
         for acc in &units.accessories {
-            obs.containers.push(container_from_spec(
-                &acc.container_name,
-                &accessory_spec(acc),
-            ));
-            obs.env_files.insert(
-                acc.env_file.path.clone(),
-                Some(env_file_hash(&acc.env_file)),
-            );
+            put_accessory(&mut obs, acc);
         }
         if units.proxy.is_some() {
             let mut c = container_from_spec(crate::desired::PROXY_CONTAINER, &UnitSpec::default());

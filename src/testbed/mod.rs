@@ -313,20 +313,7 @@ fn create(tb: &Testbed) -> Result<()> {
         mkdir(&tb.base.join(d))?;
     }
     mkdir(Path::new("/run/sshd"))?;
-    run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "berth-testbed",
-            "-f",
-            &path_str(&tb.ssh_key()),
-        ],
-    )?;
+    keygen(&tb.ssh_key(), "berth-testbed")?;
     let client_pub = read(&tb.ssh_key().with_extension("pub"))?;
 
     let br = format!("bt{slot}");
@@ -352,20 +339,7 @@ fn create(tb: &Testbed) -> Result<()> {
         mkdir(&h.dir.join("exec"))?;
         write(&h.home().join(".ssh/authorized_keys"), &client_pub)?;
         let key = h.dir.join("ssh_host_ed25519_key");
-        run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                &h.name,
-                "-f",
-                &path_str(&key),
-            ],
-        )?;
+        keygen(&key, &h.name)?;
         let host_pub = read(&key.with_extension("pub"))?;
         let mut parts = host_pub.split_whitespace();
         let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
@@ -729,6 +703,24 @@ fn run(prog: &str, args: &[&str]) -> Result<String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An ed25519 key pair without a passphrase at `path` (+ `.pub`).
+fn keygen(path: &Path, comment: &str) -> Result<String> {
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            comment,
+            "-f",
+            &path_str(path),
+        ],
+    )
 }
 
 fn mkdir(p: &Path) -> Result<()> {
