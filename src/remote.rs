@@ -100,6 +100,9 @@ pub struct Connections {
     sessions: std::sync::Mutex<HashMap<String, Slot>>,
     /// Remote commands run so far (round trips), for metrics and benchmarks.
     commands: std::sync::atomic::AtomicU64,
+    /// berth's ssh_config, written once: hosts connect in parallel and must
+    /// never read it half-written.
+    ssh_config: std::sync::OnceLock<Result<PathBuf, String>>,
 }
 
 impl Connections {
@@ -108,6 +111,7 @@ impl Connections {
             opts,
             sessions: std::sync::Mutex::new(HashMap::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
+            ssh_config: std::sync::OnceLock::new(),
         }
     }
 
@@ -176,10 +180,14 @@ impl Connections {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let cfg = self.ssh_config_file().map_err(|e| RemoteError::Connect {
-            host: host.to_string(),
-            message: format!("cannot write ssh config: {e}"),
-        })?;
+        let cfg = self
+            .ssh_config
+            .get_or_init(|| self.ssh_config_file().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|e| RemoteError::Connect {
+                host: host.to_string(),
+                message: format!("cannot write ssh config: {e}"),
+            })?;
         let o = &self.opts;
         let mut b = SessionBuilder::default();
         b.user(o.user.clone())
@@ -195,7 +203,7 @@ impl Connections {
         if let Some(kh) = &o.known_hosts {
             b.user_known_hosts_file(kh);
         }
-        let session = Arc::new(b.connect(host).await.map_err(|e| classify(host, &e))?);
+        let session = Arc::new(b.connect_mux(host).await.map_err(|e| classify(host, &e))?);
         *guard = Some(session.clone());
         Ok(session)
     }

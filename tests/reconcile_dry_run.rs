@@ -122,6 +122,9 @@ fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"));
 
+    // The Engine API fast path and the docker CLI path observe the same.
+    compare_probe_paths(&fleet, p);
+
     // A container stopped by hand: exactly one start, on that host.
     let h2 = fleet.host(1);
     h2.docker_ok(&["stop", "demo-web-v1"]).unwrap();
@@ -315,4 +318,41 @@ fn bad_input_fails_cleanly_before_touching_any_host() {
         .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
         .unwrap();
     assert!(!nets.contains("kamal"));
+}
+
+/// Observe every host twice, via the Engine API (curl) and via the docker
+/// CLI, and require identical observations.
+fn compare_probe_paths(fleet: &Fleet, project: &Path) {
+    use berth::observe::{self, probe};
+    use berth::remote::{Connections, SshOptions};
+    let (cfg, desired) =
+        berth::cli::load_desired_for(&project.join("config/deploy.yml"), None).unwrap();
+    let mut ssh = SshOptions::from_config(&cfg.ssh, None);
+    ssh.known_hosts = Some(fleet.tb.known_hosts());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conns = Connections::new(ssh);
+        for h in &desired.hosts {
+            let mut req = observe::probe_request(&desired, &h.host);
+            let fast = conns.run(&h.host, &req.argv()).await.unwrap();
+            req.force_cli = true;
+            let cli = conns.run(&h.host, &req.argv()).await.unwrap();
+            assert!(
+                fast.success() && cli.success(),
+                "{} {}",
+                fast.stderr,
+                cli.stderr
+            );
+            let (a, b) = (
+                probe::parse(&fast.stdout, &req).unwrap(),
+                probe::parse(&cli.stdout, &req).unwrap(),
+            );
+            assert!(!a.containers.is_empty());
+            assert_eq!(a, b, "{}", h.host);
+        }
+        conns.close().await;
+    });
 }

@@ -14,32 +14,51 @@ use sha2::{Digest, Sha256};
 
 use super::{EnvValue, HostObservation, ObservedContainer, ProxyRouteState};
 
-/// The remote script: two docker CLI calls (`ps`, then one `inspect` of the
-/// service's containers *and* their images), `kamal-proxy list` only where a
-/// proxy is wanted and running, one `sha256sum` for all env files. Sections
-/// are introduced by `@@name` lines. A failing `docker` fails the probe
-/// (exit 3): a host whose engine does not answer is unknown, never empty.
-pub const SCRIPT: &str = r#"want=" "; proxy_wanted=""
+/// The remote script. Fast path, when the host has `curl` and a unix Docker
+/// socket: two `curl` calls to the Engine API (the service's containers by
+/// label, then every container and image inspected in one call). Otherwise
+/// two docker CLI calls (`ps`, then one `inspect` of containers *and* their
+/// images). Plus `kamal-proxy list` only where a proxy is wanted and running,
+/// one `sha256sum` for all env files, and the lock directory. Sections are
+/// introduced by `@@name` lines. A Docker engine that does not answer fails
+/// the probe (exit 3): such a host is unknown, never empty.
+pub const SCRIPT: &str = r#"want=" "; proxy_wanted=""; urls=""; force_cli=""
 for a in "$@"; do case "$a" in
-  L:*) want="$want${a#L:} ";;
+  L:*) want="$want${a#L:} "; urls="$urls http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D${a#L:}%22%5D%7D";;
   P) proxy_wanted=1;;
+  C) force_cli=1;;
 esac; done
-ps_out=$(docker ps -a --no-trunc --format '{{.ID}}|{{.Image}}|{{.Names}}|{{.Label "service"}}|{{.State}}') || { echo "docker ps failed" >&2; exit 3; }
-sel=""; refs=""; proxy_running=""
-while IFS='|' read -r id image name svc state; do
-  [ -n "$id" ] || continue
-  keep=""
-  if [ -n "$svc" ]; then case "$want" in *" $svc "*) keep=1;; esac; fi
-  if [ "$name" = kamal-proxy ]; then keep=1; [ "$state" = running ] && proxy_running=1; fi
-  if [ -n "$keep" ]; then
-    sel="$sel $id"
-    case " $refs " in *" $image "*) ;; *) refs="$refs $image";; esac
-  fi
-done <<PS
+sock=""
+case "${DOCKER_HOST:-}" in unix://*) sock="${DOCKER_HOST#unix://}";; "") sock=/var/run/docker.sock;; esac
+proxy_running=""
+echo "@@inspect"
+if [ -z "$force_cli" ] && [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1; then
+  urls="$urls http://d/containers/json?all=1&filters=%7B%22name%22%3A%5B%22%5Ekamal-proxy%24%22%5D%7D"
+  list=$(curl -sSf --unix-socket "$sock" $urls) || exit 3
+  ids=$(printf '%s' "$list" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
+  imgs=$(printf '%s' "$list" | grep -o '"ImageID":"sha256:[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
+  case "$list" in *'"Names":["/kamal-proxy"]'*'"State":"running"'*) proxy_running=1;; esac
+  inspect=""
+  for id in $ids; do inspect="$inspect http://d/containers/$id/json"; done
+  for im in $imgs; do inspect="$inspect http://d/images/$im/json"; done
+  if [ -n "$inspect" ]; then curl -sS --unix-socket "$sock" -w '\n' $inspect || exit 3; fi
+else
+  ps_out=$(docker ps -a --no-trunc --format '{{.ID}}|{{.Image}}|{{.Names}}|{{.Label "service"}}|{{.State}}') || { echo "docker ps failed" >&2; exit 3; }
+  sel=""; refs=""
+  while IFS='|' read -r id image name svc state; do
+    [ -n "$id" ] || continue
+    keep=""
+    if [ -n "$svc" ]; then case "$want" in *" $svc "*) keep=1;; esac; fi
+    if [ "$name" = kamal-proxy ]; then keep=1; [ "$state" = running ] && proxy_running=1; fi
+    if [ -n "$keep" ]; then
+      sel="$sel $id"
+      case " $refs " in *" $image "*) ;; *) refs="$refs $image";; esac
+    fi
+  done <<PS
 $ps_out
 PS
-echo "@@inspect"
-if [ -n "$sel" ]; then docker inspect $sel $refs 2>/dev/null || docker inspect $sel || exit 3; else echo '[]'; fi
+  if [ -n "$sel" ]; then docker inspect $sel $refs 2>/dev/null || docker inspect $sel || exit 3; else echo '[]'; fi
+fi
 echo "@@proxy"
 if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
   docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
@@ -67,6 +86,9 @@ pub struct ProbeRequest {
     pub lock_dirs: Vec<String>,
     /// Ask kamal-proxy for its routes (the host runs a proxied role).
     pub proxy: bool,
+    /// Use the docker CLI even where the Engine API fast path is available
+    /// (tests compare the two).
+    pub force_cli: bool,
     /// Env keys whose values may be kept in clear (the config's clear env);
     /// every other value is kept only as a hash.
     pub clear_keys: BTreeSet<String>,
@@ -86,6 +108,9 @@ impl ProbeRequest {
         argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
         if self.proxy {
             argv.push("P".into());
+        }
+        if self.force_cli {
+            argv.push("C".into());
         }
         argv
     }
@@ -123,13 +148,24 @@ pub fn hash(value: &str) -> String {
 
 /// Parse the probe's stdout.
 pub fn parse(out: &str, req: &ProbeRequest) -> Result<HostObservation, ProbeError> {
-    let inspect: Value =
-        serde_json::from_str(section(out, "inspect", "proxy")?).map_err(|e| ProbeError::Json {
-            what: "inspect",
-            message: e.to_string(),
-        })?;
-    // One inspect returns containers (they have `State`) and their images.
-    let objects = inspect.as_array().map(Vec::as_slice).unwrap_or_default();
+    // Either `docker inspect`'s array or the Engine API's one object per line;
+    // containers (they have `State`) and their images together.
+    let text = section(out, "inspect", "proxy")?;
+    let json_err = |e: serde_json::Error| ProbeError::Json {
+        what: "inspect",
+        message: e.to_string(),
+    };
+    let objects: Vec<Value> = if text.trim_start().starts_with('[') {
+        match serde_json::from_str(text).map_err(json_err)? {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        }
+    } else {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(json_err))
+            .collect::<Result<_, _>>()?
+    };
     let image_config: BTreeMap<String, &Value> = objects
         .iter()
         .filter(|o| o.get("State").is_none())
