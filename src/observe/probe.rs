@@ -35,12 +35,13 @@ echo "@@inspect"
 if [ -z "$force_cli" ] && [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1; then
   urls="$urls http://d/containers/json?all=1&filters=%7B%22name%22%3A%5B%22%5Ekamal-proxy%24%22%5D%7D"
   list=$(curl -sSf --unix-socket "$sock" $urls) || exit 3
-  ids=$(printf '%s' "$list" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
-  imgs=$(printf '%s' "$list" | grep -o '"ImageID":"sha256:[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
   case "$list" in *'"Names":["/kamal-proxy"]'*'"State":"running"'*) proxy_running=1;; esac
-  inspect=""
-  for id in $ids; do inspect="$inspect http://d/containers/$id/json"; done
-  for im in $imgs; do inspect="$inspect http://d/images/$im/json"; done
+  # Container and image ids, with shell builtins only (no process per step).
+  inspect=""; imgs=" "; rest=$list
+  while :; do case "$rest" in *'"Id":"'*) rest=${rest#*'"Id":"'}; inspect="$inspect http://d/containers/${rest%%'"'*}/json";; *) break;; esac; done
+  rest=$list
+  while :; do case "$rest" in *'"ImageID":"'*) rest=${rest#*'"ImageID":"'}; im=${rest%%'"'*}
+    case "$imgs" in *" $im "*) ;; *) imgs="$imgs$im "; inspect="$inspect http://d/images/$im/json";; esac;; *) break;; esac; done
   if [ -n "$inspect" ]; then curl -sS --unix-socket "$sock" -w '\n' $inspect || exit 3; fi
 else
   ps_out=$(docker ps -a --no-trunc --format '{{.ID}}|{{.Image}}|{{.Names}}|{{.Label "service"}}|{{.State}}') || { echo "docker ps failed" >&2; exit 3; }
