@@ -4,6 +4,7 @@
 //! `source → config → desired → observe → plan → apply`, driven by `controller`
 //! and exposed by `server`. Each module owns one stage; see ARCHITECTURE.md.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod desired;

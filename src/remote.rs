@@ -247,6 +247,44 @@ impl Connections {
         })
     }
 
+    /// Run `argv` on `host` with `input` on its stdin (how files, env files
+    /// with secrets among them, reach a host: never through argv).
+    pub async fn run_with_stdin(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: &[u8],
+    ) -> Result<RemoteOutput, RemoteError> {
+        use tokio::io::AsyncWriteExt;
+        let command = shell::join(argv);
+        let session = self.session(host).await?;
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fail = |e: &dyn std::fmt::Display| RemoteError::Command {
+            host: host.to_string(),
+            command: argv.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        };
+        let mut child = session
+            .raw_command(&command)
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped())
+            .spawn()
+            .await
+            .map_err(|e| fail(&e))?;
+        if let Some(mut stdin) = child.stdin().take() {
+            stdin.write_all(input).await.map_err(|e| fail(&e))?;
+            stdin.shutdown().await.map_err(|e| fail(&e))?;
+        }
+        let out = child.wait_with_output().await.map_err(|e| fail(&e))?;
+        Ok(RemoteOutput {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     /// Close every connection (the ControlMasters exit).
     pub async fn close(&self) {
         let slots: Vec<_> = {

@@ -1,11 +1,19 @@
-//! `berth reconcile --dry-run`: observe every host over SSH, plan against the
-//! config, print the plan; exit 0 in sync, 2 changes pending, 1 error (an
-//! unreachable host is an error, but every other host is still planned).
+//! `berth reconcile`: observe every host over SSH, plan against the config,
+//! print the plan, and (without `--dry-run`) apply it.
+//!
+//! `--dry-run` exits 0 in sync, 2 changes pending, 1 error (an unreachable
+//! host is an error, but every other host is still planned). Applying exits
+//! 0 once the fleet converged, 1 on any failure; nothing is applied while a
+//! host is unknown.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use super::{ConfigArgs, Output};
+use crate::apply::{self, ApplyContext, Policy, RegistryLogin};
+use crate::config::secrets::{Secret, Secrets};
 use crate::desired::Desired;
 use crate::observe;
 use crate::plan::{self, PlanOptions, output};
@@ -15,8 +23,8 @@ use crate::remote::{Connections, SshOptions};
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Only observe and print the plan (applying arrives with `berth reconcile` proper).
-    #[arg(long, required = true)]
+    /// Only observe and print the plan; exit 0 in sync, 2 changes pending, 1 error.
+    #[arg(long)]
     pub dry_run: bool,
     /// Image version (default: `x-berth.version` from the config).
     #[arg(long = "app-version")]
@@ -62,8 +70,8 @@ pub fn filter(mut desired: Desired, hosts: &[String], roles: &[String]) -> Desir
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let (cfg, desired) =
-        super::render::load_desired(&args.config, args.app_version.as_deref(), None)?;
+    let (cfg, secrets, desired) =
+        super::render::load_all(&args.config, args.app_version.as_deref(), None)?;
     for h in &args.hosts {
         if !desired.hosts.iter().any(|d| d.host == *h) {
             anyhow::bail!("--hosts: {h} is not a host of this configuration");
@@ -80,34 +88,100 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     ssh.accept_new_host_keys = args.accept_new_host_keys;
     ssh.connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
     let control_dir = ssh.control_dir.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let observed = runtime.block_on(async {
-        let conns = Arc::new(Connections::new(ssh));
-        let observed = observe::observe(&desired, &conns, args.parallel).await;
-        conns.close().await;
-        observed
-    });
-    let _ = std::fs::remove_dir_all(control_dir);
     let opts = PlanOptions {
         prune: cfg.berth.prune,
         orphans: args.roles.is_empty(),
     };
-    let plan = plan::plan(&desired, &observed, &opts);
-    match args.output {
-        Output::Text => print!("{}", output::text(&plan)),
-        Output::Json => println!("{}", output::json(&plan)),
-    }
-    Ok(if !plan.unknown_hosts.is_empty() {
-        for (h, why) in &plan.unknown_hosts {
-            let _ = h;
-            eprintln!("error: {why}");
+    let registry = registry_login(&cfg, &secrets)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let code = runtime.block_on(async {
+        let conns = Arc::new(Connections::new(ssh));
+        let observed = observe::observe(&desired, &conns, args.parallel).await;
+        let plan = plan::plan(&desired, &observed, &opts);
+        match args.output {
+            Output::Text => print!("{}", output::text(&plan)),
+            Output::Json => println!("{}", output::json(&plan)),
         }
-        1
-    } else if plan.actions.is_empty() {
-        0
-    } else {
-        2
-    })
+        let code = if !plan.unknown_hosts.is_empty() {
+            for (_, why) in &plan.unknown_hosts {
+                eprintln!("error: {why}");
+            }
+            if !args.dry_run {
+                eprintln!("error: not applying while hosts are unknown");
+            }
+            1
+        } else if plan.actions.is_empty() {
+            0
+        } else if args.dry_run {
+            2
+        } else {
+            let progress = |line: &str| eprintln!("{line}");
+            let ctx = ApplyContext {
+                desired: &desired,
+                conns: &conns,
+                policy: Policy {
+                    readiness_delay: Duration::from_secs(cfg.readiness_delay),
+                    deploy_timeout: Duration::from_secs(cfg.deploy_timeout),
+                    drain_timeout: cfg.drain_timeout,
+                    retain_containers: cfg.retain_containers,
+                },
+                registry: registry.clone(),
+                project_root: crate::config::project_root(&args.config.config_file),
+                progress: &progress,
+            };
+            match apply::apply(&ctx, &plan).await {
+                Ok(report) => {
+                    eprintln!(
+                        "Applied {} action(s) with {} remote command(s).",
+                        report.actions_done, report.remote_commands
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        };
+        conns.close().await;
+        code
+    });
+    let _ = std::fs::remove_dir_all(control_dir);
+    Ok(code)
+}
+
+/// `docker login` credentials, when the registry needs them.
+fn registry_login(
+    cfg: &crate::config::Config,
+    secrets: &Secrets,
+) -> anyhow::Result<Option<RegistryLogin>> {
+    use crate::config::Credential;
+    let r = &cfg.registry;
+    if r.is_local() {
+        return Ok(None);
+    }
+    let resolve = |c: &Credential| -> anyhow::Result<String> {
+        match c {
+            Credential::Literal(v) => Ok(v.clone()),
+            Credential::Secret(name) => secrets
+                .get(name)
+                .map(|s| s.expose().to_string())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "registry: secret '{name}' not found ({})",
+                        secrets.describe_files()
+                    )
+                }),
+        }
+    };
+    match (&r.username, &r.password) {
+        (Some(u), Some(p)) => Ok(Some(RegistryLogin {
+            server: r.server.clone().unwrap_or_else(|| "docker.io".into()),
+            username: resolve(u)?,
+            password: Secret::new(resolve(p)?),
+        })),
+        _ => Ok(None),
+    }
 }

@@ -29,6 +29,15 @@ pub fn load_desired(
     app_version: Option<&str>,
     home: Option<&str>,
 ) -> anyhow::Result<(config::Config, Desired)> {
+    load_all(cfg_args, app_version, home).map(|(c, _, d)| (c, d))
+}
+
+/// Like [`load_desired`], keeping the secrets (for the registry login).
+pub fn load_all(
+    cfg_args: &ConfigArgs,
+    app_version: Option<&str>,
+    home: Option<&str>,
+) -> anyhow::Result<(config::Config, Secrets, Desired)> {
     let cfg = config::load(&LoadOptions {
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
@@ -63,7 +72,7 @@ pub fn load_desired(
         },
     )
     .context("cannot render the desired state")?;
-    Ok((cfg, desired))
+    Ok((cfg, secrets, desired))
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {

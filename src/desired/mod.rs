@@ -155,6 +155,10 @@ pub struct AccessoryUnit {
 pub struct ProxyUnit {
     pub image: String,
     pub run_argv: Vec<String>,
+    /// No `proxy.run` in the config: Kamal boots the proxy from the files
+    /// `kamal proxy boot_config set` leaves on the host (`.kamal/proxy/*`),
+    /// falling back to `run_argv`'s defaults.
+    pub boot_config: bool,
 }
 
 /// Everything one host should run.
@@ -742,6 +746,7 @@ fn proxy_unit(run: Option<&ProxyRun>, home: &str) -> ProxyUnit {
         return ProxyUnit {
             image,
             run_argv: argv,
+            boot_config: true,
         };
     };
     if run.publish {
@@ -785,6 +790,7 @@ fn proxy_unit(run: Option<&ProxyRun>, home: &str) -> ProxyUnit {
     ProxyUnit {
         image,
         run_argv: argv,
+        boot_config: false,
     }
 }
 

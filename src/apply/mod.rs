@@ -1,0 +1,959 @@
+//! `apply`: executes a [`Plan`] on the hosts, in Kamal's order and with
+//! Kamal's on-host conventions, touching only the units the plan names.
+//!
+//! Order: deploy lock (Kamal's lock directory and base64 details, on the
+//! primary host) → `kamal` network and directories → registry login →
+//! accessories → proxies → image pulls on every host that boots the app, in
+//! parallel, checking the image's `service` label → per role (primary first),
+//! hosts in batches of `boot.limit`: env file (0600, through stdin), the new
+//! container exactly as Kamal runs it (a clashing same-name container renamed
+//! `<name>_replaced_<hex>`), health (through `kamal-proxy deploy` for proxied
+//! roles, container state and `readiness_delay` otherwise, within
+//! `deploy_timeout`), then the old container stopped → orphans → `latest` tag
+//! → audit lines → prune (keeping `retain_containers`) → lock released.
+//!
+//! Failure safety: the old container is stopped only after the new one is
+//! healthy, so a failed boot leaves the old version serving; the new container
+//! is stopped and kept for inspection, its last log lines reported, and no
+//! further batch is rolled. The lock is released on success and failure; a
+//! lock left by a berth that died is recognised as berth's own and recovered.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::secrets::Secret;
+use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits, PROXY_CONTAINER};
+use crate::plan::{Action, ActionKind, Plan, Unit};
+use crate::remote::{Connections, RemoteError, RemoteOutput};
+
+/// Timings and policies from the config.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub readiness_delay: Duration,
+    pub deploy_timeout: Duration,
+    pub drain_timeout: u64,
+    pub retain_containers: u32,
+}
+
+/// `docker login` for the app's registry (the password through stdin).
+#[derive(Clone, Debug)]
+pub struct RegistryLogin {
+    pub server: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+pub struct ApplyContext<'a> {
+    pub desired: &'a Desired,
+    pub conns: &'a Connections,
+    pub policy: Policy,
+    pub registry: Option<RegistryLogin>,
+    /// Where accessory `files:` are read from (the project root).
+    pub project_root: PathBuf,
+    /// Progress lines, one per step.
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "{host}: the deploy lock is held, not touching the fleet:\n{details}\n(release it with `kamal lock release` once whoever holds it is done)"
+    )]
+    Locked { host: String, details: String },
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("{host}: {what} failed: {message}")]
+    Step {
+        host: String,
+        what: String,
+        message: String,
+    },
+    #[error("{host}: cannot pull {image}: {message} (nothing was stopped)")]
+    Pull {
+        host: String,
+        image: String,
+        message: String,
+    },
+    #[error("{host}: {role}: {container} did not become healthy: {reason}; the previous version keeps serving, {container} was stopped and kept for inspection{}", logs_suffix(.logs))]
+    Unhealthy {
+        host: String,
+        role: String,
+        container: String,
+        reason: String,
+        logs: String,
+    },
+}
+
+fn logs_suffix(logs: &str) -> String {
+    if logs.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\nits last log lines:\n{}", logs.trim_end())
+    }
+}
+
+/// What was done.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub actions_done: usize,
+    pub remote_commands: u64,
+    /// A stale berth lock that was recovered, if any.
+    pub recovered_lock: Option<String>,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Writes stdin to a file atomically with mode 0600.
+const WRITE_FILE: &str = r#"umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.berth-tmp" && chmod "$2" "$1.berth-tmp" && mv "$1.berth-tmp" "$1""#;
+
+/// Kamal's proxy boot from `kamal proxy boot_config` files (no `proxy.run`).
+const PROXY_BOOT_CONFIG: &str = r#"mkdir -p .kamal/proxy/apps-config && echo $(cat .kamal/proxy/options 2> /dev/null || echo "--publish 80:80 --publish 443:443 --log-opt max-size=10m") $(cat .kamal/proxy/image 2> /dev/null || echo "basecamp/kamal-proxy"):$(cat .kamal/proxy/image_version 2> /dev/null || echo "v0.9.2") $(cat .kamal/proxy/run_command 2> /dev/null || echo "") | xargs docker run --name kamal-proxy --network kamal --detach --restart unless-stopped --volume kamal-proxy-config:/home/kamal-proxy/.config/kamal-proxy --volume "$PWD/.kamal/proxy/apps-config:/home/kamal-proxy/.apps-config""#;
+
+/// Takes the lock: `mkdir` is the atomic test-and-set Kamal uses.
+const LOCK: &str = r#"mkdir -p "$(dirname "$1")" && mkdir "$1" && base64 > "$1/details""#;
+
+impl ApplyContext<'_> {
+    async fn run(&self, host: &str, argv: Vec<String>) -> Result<RemoteOutput, ApplyError> {
+        Ok(self.conns.run(host, &argv).await?)
+    }
+
+    /// Run and require success.
+    async fn run_ok(
+        &self,
+        host: &str,
+        what: &str,
+        argv: Vec<String>,
+    ) -> Result<String, ApplyError> {
+        let out = self.run(host, argv).await?;
+        if !out.success() {
+            return Err(ApplyError::Step {
+                host: host.to_string(),
+                what: what.to_string(),
+                message: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    async fn write_file(
+        &self,
+        host: &str,
+        path: &str,
+        mode: &str,
+        contents: &[u8],
+    ) -> Result<(), ApplyError> {
+        let argv = strings(&["sh", "-c", WRITE_FILE, "berth-write", path, mode]);
+        let out = self.conns.run_with_stdin(host, &argv, contents).await?;
+        if !out.success() {
+            return Err(ApplyError::Step {
+                host: host.to_string(),
+                what: format!("writing {path}"),
+                message: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn write_env_file(&self, host: &str, f: &EnvFile) -> Result<(), ApplyError> {
+        self.write_file(host, &f.path, "600", f.contents.expose().as_bytes())
+            .await
+    }
+
+    async fn audit(&self, host: &str, role: Option<&str>, message: &str) -> Result<(), ApplyError> {
+        let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let line = match role {
+            Some(r) => format!("[{ts}] [berth] [{r}] {message}"),
+            None => format!("[{ts}] [berth] {message}"),
+        };
+        let log = audit_log(self.desired);
+        let argv = strings(&[
+            "sh",
+            "-c",
+            r#"mkdir -p .kamal && echo "$1" >> "$2""#,
+            "berth-audit",
+            &line,
+            &log,
+        ]);
+        self.run_ok(host, "audit", argv).await.map(|_| ())
+    }
+
+    fn say(&self, host: &str, msg: &str) {
+        (self.progress)(&format!("[{host}] {msg}"));
+    }
+}
+
+/// `~/.kamal/<svc>[-<dest>]-audit.log`, relative to the SSH user's home.
+pub fn audit_log(desired: &Desired) -> String {
+    match &desired.destination {
+        Some(d) => format!(".kamal/{}-{d}-audit.log", desired.service),
+        None => format!(".kamal/{}-audit.log", desired.service),
+    }
+}
+
+/// The host holding the lock: the primary role's first host, as Kamal.
+pub fn primary_host(desired: &Desired) -> Option<String> {
+    let primary = desired.roles.first();
+    desired
+        .hosts
+        .iter()
+        .find(|h| h.apps.iter().any(|a| Some(&a.role) == primary))
+        .or(desired.hosts.first())
+        .map(|h| h.host.clone())
+}
+
+fn this_machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `Locked by: berth (pid P on M)` → (P, M).
+fn berth_lock_owner(details: &str) -> Option<(u32, String)> {
+    let rest = details
+        .lines()
+        .next()?
+        .strip_prefix("Locked by: berth (pid ")?;
+    let (pid, rest) = rest.split_once(" on ")?;
+    let (machine, _) = rest.split_once(')')?;
+    Some((pid.parse().ok()?, machine.to_string()))
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim().starts_with("berth"))
+}
+
+async fn acquire_lock(
+    ctx: &ApplyContext<'_>,
+    host: &str,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let dir = crate::observe::lock_dir(ctx.desired);
+    let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let details = format!(
+        "Locked by: berth (pid {} on {}) at {ts}\nVersion: {}\nMessage: berth reconcile",
+        std::process::id(),
+        this_machine(),
+        ctx.desired.version
+    );
+    let argv = strings(&["sh", "-c", LOCK, "berth-lock", &dir]);
+    for attempt in 0..2 {
+        let out = ctx
+            .conns
+            .run_with_stdin(host, &argv, details.as_bytes())
+            .await?;
+        if out.success() {
+            ctx.say(host, &format!("acquired the deploy lock ({dir})"));
+            return Ok(());
+        }
+        let held = ctx
+            .run(
+                host,
+                strings(&[
+                    "sh",
+                    "-c",
+                    r#"base64 -d < "$1/details""#,
+                    "berth-lock",
+                    &dir,
+                ]),
+            )
+            .await?;
+        let held = held.stdout.trim().to_string();
+        match berth_lock_owner(&held) {
+            Some((pid, machine))
+                if attempt == 0 && machine == this_machine() && !process_alive(pid) =>
+            {
+                let msg = format!(
+                    "recovering a stale deploy lock left by berth (pid {pid} on {machine}, no longer running): {}",
+                    held.replace('\n', "; ")
+                );
+                ctx.say(host, &msg);
+                report.recovered_lock = Some(msg);
+                ctx.run_ok(
+                    host,
+                    "removing the stale lock",
+                    strings(&["rm", "-r", &dir]),
+                )
+                .await?;
+            }
+            _ => {
+                return Err(ApplyError::Locked {
+                    host: host.to_string(),
+                    details: if held.is_empty() {
+                        "(no details)".into()
+                    } else {
+                        held
+                    },
+                });
+            }
+        }
+    }
+    Err(ApplyError::Locked {
+        host: host.to_string(),
+        details: "could not take the lock".into(),
+    })
+}
+
+async fn release_lock(ctx: &ApplyContext<'_>, host: &str) -> Result<(), ApplyError> {
+    let dir = crate::observe::lock_dir(ctx.desired);
+    ctx.run_ok(
+        host,
+        "releasing the deploy lock",
+        strings(&["rm", "-r", &dir]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Execute `plan`. Returns after the lock is released, whatever happened.
+pub async fn apply(ctx: &ApplyContext<'_>, plan: &Plan) -> Result<ApplyReport, ApplyError> {
+    let mut report = ApplyReport::default();
+    if plan.actions.is_empty() {
+        return Ok(report);
+    }
+    let before = ctx.conns.commands_run();
+    let Some(lock_host) = primary_host(ctx.desired) else {
+        return Ok(report);
+    };
+    acquire_lock(ctx, &lock_host, &mut report).await?;
+    let result = apply_locked(ctx, plan, &mut report).await;
+    let released = release_lock(ctx, &lock_host).await;
+    report.remote_commands = ctx.conns.commands_run() - before;
+    result?;
+    released?;
+    Ok(report)
+}
+
+fn units<'a>(desired: &'a Desired, host: &str) -> Option<&'a HostUnits> {
+    desired.hosts.iter().find(|h| h.host == host)
+}
+
+async fn for_hosts<F, Fut>(hosts: &[String], f: F) -> Result<(), ApplyError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApplyError>>,
+{
+    let results = futures_join_all(hosts.iter().cloned().map(f)).await;
+    results.into_iter().collect()
+}
+
+/// Await futures concurrently on the current task (no spawn: they borrow).
+async fn futures_join_all<Fut: std::future::Future>(
+    futs: impl Iterator<Item = Fut>,
+) -> Vec<Fut::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<Fut>>> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<Fut::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+async fn apply_locked(
+    ctx: &ApplyContext<'_>,
+    plan: &Plan,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let hosts: Vec<String> = {
+        let mut seen = BTreeSet::new();
+        plan.actions
+            .iter()
+            .filter(|a| seen.insert(a.host.clone()))
+            .map(|a| a.host.clone())
+            .collect()
+    };
+    // The network and the registry login, on every host the plan touches.
+    for_hosts(&hosts, |h| async move {
+        ctx.run_ok(
+            &h,
+            "creating the kamal network",
+            strings(&[
+                "sh",
+                "-c",
+                "docker network inspect kamal >/dev/null 2>&1 || docker network create kamal >/dev/null",
+            ]),
+        )
+        .await?;
+        if let Some(r) = &ctx.registry {
+            let argv = strings(&["docker", "login", &r.server, "-u", &r.username, "--password-stdin"]);
+            let out = ctx.conns.run_with_stdin(&h, &argv, r.password.expose().as_bytes()).await?;
+            if !out.success() {
+                return Err(ApplyError::Step {
+                    host: h.clone(),
+                    what: format!("docker login {}", r.server),
+                    message: out.stderr.trim().to_string(),
+                });
+            }
+        }
+        Ok(())
+    })
+    .await?;
+
+    // Accessories, then proxies.
+    for a in plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.unit, Unit::Accessory { .. }))
+    {
+        accessory(ctx, a).await?;
+        report.actions_done += 1;
+    }
+    for a in plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.unit, Unit::Proxy))
+    {
+        proxy(ctx, a, plan).await?;
+        report.actions_done += 1;
+    }
+
+    // Pull the image wherever the app boots, before anything is stopped.
+    let booting: Vec<String> = {
+        let mut seen = BTreeSet::new();
+        plan.actions
+            .iter()
+            .filter(|a| {
+                matches!(a.unit, Unit::App { .. })
+                    && matches!(a.kind, ActionKind::Create | ActionKind::Replace)
+            })
+            .filter(|a| seen.insert(a.host.clone()))
+            .map(|a| a.host.clone())
+            .collect()
+    };
+    let image = ctx.desired.image.clone();
+    for_hosts(&booting, |h| {
+        let image = image.clone();
+        async move {
+            ctx.say(&h, &format!("pulling {image}"));
+            let out = ctx.run(&h, strings(&["docker", "pull", "--quiet", &image])).await?;
+            if !out.success() {
+                return Err(ApplyError::Pull {
+                    host: h.clone(),
+                    image: image.clone(),
+                    message: out.stderr.trim().to_string(),
+                });
+            }
+            let label = ctx
+                .run_ok(
+                    &h,
+                    "inspecting the image",
+                    strings(&["docker", "inspect", "-f", "{{ .Config.Labels.service }}", &image]),
+                )
+                .await?;
+            if label.trim() != ctx.desired.service {
+                return Err(ApplyError::Pull {
+                    host: h.clone(),
+                    image: image.clone(),
+                    message: format!(
+                        "the image's `service` label is {:?}, not {:?} (Kamal refuses such images too)",
+                        label.trim(),
+                        ctx.desired.service
+                    ),
+                });
+            }
+            ctx.audit(&h, None, &format!("Pulled image with version {}", ctx.desired.version))
+                .await
+        }
+    })
+    .await?;
+
+    // Apps: per role in plan order (primary first), hosts in batches.
+    let app_actions: Vec<&Action> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.unit, Unit::App { .. }))
+        .collect();
+    let mut roles: Vec<&str> = Vec::new();
+    for a in &app_actions {
+        if let Unit::App { role } = &a.unit
+            && !roles.contains(&role.as_str())
+        {
+            roles.push(role);
+        }
+    }
+    let batch = ctx.desired.boot_batch.max(1);
+    for role in roles {
+        let of_role: Vec<&&Action> = app_actions
+            .iter()
+            .filter(|a| matches!(&a.unit, Unit::App { role: r } if r == role))
+            .collect();
+        for chunk in of_role.chunks(batch) {
+            let results = futures_join_all(chunk.iter().map(|a| app(ctx, a))).await;
+            for r in results {
+                r?;
+                report.actions_done += 1;
+            }
+        }
+    }
+
+    for a in plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.unit, Unit::Orphan))
+    {
+        ctx.say(&a.host, &format!("removing orphan {}", a.container));
+        ctx.run(&a.host, strings(&["docker", "stop", &a.container]))
+            .await?;
+        ctx.run_ok(
+            &a.host,
+            "removing an orphan",
+            strings(&["docker", "rm", &a.container]),
+        )
+        .await?;
+        ctx.audit(&a.host, None, &format!("Removed orphan {}", a.container))
+            .await?;
+        report.actions_done += 1;
+    }
+
+    // Tag the image as latest and prune, where the app booted.
+    let latest = format!(
+        "{}:latest",
+        ctx.desired
+            .image
+            .rsplit_once(':')
+            .map_or(ctx.desired.image.as_str(), |(r, _)| r)
+    );
+    for_hosts(&booting, |h| {
+        let latest = latest.clone();
+        async move {
+            ctx.audit(
+                &h,
+                None,
+                &format!("Tagging {} as the latest image", ctx.desired.image),
+            )
+            .await?;
+            ctx.run_ok(
+                &h,
+                "tagging latest",
+                strings(&["docker", "tag", &ctx.desired.image, &latest]),
+            )
+            .await?;
+            prune(ctx, &h).await
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Remove stopped containers of the service beyond `retain_containers`.
+async fn prune(ctx: &ApplyContext<'_>, host: &str) -> Result<(), ApplyError> {
+    let out = ctx
+        .run_ok(
+            host,
+            "listing old containers",
+            strings(&[
+                "docker",
+                "ps",
+                "-q",
+                "-a",
+                "--filter",
+                &format!("label=service={}", ctx.desired.service),
+                "--filter",
+                "status=created",
+                "--filter",
+                "status=exited",
+                "--filter",
+                "status=dead",
+            ]),
+        )
+        .await?;
+    let old: Vec<&str> = out
+        .lines()
+        .skip(ctx.policy.retain_containers as usize)
+        .collect();
+    if !old.is_empty() {
+        let mut argv = strings(&["docker", "rm"]);
+        argv.extend(old.iter().map(|s| s.to_string()));
+        ctx.run(host, argv).await?;
+        ctx.audit(host, None, "Pruned containers").await?;
+    }
+    Ok(())
+}
+
+async fn accessory(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
+    let Unit::Accessory { name } = &a.unit else {
+        return Ok(());
+    };
+    let Some(acc) =
+        units(ctx.desired, &a.host).and_then(|u| u.accessories.iter().find(|x| x.name == *name))
+    else {
+        return Ok(());
+    };
+    let h = &a.host;
+    match a.kind {
+        ActionKind::Start => {
+            ctx.say(h, &format!("starting accessory {}", acc.container_name));
+            ctx.run_ok(
+                h,
+                "starting the accessory",
+                strings(&["docker", "start", &acc.container_name]),
+            )
+            .await?;
+        }
+        ActionKind::WriteEnvFile => {
+            ctx.say(h, &format!("rewriting {}", acc.env_file.path));
+            ctx.write_env_file(h, &acc.env_file).await?;
+        }
+        _ => {
+            if a.kind == ActionKind::Reboot {
+                ctx.say(
+                    h,
+                    &format!(
+                        "rebooting accessory {} (its spec changed)",
+                        acc.container_name
+                    ),
+                );
+                ctx.run(h, strings(&["docker", "stop", &acc.container_name]))
+                    .await?;
+                ctx.run_ok(
+                    h,
+                    "removing the accessory",
+                    strings(&["docker", "rm", &acc.container_name]),
+                )
+                .await?;
+            } else {
+                ctx.say(h, &format!("booting accessory {}", acc.container_name));
+            }
+            boot_accessory(ctx, h, acc).await?;
+            ctx.audit(h, None, &format!("Booted {} accessory", acc.name))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn boot_accessory(
+    ctx: &ApplyContext<'_>,
+    h: &str,
+    acc: &AccessoryUnit,
+) -> Result<(), ApplyError> {
+    for (dir, _mode) in &acc.directories {
+        ctx.run_ok(
+            h,
+            "creating accessory directories",
+            strings(&["mkdir", "-p", dir]),
+        )
+        .await?;
+    }
+    for (local, remote, mode) in &acc.files {
+        let path = ctx.project_root.join(local);
+        let contents = std::fs::read(&path).map_err(|e| ApplyError::Step {
+            host: h.to_string(),
+            what: format!("reading accessory file {}", path.display()),
+            message: e.to_string(),
+        })?;
+        ctx.write_file(h, remote, mode.as_deref().unwrap_or("755"), &contents)
+            .await?;
+    }
+    ctx.write_env_file(h, &acc.env_file).await?;
+    ctx.run_ok(h, "running the accessory", acc.run_argv.clone())
+        .await?;
+    Ok(())
+}
+
+async fn proxy(ctx: &ApplyContext<'_>, a: &Action, plan: &Plan) -> Result<(), ApplyError> {
+    let h = &a.host;
+    let Some(unit) = units(ctx.desired, h) else {
+        return Ok(());
+    };
+    let Some(p) = &unit.proxy else { return Ok(()) };
+    match a.kind {
+        ActionKind::Start => {
+            ctx.say(h, "starting kamal-proxy");
+            ctx.run_ok(
+                h,
+                "starting kamal-proxy",
+                strings(&["docker", "container", "start", PROXY_CONTAINER]),
+            )
+            .await?;
+        }
+        _ => {
+            ctx.say(h, "booting kamal-proxy");
+            if p.boot_config {
+                ctx.run_ok(
+                    h,
+                    "booting kamal-proxy",
+                    strings(&["sh", "-c", PROXY_BOOT_CONFIG]),
+                )
+                .await?;
+            } else {
+                ctx.run_ok(
+                    h,
+                    "creating directories",
+                    strings(&["mkdir", "-p", ".kamal/proxy/apps-config"]),
+                )
+                .await?;
+                ctx.run_ok(h, "booting kamal-proxy", p.run_argv.clone())
+                    .await?;
+            }
+            // A new proxy knows no routes: route the apps that stay as they are.
+            for app in &unit.apps {
+                let touched = plan
+                    .actions
+                    .iter()
+                    .any(|x| x.host == *h && x.container == app.container_name);
+                if app.proxy.is_some() && !touched {
+                    route(ctx, h, app).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Point the proxy at an existing, running app container.
+async fn route(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit) -> Result<(), ApplyError> {
+    let Some(r) = &app.proxy else { return Ok(()) };
+    let id = ctx
+        .run_ok(
+            h,
+            "finding the container",
+            strings(&["docker", "inspect", "-f", "{{.Id}}", &app.container_name]),
+        )
+        .await?;
+    let id: String = id.trim().chars().take(12).collect();
+    ctx.say(
+        h,
+        &format!("routing {} to {}", r.service, app.container_name),
+    );
+    ctx.run_ok(h, "kamal-proxy deploy", r.deploy_argv(&id))
+        .await?;
+    Ok(())
+}
+
+fn random_hex(n: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; n.div_ceil(2)];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        buf = t
+            .to_le_bytes()
+            .iter()
+            .cycle()
+            .take(buf.len())
+            .copied()
+            .collect();
+    }
+    hex::encode(buf).chars().take(n).collect()
+}
+
+async fn app(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
+    let Unit::App { role } = &a.unit else {
+        return Ok(());
+    };
+    let h = a.host.as_str();
+    let Some(app) = units(ctx.desired, h).and_then(|u| u.apps.iter().find(|x| x.role == *role))
+    else {
+        return Ok(());
+    };
+    match a.kind {
+        ActionKind::WriteEnvFile => {
+            ctx.say(h, &format!("{role}: rewriting {}", app.env_file.path));
+            ctx.write_env_file(h, &app.env_file).await
+        }
+        ActionKind::Route => route(ctx, h, app).await,
+        ActionKind::Start => {
+            ctx.say(h, &format!("{role}: starting {}", app.container_name));
+            ctx.write_env_file(h, &app.env_file).await?;
+            ctx.run_ok(
+                h,
+                "starting the container",
+                strings(&["docker", "start", &app.container_name]),
+            )
+            .await?;
+            ctx.audit(
+                h,
+                Some(role),
+                &format!("Started app version {}", app.version),
+            )
+            .await?;
+            healthy(ctx, h, app).await?;
+            if let Some(old) = a.replaces.as_ref().filter(|o| **o != app.container_name) {
+                stop(ctx, h, app, old).await?;
+            }
+            Ok(())
+        }
+        ActionKind::Create | ActionKind::Replace => {
+            // A same-name container (same version, other spec) is renamed
+            // out of the way, as Kamal does; the old one keeps serving until
+            // the new one is healthy.
+            let mut old = a.replaces.clone();
+            if old.as_deref() == Some(app.container_name.as_str()) {
+                let renamed = format!("{}_replaced_{}", app.container_name, random_hex(16));
+                ctx.say(
+                    h,
+                    &format!("{role}: renaming {} to {renamed}", app.container_name),
+                );
+                ctx.audit(
+                    h,
+                    Some(role),
+                    &format!("Renaming container {} to {renamed}", app.version),
+                )
+                .await?;
+                ctx.run_ok(
+                    h,
+                    "renaming the container",
+                    strings(&["docker", "rename", &app.container_name, &renamed]),
+                )
+                .await?;
+                old = Some(renamed);
+            }
+            ctx.say(h, &format!("{role}: booting {}", app.container_name));
+            ctx.audit(
+                h,
+                Some(role),
+                &format!("Booted app version {}", app.version),
+            )
+            .await?;
+            ctx.write_env_file(h, &app.env_file).await?;
+            let hostname = format!(
+                "{}-{}",
+                h.chars().take(51).collect::<String>().trim_end_matches('.'),
+                random_hex(12)
+            );
+            let id = ctx
+                .run_ok(h, "running the container", app.run_argv(Some(&hostname)))
+                .await?;
+            let id: String = id.trim().chars().take(12).collect();
+            healthy_id(ctx, h, app, &id).await?;
+            if let Some(old) = old {
+                stop(ctx, h, app, &old).await?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn stop(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit, old: &str) -> Result<(), ApplyError> {
+    ctx.say(h, &format!("{}: stopping {old}", app.role));
+    let mut argv = strings(&["docker", "stop"]);
+    // With the proxy, kamal-proxy drained it already (Kamal's `stop_args`).
+    if app.proxy.is_none() {
+        argv.push("-t".into());
+        argv.push(ctx.policy.drain_timeout.to_string());
+    }
+    argv.push(old.to_string());
+    ctx.run(h, argv).await?;
+    Ok(())
+}
+
+async fn healthy(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit) -> Result<(), ApplyError> {
+    let id = ctx
+        .run_ok(
+            h,
+            "finding the container",
+            strings(&["docker", "inspect", "-f", "{{.Id}}", &app.container_name]),
+        )
+        .await?;
+    let id: String = id.trim().chars().take(12).collect();
+    healthy_id(ctx, h, app, &id).await
+}
+
+/// Wait for the new container: through the proxy's health-gated `deploy`
+/// for proxied roles, container state (and `readiness_delay`) otherwise. On
+/// failure the new container is stopped and kept.
+async fn healthy_id(
+    ctx: &ApplyContext<'_>,
+    h: &str,
+    app: &AppUnit,
+    id: &str,
+) -> Result<(), ApplyError> {
+    let result = match &app.proxy {
+        Some(r) => {
+            let out = ctx.run(h, r.deploy_argv(id)).await?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(format!("kamal-proxy: {}", out.stderr.trim()))
+            }
+        }
+        None => wait_running(ctx, h, &app.container_name).await,
+    };
+    match result {
+        Ok(()) => {
+            ctx.say(
+                h,
+                &format!("{}: {} is healthy", app.role, app.container_name),
+            );
+            Ok(())
+        }
+        Err(reason) => {
+            let logs = ctx
+                .run(
+                    h,
+                    strings(&["docker", "logs", "--tail", "10", &app.container_name]),
+                )
+                .await
+                .map(|o| format!("{}{}", o.stdout, o.stderr))
+                .unwrap_or_default();
+            ctx.run(h, strings(&["docker", "stop", &app.container_name]))
+                .await?;
+            Err(ApplyError::Unhealthy {
+                host: h.to_string(),
+                role: app.role.clone(),
+                container: app.container_name.clone(),
+                reason,
+                logs,
+            })
+        }
+    }
+}
+
+async fn wait_running(ctx: &ApplyContext<'_>, h: &str, name: &str) -> Result<(), String> {
+    let deadline = Instant::now() + ctx.policy.deploy_timeout;
+    let status = || async {
+        ctx.run(
+            h,
+            strings(&[
+                "docker",
+                "inspect",
+                "-f",
+                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                name,
+            ]),
+        )
+        .await
+        .map(|o| o.stdout.trim().to_string())
+        .unwrap_or_default()
+    };
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = status().await;
+        if last == "running" && !ctx.policy.readiness_delay.is_zero() {
+            tokio::time::sleep(ctx.policy.readiness_delay).await;
+            last = status().await;
+        }
+        if last == "running" || last == "healthy" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "container not ready after {} seconds ({last})",
+        ctx.policy.deploy_timeout.as_secs()
+    ))
+}
