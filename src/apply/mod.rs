@@ -308,6 +308,34 @@ async fn release_lock(ctx: &ApplyContext<'_>, host: &str) -> Result<(), ApplyErr
     Ok(())
 }
 
+/// With nothing to do, a deploy lock left by a berth that died is still
+/// released (it would block every human and every later run).
+pub async fn release_stale_lock(
+    ctx: &ApplyContext<'_>,
+    plan: &Plan,
+) -> Result<Option<String>, ApplyError> {
+    let Some(primary) = primary_host(ctx.desired) else {
+        return Ok(None);
+    };
+    for (host, details) in &plan.locks {
+        if *host != primary {
+            continue;
+        }
+        if let Some((pid, machine)) = berth_lock_owner(details)
+            && machine == this_machine()
+            && !process_alive(pid)
+        {
+            let msg = format!(
+                "releasing a stale deploy lock left by berth (pid {pid} on {machine}, no longer running)"
+            );
+            ctx.say(host, &msg);
+            release_lock(ctx, host).await?;
+            return Ok(Some(msg));
+        }
+    }
+    Ok(None)
+}
+
 /// Execute `plan`. Returns after the lock is released, whatever happened.
 pub async fn apply(ctx: &ApplyContext<'_>, plan: &Plan) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
@@ -494,11 +522,18 @@ async fn apply_locked(
             .iter()
             .filter(|a| matches!(&a.unit, Unit::App { role: r } if r == role))
             .collect();
-        for chunk in of_role.chunks(batch) {
-            let results = futures_join_all(chunk.iter().map(|a| app(ctx, a))).await;
-            for r in results {
-                r?;
-                report.actions_done += 1;
+        // Leftover versions are stopped only after every other action of the
+        // role: a route may still point at them until then.
+        let (stops, boots): (Vec<&&Action>, Vec<&&Action>) = of_role
+            .into_iter()
+            .partition(|a| a.kind == ActionKind::Stop);
+        for list in [boots, stops] {
+            for chunk in list.chunks(batch) {
+                let results = futures_join_all(chunk.iter().map(|a| app(ctx, a))).await;
+                for r in results {
+                    r?;
+                    report.actions_done += 1;
+                }
             }
         }
     }
@@ -775,6 +810,15 @@ async fn app(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
             ctx.write_env_file(h, &app.env_file).await
         }
         ActionKind::Route => route(ctx, h, app).await,
+        ActionKind::Stop => {
+            stop(ctx, h, app, &a.container).await?;
+            ctx.audit(
+                h,
+                Some(role),
+                &format!("Stopped {} (a version left running)", a.container),
+            )
+            .await
+        }
         ActionKind::Start => {
             ctx.say(h, &format!("{role}: starting {}", app.container_name));
             ctx.write_env_file(h, &app.env_file).await?;

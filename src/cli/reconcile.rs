@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 eprintln!("error: not applying while hosts are unknown");
             }
             1
-        } else if plan.actions.is_empty() {
+        } else if plan.actions.is_empty() && (args.dry_run || plan.locks.is_empty()) {
             0
         } else if args.dry_run {
             2
@@ -131,17 +131,21 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 project_root: crate::config::project_root(&args.config.config_file),
                 progress: &progress,
             };
-            match apply::apply(&ctx, &plan).await {
-                Ok(report) => {
-                    eprintln!(
-                        "Applied {} action(s) with {} remote command(s).",
-                        report.actions_done, report.remote_commands
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    1
+            if plan.actions.is_empty() {
+                return_code(apply::release_stale_lock(&ctx, &plan).await.map(|_| ()))
+            } else {
+                match apply::apply(&ctx, &plan).await {
+                    Ok(report) => {
+                        eprintln!(
+                            "Applied {} action(s) with {} remote command(s).",
+                            report.actions_done, report.remote_commands
+                        );
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
                 }
             }
         };
@@ -150,6 +154,16 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     });
     let _ = std::fs::remove_dir_all(control_dir);
     Ok(code)
+}
+
+fn return_code(r: Result<(), apply::ApplyError>) -> u8 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 /// `docker login` credentials, when the registry needs them.

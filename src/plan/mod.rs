@@ -295,6 +295,9 @@ pub enum ActionKind {
     Route,
     /// `-` remove an orphan (only with `x-berth.prune`).
     Remove,
+    /// `-` stop an old version still running beside the desired one (an
+    /// interrupted rollout, a hand-started container); it is kept, stopped.
+    Stop,
 }
 
 impl ActionKind {
@@ -302,7 +305,7 @@ impl ActionKind {
         match self {
             ActionKind::Create => '+',
             ActionKind::Start => '>',
-            ActionKind::Remove => '-',
+            ActionKind::Remove | ActionKind::Stop => '-',
             _ => '~',
         }
     }
@@ -339,6 +342,8 @@ pub struct Plan {
     pub unknown_hosts: Vec<(String, String)>,
     /// Things worth knowing that are not actions (orphans kept, locks held).
     pub notes: Vec<String>,
+    /// Deploy locks found: (host, details).
+    pub locks: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -390,6 +395,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
             }
         };
         if let Some(lock) = &obs.lock {
+            plan.locks.push((units.host.clone(), lock.clone()));
             plan.notes.push(format!(
                 "{}: deploy lock held: {}",
                 units.host,
@@ -399,13 +405,33 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
         accessories.extend(plan_accessories(units, obs));
         proxies.extend(plan_proxy(units, obs));
         for app in &units.apps {
-            if let Some(a) = plan_app(&units.host, app, obs) {
-                let role_rank = desired
-                    .roles
-                    .iter()
-                    .position(|r| *r == app.role)
-                    .unwrap_or(usize::MAX);
+            let role_rank = desired
+                .roles
+                .iter()
+                .position(|r| *r == app.role)
+                .unwrap_or(usize::MAX);
+            let main = plan_app(&units.host, app, obs);
+            let retired = main.as_ref().and_then(|a| a.replaces.clone());
+            if let Some(a) = main {
                 apps.entry(role_rank).or_default().push((host_index, a));
+            }
+            for c in leftover_versions(app, obs, retired.as_deref()) {
+                apps.entry(role_rank).or_default().push((
+                    host_index,
+                    Action {
+                        host: units.host.clone(),
+                        unit: Unit::App {
+                            role: app.role.clone(),
+                        },
+                        container: c.name.clone(),
+                        kind: ActionKind::Stop,
+                        replaces: None,
+                        reasons: vec![Change::Version {
+                            from: c.name.clone(),
+                            to: app.container_name.clone(),
+                        }],
+                    },
+                ));
             }
         }
         let orphans_here = if opts.orphans {
@@ -550,6 +576,31 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
     }
 }
 
+/// Running containers of `app`'s role other than the desired one and other
+/// than the one its own action retires.
+fn leftover_versions<'a>(
+    app: &AppUnit,
+    obs: &'a HostObservation,
+    retired: Option<&str>,
+) -> Vec<&'a ObservedContainer> {
+    let service = app
+        .labels
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v);
+    obs.containers
+        .iter()
+        .filter(|c| {
+            c.running()
+                && c.name != app.container_name
+                && Some(c.name.as_str()) != retired
+                && c.labels.get("service") == service
+                && c.labels.get("role") == Some(&app.role)
+                && c.name.starts_with(&format!("{}-", app.container_prefix))
+        })
+        .collect()
+}
+
 /// `KAMAL_VERSION` / `KAMAL_CONTAINER_NAME` differ whenever the version does.
 fn is_version_env(c: &Change) -> bool {
     matches!(c, Change::Env { key, .. } if key == "KAMAL_VERSION" || key == "KAMAL_CONTAINER_NAME")
@@ -662,19 +713,9 @@ fn orphan_containers<'a>(
                 return false;
             }
             match c.labels.get("role") {
-                Some(role) if roles.contains(role.as_str()) => {
-                    // Old versions are retained stopped, as Kamal does; an
-                    // extra *running* version is drift.
-                    c.running()
-                        && !units.apps.iter().any(|a| a.container_name == c.name)
-                        && units.apps.iter().any(|a| {
-                            a.role == *role
-                                && obs
-                                    .containers
-                                    .iter()
-                                    .any(|o| o.name == a.container_name && o.running())
-                        })
-                }
+                // Old versions of a role on this host are retained stopped,
+                // as Kamal does; a running one is a leftover (`Stop`).
+                Some(role) if roles.contains(role.as_str()) => false,
                 Some(_) => c.running(),
                 None => false,
             }
@@ -710,6 +751,16 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
                     if *old == app.container_name {
                         obs.containers.retain(|c| c.name != *old);
                     }
+                }
+                if action.kind == ActionKind::Stop {
+                    for c in obs
+                        .containers
+                        .iter_mut()
+                        .filter(|c| c.name == action.container)
+                    {
+                        c.status = "exited".into();
+                    }
+                    continue;
                 }
                 if matches!(action.kind, ActionKind::Start) {
                     for c in obs

@@ -15,6 +15,7 @@ pub struct Summary {
     pub replace: usize,
     pub start: usize,
     pub remove: usize,
+    pub stop: usize,
     pub other: usize,
     pub unknown_hosts: usize,
 }
@@ -31,6 +32,7 @@ impl Summary {
                 ActionKind::Replace | ActionKind::Reboot => s.replace += 1,
                 ActionKind::Start => s.start += 1,
                 ActionKind::Remove => s.remove += 1,
+                ActionKind::Stop => s.stop += 1,
                 ActionKind::WriteEnvFile | ActionKind::Route => s.other += 1,
             }
         }
@@ -56,6 +58,7 @@ fn verb(k: ActionKind) -> &'static str {
         ActionKind::WriteEnvFile => "rewrite env file",
         ActionKind::Route => "route",
         ActionKind::Remove => "remove",
+        ActionKind::Stop => "stop",
     }
 }
 
@@ -174,10 +177,11 @@ pub fn text(plan: &Plan) -> String {
     let s = Summary::of(plan);
     let _ = writeln!(
         out,
-        "\nPlan: {} to create, {} to replace, {} to start, {} to remove, {} other{}.",
+        "\nPlan: {} to create, {} to replace, {} to start, {} to stop, {} to remove, {} other{}.",
         s.create,
         s.replace,
         s.start,
+        s.stop,
         s.remove,
         s.other,
         if s.unknown_hosts > 0 {
@@ -208,7 +212,7 @@ struct JsonUnknown<'a> {
     reason: &'a str,
 }
 
-/// `berth.plan/v1`: `{schema, in_sync, summary{create,replace,start,remove,other,unknown_hosts},
+/// `berth.plan/v1`: `{schema, in_sync, summary{create,replace,start,stop,remove,other,unknown_hosts},
 /// actions[{host, unit{type,role|name}, container, kind, replaces, reasons[{kind,…}]}],
 /// unknown_hosts[{host, reason}], notes[]}`.
 pub fn json(plan: &Plan) -> String {

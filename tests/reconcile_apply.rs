@@ -1,0 +1,278 @@
+//! `berth reconcile` converging real hosts, checked by berth's own dry-run and
+//! by real Kamal 2.11: deploys, zero-downtime version bumps through the
+//! kamal-proxy stand-in, drift made by `kamal deploy`, failing health, a
+//! missing image, and berth killed with SIGKILL mid-rollout.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth::testbed;
+use support::{Fleet, KAMAL_COMMON, http_get};
+
+fn config(fleet: &Fleet, version: &str, deploy_timeout: u64) -> String {
+    format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
+         proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
+         env:\n  clear:\n    GREETING: hello\n  secret: [DB_PASSWORD]\n\
+         deploy_timeout: {deploy_timeout}\ndrain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}",
+        hosts = fleet.addrs().join(", "),
+        reg = fleet.tb.registry(),
+        pv = testbed::images::PROXY_VERSION,
+        common = KAMAL_COMMON
+            .replace("{registry}", &fleet.tb.registry())
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    )
+}
+
+fn set_config(p: &Path, text: &str) {
+    std::fs::write(p.join("config/deploy.yml"), text).unwrap();
+}
+
+fn berth(fleet: &Fleet, p: &Path, extra: &[&str]) -> Output {
+    berth_cmd(fleet, p, extra).output().unwrap()
+}
+
+fn berth_cmd(fleet: &Fleet, p: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    c.arg("reconcile")
+        .arg("--known-hosts")
+        .arg(fleet.tb.known_hosts())
+        .args(extra)
+        .current_dir(p);
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn serves(fleet: &Fleet, body: &str) -> bool {
+    fleet
+        .addrs()
+        .iter()
+        .all(|a| http_get(&format!("{a}:80"), "/", Some("demo.test")).as_deref() == Ok(body))
+}
+
+/// Continuous requests to every host, counting failures, until dropped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(fleet: &Fleet) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = fleet
+            .addrs()
+            .into_iter()
+            .map(|a| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(&format!("{a}:80"), "/", Some("demo.test")) {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.lock().unwrap().push(format!("{a}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    /// Stop and return (successes, failures).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failures.lock().unwrap().clone(),
+        )
+    }
+}
+
+#[test]
+fn berth_deploys_rolls_versions_with_zero_failed_requests_and_kamal_agrees() {
+    let fleet = Fleet::up(3);
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=s3cret\n");
+    let p = project.path();
+
+    // Fresh hosts: berth deploys everything, then the fleet is in sync.
+    set_config(p, &config(&fleet, "v1", 20));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains("s3cret"),
+        "a secret leaked into the output"
+    );
+    assert_eq!(berth(&fleet, p, &["--dry-run"]).status.code(), Some(0));
+    assert!(serves(&fleet, "demo v1\n"));
+    // Real Kamal reads berth's fleet as its own.
+    let version = fleet.kamal_ok(p, &["app", "version"]);
+    assert_eq!(
+        version.lines().filter(|l| l.trim() == "v1").count(),
+        3,
+        "{version}"
+    );
+    let details = fleet.kamal_ok(p, &["app", "details"]);
+    assert_eq!(details.matches("demo-web-v1").count(), 3, "{details}");
+
+    // A version bump through the proxy under continuous load: no failures.
+    set_config(p, &config(&fleet, "v2", 20));
+    let load = Load::start(&fleet);
+    let out = berth(&fleet, p, &[]);
+    let (ok, failures) = load.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 30, "too few requests: {ok}");
+    assert!(serves(&fleet, "demo v2\n"));
+    assert_eq!(berth(&fleet, p, &["--dry-run"]).status.code(), Some(0));
+    let audit =
+        std::fs::read_to_string(fleet.host(0).home().join(".kamal/demo-audit.log")).unwrap();
+    assert!(audit.contains("[web] Booted app version v2"), "{audit}");
+
+    // Real `kamal deploy` of another version on top: berth sees the drift
+    // back to the repo's version and converges it.
+    fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v3"]);
+    assert!(serves(&fleet, "demo v3\n"));
+    let out = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("demo-web-v3 → demo-web-v2"),
+        "{}",
+        text(&out)
+    );
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(serves(&fleet, "demo v2\n"));
+
+    // A version whose health check never passes: exit 1 naming host and
+    // reason; v2 keeps serving everywhere; no further batch rolled.
+    set_config(p, &config(&fleet, "unhealthy", 3));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("demo-web-unhealthy did not become healthy") && t.contains("10.210."),
+        "{t}"
+    );
+    assert!(serves(&fleet, "demo v2\n"));
+
+    // An image missing from the registry: a clear error, nothing stopped.
+    set_config(p, &config(&fleet, "nope", 3));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("cannot pull") && text(&out).contains("nothing was stopped"),
+        "{}",
+        text(&out)
+    );
+    assert!(serves(&fleet, "demo v2\n"));
+    // And the lock was released each time: Kamal can take it.
+    fleet.kamal_ok(p, &["lock", "acquire", "-m", "after berth"]);
+    fleet.kamal_ok(p, &["lock", "release"]);
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
+fn berth_killed_mid_rollout_converges_on_the_next_run_and_hosts_serve_throughout() {
+    let fleet = Fleet::up(3);
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=s3cret\n");
+    let p = project.path();
+    set_config(p, &config(&fleet, "v1", 20));
+    assert_eq!(berth(&fleet, p, &[]).status.code(), Some(0));
+    let load = Load::start(&fleet);
+
+    // Kill at three points of a rollout: right after the lock, at the first
+    // boot, and after the first host switched.
+    let points = [
+        "acquired the deploy lock",
+        "booting demo-web-",
+        "stopping demo-web-",
+    ];
+    for (i, point) in points.iter().enumerate() {
+        let version = ["v2", "v3", "v1"][i];
+        set_config(p, &config(&fleet, version, 20));
+        let mut child = berth_cmd(&fleet, p, &[])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut killed = false;
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains(point) {
+                child.kill().unwrap(); // SIGKILL
+                killed = true;
+                break;
+            }
+        }
+        child.wait().unwrap();
+        assert!(killed, "never reached {point:?}");
+
+        // The next run recovers berth's own stale lock and converges.
+        let out = berth(&fleet, p, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "after kill at {point:?}: {}",
+            text(&out)
+        );
+        let t = text(&out);
+        // Every kill point is after the lock was taken: the next run must
+        // recognise berth's own stale lock (and say so), not fail on it.
+        assert!(t.contains("stale deploy lock left by berth"), "{t}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        testbed::poll(deadline, "new version served", || {
+            serves(&fleet, &format!("demo {version}\n"))
+        })
+        .unwrap();
+        assert_eq!(berth(&fleet, p, &["--dry-run"]).status.code(), Some(0));
+    }
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 30);
+
+    // A lock held by a human is never taken.
+    fleet.kamal_ok(p, &["lock", "acquire", "-m", "hands off"]);
+    set_config(p, &config(&fleet, "v2", 20));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("hands off"), "{}", text(&out));
+    assert!(serves(&fleet, "demo v1\n"));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
