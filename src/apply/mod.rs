@@ -112,6 +112,66 @@ const WRITE_FILE: &str = r#"umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1
 /// Kamal's proxy boot from `kamal proxy boot_config` files (no `proxy.run`).
 const PROXY_BOOT_CONFIG: &str = r#"mkdir -p .kamal/proxy/apps-config && echo $(cat .kamal/proxy/options 2> /dev/null || echo "--publish 80:80 --publish 443:443 --log-opt max-size=10m") $(cat .kamal/proxy/image 2> /dev/null || echo "basecamp/kamal-proxy"):$(cat .kamal/proxy/image_version 2> /dev/null || echo "v0.9.2") $(cat .kamal/proxy/run_command 2> /dev/null || echo "") | xargs docker run --name kamal-proxy --network kamal --detach --restart unless-stopped --volume kamal-proxy-config:/home/kamal-proxy/.config/kamal-proxy --volume "$PWD/.kamal/proxy/apps-config:/home/kamal-proxy/.apps-config""#;
 
+/// Per host, before anything else: the `kamal` network, the registry login
+/// (password on stdin) and, where the app boots, the pull with Kamal's check
+/// of the image's `service` label. Exit codes name the failed step.
+const PREP: &str = r#"server=$1; user=$2; image=$3; service=$4; log=$5; line=$6
+docker network inspect kamal >/dev/null 2>&1 || docker network create kamal >/dev/null || exit 10
+if [ -n "$server" ]; then docker login "$server" -u "$user" --password-stdin >/dev/null || exit 11; else cat >/dev/null; fi
+if [ -n "$image" ]; then
+  docker pull --quiet "$image" >/dev/null || exit 12
+  label=$(docker inspect -f '{{ .Config.Labels.service }}' "$image") || exit 12
+  [ "$label" = "$service" ] || { echo "the image's service label is \"$label\", not \"$service\" (Kamal refuses such images too)" >&2; exit 13; }
+  mkdir -p .kamal && echo "$line" >> "$log"
+fi"#;
+
+/// One app container's boot, in one round trip: env file (stdin, 0600), a
+/// clashing same-name container renamed, audit, `docker run` (the argv berth
+/// rendered, quoted by `shell::join`, evaluated back into the same words),
+/// then health: `kamal-proxy deploy` (remaining args: service, port, flags)
+/// or container state within the deploy timeout; then the old one stopped.
+/// Exit 23/24: unhealthy (the new container is left for berth to stop).
+const BOOT: &str = r#"f=$1; name=$2; renamed=$3; log=$4; booted=$5; renamedline=$6; timeout=$7; delay=$8; run=$9; shift 9
+old=$1; stop_t=$2; shift 2
+umask 077
+{ mkdir -p "$(dirname "$f")" && cat > "$f.berth-tmp" && chmod 600 "$f.berth-tmp" && mv "$f.berth-tmp" "$f"; } || { echo "cannot write $f" >&2; exit 20; }
+umask 022
+mkdir -p .kamal
+if [ -n "$renamed" ]; then echo "$renamedline" >> "$log"; docker rename "$name" "$renamed" || exit 21; fi
+echo "$booted" >> "$log"
+id=$(eval "$run") || exit 22
+id=$(printf '%.12s' "$id")
+echo "@@id $id"
+if [ $# -gt 0 ]; then
+  svc=$1; port=$2; shift 2
+  docker exec kamal-proxy kamal-proxy deploy "$svc" "--target=$id:$port" "$@" || exit 23
+else
+  end=$(( $(date +%s) + timeout )); status=""
+  while :; do
+    status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$name")
+    if [ "$status" = running ] && [ "$delay" -gt 0 ]; then
+      sleep "$delay"
+      status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$name")
+    fi
+    case "$status" in running|healthy) break;; esac
+    [ "$(date +%s)" -lt "$end" ] || { echo "container not ready after $timeout seconds ($status)" >&2; exit 24; }
+    sleep 0.25
+  done
+fi
+if [ -n "$old" ]; then
+  if [ -n "$stop_t" ]; then docker stop -t "$stop_t" "$old" >/dev/null; else docker stop "$old" >/dev/null; fi
+fi
+exit 0"#;
+
+/// After the app booted on a host: audit, tag `latest`, prune old containers
+/// beyond `retain_containers`.
+const FINISH: &str = r#"log=$1; line=$2; image=$3; latest=$4; retain=$5; service=$6; pruned=$7
+mkdir -p .kamal && echo "$line" >> "$log"
+docker tag "$image" "$latest" || exit 30
+old=$(docker ps -q -a --filter "label=service=$service" --filter status=created --filter status=exited --filter status=dead | tail -n +$((retain + 1)))
+if [ -n "$old" ]; then docker rm $old >/dev/null && echo "$pruned" >> "$log"; fi
+exit 0"#;
+
 /// Takes the lock: `mkdir` is the atomic test-and-set Kamal uses.
 const LOCK: &str = r#"mkdir -p "$(dirname "$1")" && mkdir "$1" && base64 > "$1/details""#;
 
@@ -178,6 +238,15 @@ impl ApplyContext<'_> {
             &log,
         ]);
         self.run_ok(host, "audit", argv).await.map(|_| ())
+    }
+
+    /// A line in Kamal's audit format.
+    fn audit_line(&self, role: Option<&str>, message: &str) -> String {
+        let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        match role {
+            Some(r) => format!("[{ts}] [berth] [{r}] {message}"),
+            None => format!("[{ts}] [berth] {message}"),
+        }
     }
 
     fn say(&self, host: &str, msg: &str) {
@@ -407,30 +476,23 @@ async fn apply_locked(
             .map(|a| a.host.clone())
             .collect()
     };
-    // The network and the registry login, on every host the plan touches.
-    for_hosts(&hosts, |h| async move {
-        ctx.run_ok(
-            &h,
-            "creating the kamal network",
-            strings(&[
-                "sh",
-                "-c",
-                "docker network inspect kamal >/dev/null 2>&1 || docker network create kamal >/dev/null",
-            ]),
-        )
-        .await?;
-        if let Some(r) = &ctx.registry {
-            let argv = strings(&["docker", "login", &r.server, "-u", &r.username, "--password-stdin"]);
-            let out = ctx.conns.run_with_stdin(&h, &argv, r.password.expose().as_bytes()).await?;
-            if !out.success() {
-                return Err(ApplyError::Step {
-                    host: h.clone(),
-                    what: format!("docker login {}", r.server),
-                    message: out.stderr.trim().to_string(),
-                });
-            }
-        }
-        Ok(())
+    // Network, login and (where the app boots) the pull, on every host the
+    // plan touches, in parallel, before anything is stopped.
+    let booting: Vec<String> = {
+        let mut seen = BTreeSet::new();
+        plan.actions
+            .iter()
+            .filter(|a| {
+                matches!(a.unit, Unit::App { .. })
+                    && matches!(a.kind, ActionKind::Create | ActionKind::Replace)
+            })
+            .filter(|a| seen.insert(a.host.clone()))
+            .map(|a| a.host.clone())
+            .collect()
+    };
+    for_hosts(&hosts, |h| {
+        let boots = booting.contains(&h);
+        async move { prep(ctx, &h, boots).await }
     })
     .await?;
 
@@ -451,56 +513,6 @@ async fn apply_locked(
         proxy(ctx, a, plan).await?;
         report.actions_done += 1;
     }
-
-    // Pull the image wherever the app boots, before anything is stopped.
-    let booting: Vec<String> = {
-        let mut seen = BTreeSet::new();
-        plan.actions
-            .iter()
-            .filter(|a| {
-                matches!(a.unit, Unit::App { .. })
-                    && matches!(a.kind, ActionKind::Create | ActionKind::Replace)
-            })
-            .filter(|a| seen.insert(a.host.clone()))
-            .map(|a| a.host.clone())
-            .collect()
-    };
-    let image = ctx.desired.image.clone();
-    for_hosts(&booting, |h| {
-        let image = image.clone();
-        async move {
-            ctx.say(&h, &format!("pulling {image}"));
-            let out = ctx.run(&h, strings(&["docker", "pull", "--quiet", &image])).await?;
-            if !out.success() {
-                return Err(ApplyError::Pull {
-                    host: h.clone(),
-                    image: image.clone(),
-                    message: out.stderr.trim().to_string(),
-                });
-            }
-            let label = ctx
-                .run_ok(
-                    &h,
-                    "inspecting the image",
-                    strings(&["docker", "inspect", "-f", "{{ .Config.Labels.service }}", &image]),
-                )
-                .await?;
-            if label.trim() != ctx.desired.service {
-                return Err(ApplyError::Pull {
-                    host: h.clone(),
-                    image: image.clone(),
-                    message: format!(
-                        "the image's `service` label is {:?}, not {:?} (Kamal refuses such images too)",
-                        label.trim(),
-                        ctx.desired.service
-                    ),
-                });
-            }
-            ctx.audit(&h, None, &format!("Pulled image with version {}", ctx.desired.version))
-                .await
-        }
-    })
-    .await?;
 
     // Apps: per role in plan order (primary first), hosts in batches.
     let app_actions: Vec<&Action> = plan
@@ -558,68 +570,85 @@ async fn apply_locked(
     }
 
     // Tag the image as latest and prune, where the app booted.
-    let latest = format!(
-        "{}:latest",
-        ctx.desired
-            .image
-            .rsplit_once(':')
-            .map_or(ctx.desired.image.as_str(), |(r, _)| r)
-    );
-    for_hosts(&booting, |h| {
-        let latest = latest.clone();
-        async move {
-            ctx.audit(
-                &h,
-                None,
-                &format!("Tagging {} as the latest image", ctx.desired.image),
-            )
-            .await?;
-            ctx.run_ok(
-                &h,
-                "tagging latest",
-                strings(&["docker", "tag", &ctx.desired.image, &latest]),
-            )
-            .await?;
-            prune(ctx, &h).await
-        }
-    })
-    .await?;
+    for_hosts(&booting, |h| async move { finish(ctx, &h).await }).await?;
     Ok(())
 }
 
-/// Remove stopped containers of the service beyond `retain_containers`.
-async fn prune(ctx: &ApplyContext<'_>, host: &str) -> Result<(), ApplyError> {
-    let out = ctx
-        .run_ok(
-            host,
-            "listing old containers",
-            strings(&[
-                "docker",
-                "ps",
-                "-q",
-                "-a",
-                "--filter",
-                &format!("label=service={}", ctx.desired.service),
-                "--filter",
-                "status=created",
-                "--filter",
-                "status=exited",
-                "--filter",
-                "status=dead",
-            ]),
-        )
-        .await?;
-    let old: Vec<&str> = out
-        .lines()
-        .skip(ctx.policy.retain_containers as usize)
-        .collect();
-    if !old.is_empty() {
-        let mut argv = strings(&["docker", "rm"]);
-        argv.extend(old.iter().map(|s| s.to_string()));
-        ctx.run(host, argv).await?;
-        ctx.audit(host, None, "Pruned containers").await?;
+async fn prep(ctx: &ApplyContext<'_>, h: &str, boots: bool) -> Result<(), ApplyError> {
+    let image = if boots {
+        ctx.desired.image.clone()
+    } else {
+        String::new()
+    };
+    if boots {
+        ctx.say(h, &format!("pulling {image}"));
     }
-    Ok(())
+    let (server, user, password) = match &ctx.registry {
+        Some(r) => (
+            r.server.clone(),
+            r.username.clone(),
+            r.password.expose().as_bytes().to_vec(),
+        ),
+        None => (String::new(), String::new(), Vec::new()),
+    };
+    let line = ctx.audit_line(
+        None,
+        &format!("Pulled image with version {}", ctx.desired.version),
+    );
+    let argv = strings(&[
+        "sh",
+        "-c",
+        PREP,
+        "berth-prep",
+        &server,
+        &user,
+        &image,
+        &ctx.desired.service,
+        &audit_log(ctx.desired),
+        &line,
+    ]);
+    let out = ctx.conns.run_with_stdin(h, &argv, &password).await?;
+    let message = out.stderr.trim().to_string();
+    match out.status {
+        Some(0) => Ok(()),
+        Some(12) | Some(13) => Err(ApplyError::Pull {
+            host: h.to_string(),
+            image,
+            message,
+        }),
+        Some(11) => Err(ApplyError::Step {
+            host: h.to_string(),
+            what: format!("docker login {server}"),
+            message,
+        }),
+        _ => Err(ApplyError::Step {
+            host: h.to_string(),
+            what: "creating the kamal network".into(),
+            message,
+        }),
+    }
+}
+
+async fn finish(ctx: &ApplyContext<'_>, h: &str) -> Result<(), ApplyError> {
+    let image = &ctx.desired.image;
+    let latest = format!(
+        "{}:latest",
+        image.rsplit_once(':').map_or(image.as_str(), |(r, _)| r)
+    );
+    let argv = strings(&[
+        "sh",
+        "-c",
+        FINISH,
+        "berth-finish",
+        &audit_log(ctx.desired),
+        &ctx.audit_line(None, &format!("Tagging {image} as the latest image")),
+        image,
+        &latest,
+        &ctx.policy.retain_containers.to_string(),
+        &ctx.desired.service,
+        &ctx.audit_line(None, "Pruned containers"),
+    ]);
+    ctx.run_ok(h, "tagging and pruning", argv).await.map(|_| ())
 }
 
 async fn accessory(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
@@ -840,56 +869,120 @@ async fn app(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
             }
             Ok(())
         }
-        ActionKind::Create | ActionKind::Replace => {
-            // A same-name container (same version, other spec) is renamed
-            // out of the way, as Kamal does; the old one keeps serving until
-            // the new one is healthy.
-            let mut old = a.replaces.clone();
-            if old.as_deref() == Some(app.container_name.as_str()) {
-                let renamed = format!("{}_replaced_{}", app.container_name, random_hex(16));
-                ctx.say(
-                    h,
-                    &format!("{role}: renaming {} to {renamed}", app.container_name),
-                );
-                ctx.audit(
-                    h,
-                    Some(role),
-                    &format!("Renaming container {} to {renamed}", app.version),
-                )
-                .await?;
-                ctx.run_ok(
-                    h,
-                    "renaming the container",
-                    strings(&["docker", "rename", &app.container_name, &renamed]),
-                )
-                .await?;
-                old = Some(renamed);
-            }
-            ctx.say(h, &format!("{role}: booting {}", app.container_name));
-            ctx.audit(
+        ActionKind::Create | ActionKind::Replace => boot(ctx, h, app, a.replaces.as_deref()).await,
+        _ => Ok(()),
+    }
+}
+
+/// Boot the desired container of `app` (one round trip, [`BOOT`]). A
+/// same-name container (same version, other spec) is renamed out of the way,
+/// as Kamal does; the old one keeps serving until the new one is healthy.
+async fn boot(
+    ctx: &ApplyContext<'_>,
+    h: &str,
+    app: &AppUnit,
+    replaces: Option<&str>,
+) -> Result<(), ApplyError> {
+    let role = app.role.as_str();
+    let (renamed, old) = match replaces {
+        Some(o) if o == app.container_name => {
+            let renamed = format!("{}_replaced_{}", app.container_name, random_hex(16));
+            ctx.say(
                 h,
-                Some(role),
-                &format!("Booted app version {}", app.version),
-            )
-            .await?;
-            ctx.write_env_file(h, &app.env_file).await?;
-            let hostname = format!(
-                "{}-{}",
-                h.chars().take(51).collect::<String>().trim_end_matches('.'),
-                random_hex(12)
+                &format!("{role}: renaming {} to {renamed}", app.container_name),
             );
-            let id = ctx
-                .run_ok(h, "running the container", app.run_argv(Some(&hostname)))
-                .await?;
-            let id: String = id.trim().chars().take(12).collect();
-            healthy_id(ctx, h, app, &id).await?;
-            if let Some(old) = old {
-                stop(ctx, h, app, &old).await?;
+            (renamed.clone(), renamed)
+        }
+        Some(o) => (String::new(), o.to_string()),
+        None => (String::new(), String::new()),
+    };
+    ctx.say(h, &format!("{role}: booting {}", app.container_name));
+    let hostname = format!(
+        "{}-{}",
+        h.chars().take(51).collect::<String>().trim_end_matches('.'),
+        random_hex(12)
+    );
+    let mut argv = strings(&["sh", "-c", BOOT, "berth-boot"]);
+    argv.extend([
+        app.env_file.path.clone(),
+        app.container_name.clone(),
+        renamed.clone(),
+        audit_log(ctx.desired),
+        ctx.audit_line(Some(role), &format!("Booted app version {}", app.version)),
+        ctx.audit_line(
+            Some(role),
+            &format!("Renaming container {} to {renamed}", app.version),
+        ),
+        ctx.policy.deploy_timeout.as_secs().to_string(),
+        ctx.policy.readiness_delay.as_secs().to_string(),
+        crate::shell::join(app.run_argv(Some(&hostname))),
+        old.clone(),
+        // With the proxy, kamal-proxy drained the old one (Kamal's `stop_args`).
+        if app.proxy.is_none() {
+            ctx.policy.drain_timeout.to_string()
+        } else {
+            String::new()
+        },
+    ]);
+    if let Some(r) = &app.proxy {
+        // `deploy_argv` is `docker exec kamal-proxy kamal-proxy deploy <svc> --target=…:<port> <flags…>`.
+        let full = r.deploy_argv("ID");
+        argv.push(r.service.clone());
+        argv.push(r.app_port.clone());
+        argv.extend(full.into_iter().skip(7));
+    }
+    let out = ctx
+        .conns
+        .run_with_stdin(h, &argv, app.env_file.contents.expose().as_bytes())
+        .await?;
+    match out.status {
+        Some(0) => {
+            ctx.say(h, &format!("{role}: {} is healthy", app.container_name));
+            if !old.is_empty() {
+                ctx.say(h, &format!("{role}: stopped {old}"));
             }
             Ok(())
         }
-        _ => Ok(()),
+        Some(23) | Some(24) => {
+            let reason = match out.status {
+                Some(23) => format!("kamal-proxy: {}", out.stderr.trim()),
+                _ => out.stderr.trim().to_string(),
+            };
+            unhealthy(ctx, h, app, reason).await
+        }
+        _ => Err(ApplyError::Step {
+            host: h.to_string(),
+            what: format!("booting {}", app.container_name),
+            message: out.stderr.trim().to_string(),
+        }),
     }
+}
+
+/// The new container failed its health check: fetch its last log lines,
+/// stop it (kept for inspection) and report.
+async fn unhealthy(
+    ctx: &ApplyContext<'_>,
+    h: &str,
+    app: &AppUnit,
+    reason: String,
+) -> Result<(), ApplyError> {
+    let logs = ctx
+        .run(
+            h,
+            strings(&["docker", "logs", "--tail", "10", &app.container_name]),
+        )
+        .await
+        .map(|o| format!("{}{}", o.stdout, o.stderr))
+        .unwrap_or_default();
+    ctx.run(h, strings(&["docker", "stop", &app.container_name]))
+        .await?;
+    Err(ApplyError::Unhealthy {
+        host: h.to_string(),
+        role: app.role.clone(),
+        container: app.container_name.clone(),
+        reason,
+        logs,
+    })
 }
 
 async fn stop(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit, old: &str) -> Result<(), ApplyError> {
@@ -945,25 +1038,7 @@ async fn healthy_id(
             );
             Ok(())
         }
-        Err(reason) => {
-            let logs = ctx
-                .run(
-                    h,
-                    strings(&["docker", "logs", "--tail", "10", &app.container_name]),
-                )
-                .await
-                .map(|o| format!("{}{}", o.stdout, o.stderr))
-                .unwrap_or_default();
-            ctx.run(h, strings(&["docker", "stop", &app.container_name]))
-                .await?;
-            Err(ApplyError::Unhealthy {
-                host: h.to_string(),
-                role: app.role.clone(),
-                container: app.container_name.clone(),
-                reason,
-                logs,
-            })
-        }
+        Err(reason) => unhealthy(ctx, h, app, reason).await,
     }
 }
 
