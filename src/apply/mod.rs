@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::secrets::Secret;
 use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits, PROXY_CONTAINER};
@@ -113,21 +113,30 @@ const WRITE_FILE: &str = r#"umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1
 const PROXY_BOOT_CONFIG: &str = r#"mkdir -p .kamal/proxy/apps-config && echo $(cat .kamal/proxy/options 2> /dev/null || echo "--publish 80:80 --publish 443:443 --log-opt max-size=10m") $(cat .kamal/proxy/image 2> /dev/null || echo "basecamp/kamal-proxy"):$(cat .kamal/proxy/image_version 2> /dev/null || echo "v0.9.2") $(cat .kamal/proxy/run_command 2> /dev/null || echo "") | xargs docker run --name kamal-proxy --network kamal --detach --restart unless-stopped --volume kamal-proxy-config:/home/kamal-proxy/.config/kamal-proxy --volume "$PWD/.kamal/proxy/apps-config:/home/kamal-proxy/.apps-config""#;
 
 /// Per host, before anything else: the `kamal` network, the registry login
-/// (password on stdin) and, where the app boots, the pull with Kamal's check
-/// of the image's `service` label. Exit codes name the failed step.
+/// (password on stdin; skipped when a pull succeeds without it) and, where
+/// the app boots, the pull with Kamal's check of the image's `service` label.
+/// Exit codes name the failed step.
 const PREP: &str = r#"server=$1; user=$2; image=$3; service=$4; log=$5; line=$6
 docker network inspect kamal >/dev/null 2>&1 || docker network create kamal >/dev/null || exit 10
-if [ -n "$server" ]; then docker login "$server" -u "$user" --password-stdin >/dev/null || exit 11; else cat >/dev/null; fi
+login() { [ -z "$server" ] || docker login "$server" -u "$user" --password-stdin >/dev/null || exit 11; }
 if [ -n "$image" ]; then
-  docker pull --quiet "$image" >/dev/null || exit 12
+  # A host keeps its registry login (~/.docker/config.json): pull first and
+  # log in only when the registry asks, saving a round of docker CLI work.
+  if ! docker pull --quiet "$image" >/dev/null 2>&1; then
+    login
+    docker pull --quiet "$image" >/dev/null || exit 12
+  fi
   label=$(docker inspect -f '{{ .Config.Labels.service }}' "$image") || exit 12
   [ "$label" = "$service" ] || { echo "the image's service label is \"$label\", not \"$service\" (Kamal refuses such images too)" >&2; exit 13; }
   mkdir -p .kamal && echo "$line" >> "$log"
+else
+  login
 fi"#;
 
 /// One app container's boot, in one round trip: env file (stdin, 0600), a
 /// clashing same-name container renamed, audit, `docker run` (the argv berth
 /// rendered, quoted by `shell::join`, evaluated back into the same words),
+/// (or, with an empty `run`, `docker start` of the existing container),
 /// then health: `kamal-proxy deploy` (remaining args: service, port, flags)
 /// or container state within the deploy timeout; then the old one stopped.
 /// Exit 23/24: unhealthy (the new container is left for berth to stop).
@@ -139,7 +148,12 @@ umask 022
 mkdir -p .kamal
 if [ -n "$renamed" ]; then echo "$renamedline" >> "$log"; docker rename "$name" "$renamed" || exit 21; fi
 echo "$booted" >> "$log"
-id=$(eval "$run") || exit 22
+if [ -n "$run" ]; then
+  id=$(eval "$run") || exit 22
+else
+  docker start "$name" >/dev/null || exit 22
+  id=$(docker inspect -f '{{.Id}}' "$name") || exit 22
+fi
 id=$(printf '%.12s' "$id")
 echo "@@id $id"
 if [ $# -gt 0 ]; then
@@ -849,27 +863,12 @@ async fn app(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
             .await
         }
         ActionKind::Start => {
-            ctx.say(h, &format!("{role}: starting {}", app.container_name));
-            ctx.write_env_file(h, &app.env_file).await?;
-            ctx.run_ok(
-                h,
-                "starting the container",
-                strings(&["docker", "start", &app.container_name]),
-            )
-            .await?;
-            ctx.audit(
-                h,
-                Some(role),
-                &format!("Started app version {}", app.version),
-            )
-            .await?;
-            healthy(ctx, h, app).await?;
-            if let Some(old) = a.replaces.as_ref().filter(|o| **o != app.container_name) {
-                stop(ctx, h, app, old).await?;
-            }
-            Ok(())
+            let old = a.replaces.as_deref().filter(|o| *o != app.container_name);
+            boot(ctx, h, app, old, true).await
         }
-        ActionKind::Create | ActionKind::Replace => boot(ctx, h, app, a.replaces.as_deref()).await,
+        ActionKind::Create | ActionKind::Replace => {
+            boot(ctx, h, app, a.replaces.as_deref(), false).await
+        }
         _ => Ok(()),
     }
 }
@@ -882,10 +881,11 @@ async fn boot(
     h: &str,
     app: &AppUnit,
     replaces: Option<&str>,
+    start_existing: bool,
 ) -> Result<(), ApplyError> {
     let role = app.role.as_str();
     let (renamed, old) = match replaces {
-        Some(o) if o == app.container_name => {
+        Some(o) if o == app.container_name && !start_existing => {
             let renamed = format!("{}_replaced_{}", app.container_name, random_hex(16));
             ctx.say(
                 h,
@@ -896,7 +896,12 @@ async fn boot(
         Some(o) => (String::new(), o.to_string()),
         None => (String::new(), String::new()),
     };
-    ctx.say(h, &format!("{role}: booting {}", app.container_name));
+    let (verb, audit) = if start_existing {
+        ("starting", format!("Started app version {}", app.version))
+    } else {
+        ("booting", format!("Booted app version {}", app.version))
+    };
+    ctx.say(h, &format!("{role}: {verb} {}", app.container_name));
     let hostname = format!(
         "{}-{}",
         h.chars().take(51).collect::<String>().trim_end_matches('.'),
@@ -908,14 +913,18 @@ async fn boot(
         app.container_name.clone(),
         renamed.clone(),
         audit_log(ctx.desired),
-        ctx.audit_line(Some(role), &format!("Booted app version {}", app.version)),
+        ctx.audit_line(Some(role), &audit),
         ctx.audit_line(
             Some(role),
             &format!("Renaming container {} to {renamed}", app.version),
         ),
         ctx.policy.deploy_timeout.as_secs().to_string(),
         ctx.policy.readiness_delay.as_secs().to_string(),
-        crate::shell::join(app.run_argv(Some(&hostname))),
+        if start_existing {
+            String::new()
+        } else {
+            crate::shell::join(app.run_argv(Some(&hostname)))
+        },
         old.clone(),
         // With the proxy, kamal-proxy drained the old one (Kamal's `stop_args`).
         if app.proxy.is_none() {
@@ -996,83 +1005,4 @@ async fn stop(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit, old: &str) -> Resu
     argv.push(old.to_string());
     ctx.run(h, argv).await?;
     Ok(())
-}
-
-async fn healthy(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit) -> Result<(), ApplyError> {
-    let id = ctx
-        .run_ok(
-            h,
-            "finding the container",
-            strings(&["docker", "inspect", "-f", "{{.Id}}", &app.container_name]),
-        )
-        .await?;
-    let id: String = id.trim().chars().take(12).collect();
-    healthy_id(ctx, h, app, &id).await
-}
-
-/// Wait for the new container: through the proxy's health-gated `deploy`
-/// for proxied roles, container state (and `readiness_delay`) otherwise. On
-/// failure the new container is stopped and kept.
-async fn healthy_id(
-    ctx: &ApplyContext<'_>,
-    h: &str,
-    app: &AppUnit,
-    id: &str,
-) -> Result<(), ApplyError> {
-    let result = match &app.proxy {
-        Some(r) => {
-            let out = ctx.run(h, r.deploy_argv(id)).await?;
-            if out.success() {
-                Ok(())
-            } else {
-                Err(format!("kamal-proxy: {}", out.stderr.trim()))
-            }
-        }
-        None => wait_running(ctx, h, &app.container_name).await,
-    };
-    match result {
-        Ok(()) => {
-            ctx.say(
-                h,
-                &format!("{}: {} is healthy", app.role, app.container_name),
-            );
-            Ok(())
-        }
-        Err(reason) => unhealthy(ctx, h, app, reason).await,
-    }
-}
-
-async fn wait_running(ctx: &ApplyContext<'_>, h: &str, name: &str) -> Result<(), String> {
-    let deadline = Instant::now() + ctx.policy.deploy_timeout;
-    let status = || async {
-        ctx.run(
-            h,
-            strings(&[
-                "docker",
-                "inspect",
-                "-f",
-                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
-                name,
-            ]),
-        )
-        .await
-        .map(|o| o.stdout.trim().to_string())
-        .unwrap_or_default()
-    };
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        last = status().await;
-        if last == "running" && !ctx.policy.readiness_delay.is_zero() {
-            tokio::time::sleep(ctx.policy.readiness_delay).await;
-            last = status().await;
-        }
-        if last == "running" || last == "healthy" {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(format!(
-        "container not ready after {} seconds ({last})",
-        ctx.policy.deploy_timeout.as_secs()
-    ))
 }
