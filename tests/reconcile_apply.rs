@@ -174,6 +174,56 @@ fn berth_deploys_rolls_versions_with_zero_failed_requests_and_kamal_agrees() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(serves(&fleet, "demo v2\n"));
 
+    // Hooks: a failing pre-deploy aborts before any host is touched ...
+    let hooks = p.join(".kamal/hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let f = hooks.join(name);
+        std::fs::write(&f, body).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    hook("pre-deploy", "#!/bin/sh\necho 'not today' >&2\nexit 1\n");
+    set_config(p, &config(&fleet, "v1", 20));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("hook pre-deploy failed") && text(&out).contains("not today"),
+        "{}",
+        text(&out)
+    );
+    assert!(serves(&fleet, "demo v2\n"));
+    // ... and every hook runs in order with Kamal's environment.
+    let record = "#!/bin/sh\necho \"$(basename $0) $KAMAL_VERSION $KAMAL_HOSTS $KAMAL_SERVICE\" >> hooks.log\n";
+    for name in ["pre-deploy", "pre-app-boot", "post-app-boot", "post-deploy"] {
+        hook(name, record);
+    }
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = std::fs::read_to_string(p.join("hooks.log")).unwrap();
+    let names: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["pre-deploy", "pre-app-boot", "post-app-boot", "post-deploy"],
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .all(|l| l.contains(" v1 ") && l.ends_with(" demo")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .contains(&fleet.addrs().join(",")),
+        "{log}"
+    );
+    assert!(serves(&fleet, "demo v1\n"));
+    std::fs::remove_dir_all(&hooks).unwrap();
+    set_config(p, &config(&fleet, "v2", 20));
+    assert_eq!(berth(&fleet, p, &[]).status.code(), Some(0));
+
     // A version whose health check never passes: exit 1 naming host and
     // reason; v2 keeps serving everywhere; no further batch rolled.
     set_config(p, &config(&fleet, "unhealthy", 3));

@@ -18,6 +18,8 @@
 //! further batch is rolled. The lock is released on success and failure; a
 //! lock left by a berth that died is recognised as berth's own and recovered.
 
+pub mod hooks;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +55,8 @@ pub struct ApplyContext<'a> {
     pub project_root: PathBuf,
     /// Progress lines, one per step.
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// Kamal hooks (`None`: `--skip-hooks`).
+    pub hooks: Option<hooks::Hooks>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,10 @@ pub enum ApplyError {
         what: String,
         message: String,
     },
+    #[error("{0} (nothing was changed on any host)")]
+    PreHook(hooks::HookError),
+    #[error("{0}")]
+    Hook(hooks::HookError),
     #[error("{host}: cannot pull {image}: {message} (nothing was stopped)")]
     Pull {
         host: String,
@@ -430,7 +438,34 @@ pub async fn apply(ctx: &ApplyContext<'_>, plan: &Plan) -> Result<ApplyReport, A
         return Ok(report);
     };
     acquire_lock(ctx, &lock_host, &mut report).await?;
-    let result = apply_locked(ctx, plan, &mut report).await;
+    let started = std::time::Instant::now();
+    let hosts = plan_hosts(plan);
+    let mut result = match &ctx.hooks {
+        Some(h) => h
+            .run("pre-deploy", ctx.desired, &hosts, &[])
+            .await
+            .map(|_| ())
+            .map_err(ApplyError::PreHook),
+        None => Ok(()),
+    };
+    if result.is_ok() {
+        result = apply_locked(ctx, plan, &mut report).await;
+    }
+    if result.is_ok()
+        && let Some(h) = &ctx.hooks
+    {
+        let runtime = started.elapsed().as_secs().to_string();
+        result = h
+            .run(
+                "post-deploy",
+                ctx.desired,
+                &hosts,
+                &[("KAMAL_RUNTIME", runtime)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(ApplyError::Hook);
+    }
     let released = release_lock(ctx, &lock_host).await;
     report.remote_commands = ctx.conns.commands_run() - before;
     result?;
@@ -475,6 +510,15 @@ async fn futures_join_all<Fut: std::future::Future>(
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+fn plan_hosts(plan: &Plan) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    plan.actions
+        .iter()
+        .filter(|a| seen.insert(a.host.clone()))
+        .map(|a| a.host.clone())
+        .collect()
 }
 
 async fn apply_locked(
@@ -555,10 +599,22 @@ async fn apply_locked(
             .partition(|a| a.kind == ActionKind::Stop);
         for list in [boots, stops] {
             for chunk in list.chunks(batch) {
+                let batch_hosts: Vec<String> = chunk.iter().map(|a| a.host.clone()).collect();
+                let role_env = [("KAMAL_ROLE", role.to_string())];
+                if let Some(h) = &ctx.hooks {
+                    h.run("pre-app-boot", ctx.desired, &batch_hosts, &role_env)
+                        .await
+                        .map_err(ApplyError::Hook)?;
+                }
                 let results = futures_join_all(chunk.iter().map(|a| app(ctx, a))).await;
                 for r in results {
                     r?;
                     report.actions_done += 1;
+                }
+                if let Some(h) = &ctx.hooks {
+                    h.run("post-app-boot", ctx.desired, &batch_hosts, &role_env)
+                        .await
+                        .map_err(ApplyError::Hook)?;
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! - 1: error (invalid config, unreadable files, failed operation)
 //! - 2: changes pending (`reconcile --dry-run`)
 
+mod progress;
 mod reconcile;
 mod render;
 mod validate;

@@ -47,6 +47,9 @@ pub struct Args {
     /// SSH connect timeout in seconds.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Do not run the hooks in the config's hooks path.
+    #[arg(long)]
+    pub skip_hooks: bool,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -117,7 +120,16 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         } else if args.dry_run {
             2
         } else {
-            let progress = |line: &str| eprintln!("{line}");
+            let live = super::progress::Progress::new(args.output == Output::Json);
+            let progress = |line: &str| live.line(line);
+            let root = crate::config::project_root(&args.config.config_file);
+            // Hooks run with the project root as cwd, by absolute path.
+            let root = std::path::absolute(if root.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                &root
+            })
+            .unwrap_or(root.clone());
             let ctx = ApplyContext {
                 desired: &desired,
                 conns: &conns,
@@ -128,8 +140,12 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     retain_containers: cfg.retain_containers,
                 },
                 registry: registry.clone(),
-                project_root: crate::config::project_root(&args.config.config_file),
+                project_root: root.clone(),
                 progress: &progress,
+                hooks: (!args.skip_hooks).then(|| apply::hooks::Hooks {
+                    dir: root.join(&cfg.hooks_path),
+                    cwd: root.clone(),
+                }),
             };
             if plan.actions.is_empty() {
                 return_code(apply::release_stale_lock(&ctx, &plan).await.map(|_| ()))
