@@ -262,15 +262,23 @@ fn berth_killed_mid_rollout_converges_on_the_next_run_and_hosts_serve_throughout
     let load = Load::start(&fleet);
 
     // Kill at three points of a rollout: right after the lock, at the first
-    // boot, and after the first host switched.
+    // boot, and once the first host switched.
     let points = [
         "acquired the deploy lock",
         "booting demo-web-",
-        "stopping demo-web-",
+        "web: demo-web-",
     ];
     for (i, point) in points.iter().enumerate() {
         let version = ["v2", "v3", "v1"][i];
-        set_config(p, &config(&fleet, version, 20));
+        // One host at a time, so a kill after the first switch lands
+        // mid-rollout (the other hosts still take their turn).
+        set_config(
+            p,
+            &config(&fleet, version, 20).replace(
+                "readiness_delay: 0\n",
+                "readiness_delay: 0\nboot:\n  limit: 1\n",
+            ),
+        );
         let mut child = berth_cmd(&fleet, p, &[])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
