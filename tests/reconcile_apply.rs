@@ -20,8 +20,10 @@ fn config(fleet: &Fleet, version: &str, deploy_timeout: u64) -> String {
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
          proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
          env:\n  clear:\n    GREETING: hello\n  secret: [DB_PASSWORD]\n\
+         accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {first}\n    env:\n      clear:\n        KV_MODE: one\n    volumes: [kv-data:/data]\n\
          deploy_timeout: {deploy_timeout}\ndrain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}",
         hosts = fleet.addrs().join(", "),
+        first = fleet.addrs()[0],
         reg = fleet.tb.registry(),
         pv = testbed::images::PROXY_VERSION,
         common = KAMAL_COMMON
@@ -174,6 +176,36 @@ fn berth_deploys_rolls_versions_with_zero_failed_requests_and_kamal_agrees() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(serves(&fleet, "demo v2\n"));
 
+    // Self-healing beyond containers: a proxy route removed by hand is
+    // restored, and an accessory whose spec changed is rebooted (Kamal never
+    // does either on deploy).
+    let h2 = fleet.host(1);
+    h2.docker_ok(&["exec", "kamal-proxy", "kamal-proxy", "remove", "demo-web"])
+        .unwrap();
+    let out = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("route demo-web"), "{}", text(&out));
+    set_config(
+        p,
+        &config(&fleet, "v2", 20).replace("KV_MODE: one", "KV_MODE: two"),
+    );
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(serves(&fleet, "demo v2\n"));
+    let env = fleet
+        .host(0)
+        .docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            "demo-kv",
+        ])
+        .unwrap();
+    assert!(env.contains("KV_MODE=two"), "{env}");
+    assert_eq!(berth(&fleet, p, &["--dry-run"]).status.code(), Some(0));
+    set_config(p, &config(&fleet, "v2", 20));
+    assert_eq!(berth(&fleet, p, &[]).status.code(), Some(0));
+
     // Hooks: a failing pre-deploy aborts before any host is touched ...
     let hooks = p.join(".kamal/hooks");
     std::fs::create_dir_all(&hooks).unwrap();
@@ -296,6 +328,12 @@ fn berth_killed_mid_rollout_converges_on_the_next_run_and_hosts_serve_throughout
         }
         child.wait().unwrap();
         assert!(killed, "never reached {point:?}");
+        if i == 0 {
+            // While berth's lock is held, real Kamal refuses to deploy.
+            let out = fleet.kamal(p, &["deploy", "--skip-push", "--version", "v3"]);
+            assert!(!out.status.success());
+            assert!(text(&out).contains("Locked by: berth"), "{}", text(&out));
+        }
 
         // The next run recovers berth's own stale lock and converges.
         let out = berth(&fleet, p, &[]);
