@@ -108,21 +108,7 @@ fn kamal_switches_versions_through_the_stand_in_proxy_with_zero_failed_requests(
         "KAMAL_REGISTRY_PASSWORD=unused\n",
     );
     let p = project.path();
-    let reg = fleet.tb.registry();
-    fleet.kamal_ok(
-        p,
-        &[
-            "proxy",
-            "boot_config",
-            "set",
-            "--registry",
-            &reg,
-            "--repository",
-            testbed::images::PROXY_REPOSITORY,
-            "--image-version",
-            testbed::images::PROXY_VERSION,
-        ],
-    );
+    fleet.kamal_use_stand_in_proxy(p);
     fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v1"]);
     let targets: Vec<String> = fleet.addrs().iter().map(|a| format!("{a}:80")).collect();
     for t in &targets {

@@ -89,21 +89,7 @@ fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
     );
     let p = project.path();
     write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
-    let reg = fleet.tb.registry();
-    fleet.kamal_ok(
-        p,
-        &[
-            "proxy",
-            "boot_config",
-            "set",
-            "--registry",
-            &reg,
-            "--repository",
-            "basecamp",
-            "--image-version",
-            "v0.9.2",
-        ],
-    );
+    fleet.kamal_use_stand_in_proxy(p);
     fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v1"]);
     fleet.kamal_ok(p, &["accessory", "boot", "all"]);
     let berth = Berth {

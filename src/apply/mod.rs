@@ -548,14 +548,7 @@ async fn apply_locked(
     plan: &Plan,
     report: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
-    let hosts: Vec<String> = {
-        let mut seen = BTreeSet::new();
-        plan.actions
-            .iter()
-            .filter(|a| seen.insert(a.host.clone()))
-            .map(|a| a.host.clone())
-            .collect()
-    };
+    let hosts = plan_hosts(plan);
     // Network, login and (where the app boots) the pull, on every host the
     // plan touches, in parallel, before anything is stopped.
     let booting: Vec<String> = {

@@ -80,6 +80,26 @@ impl Fleet {
             .expect("run kamal")
     }
 
+    /// `kamal proxy boot_config set` pointing Kamal at the kamal-proxy
+    /// stand-in in the testbed's registry.
+    pub fn kamal_use_stand_in_proxy(&self, project: &Path) {
+        let reg = self.tb.registry();
+        self.kamal_ok(
+            project,
+            &[
+                "proxy",
+                "boot_config",
+                "set",
+                "--registry",
+                &reg,
+                "--repository",
+                images::PROXY_REPOSITORY,
+                "--image-version",
+                images::PROXY_VERSION,
+            ],
+        );
+    }
+
     /// Like [`Fleet::kamal`], panicking with Kamal's output unless it succeeds.
     pub fn kamal_ok(&self, project: &Path, args: &[&str]) -> String {
         let out = self.kamal(project, args);
