@@ -7,9 +7,12 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod desired;
 pub mod observe;
 pub mod plan;
 pub mod remote;
+pub mod server;
 pub mod shell;
+pub mod source;
 pub mod testbed;

@@ -1078,3 +1078,37 @@ async fn stop(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit, old: &str) -> Resu
     ctx.run(h, argv).await?;
     Ok(())
 }
+
+/// `docker login` credentials, when the registry needs them.
+pub fn registry_login(
+    cfg: &crate::config::Config,
+    secrets: &crate::config::secrets::Secrets,
+) -> Result<Option<RegistryLogin>, String> {
+    use crate::config::Credential;
+    let r = &cfg.registry;
+    if r.is_local() {
+        return Ok(None);
+    }
+    let resolve = |c: &Credential| -> Result<String, String> {
+        match c {
+            Credential::Literal(v) => Ok(v.clone()),
+            Credential::Secret(name) => secrets
+                .get(name)
+                .map(|s| s.expose().to_string())
+                .ok_or_else(|| {
+                    format!(
+                        "registry: secret '{name}' not found ({})",
+                        secrets.describe_files()
+                    )
+                }),
+        }
+    };
+    match (&r.username, &r.password) {
+        (Some(u), Some(p)) => Ok(Some(RegistryLogin {
+            server: r.server.clone().unwrap_or_else(|| "docker.io".into()),
+            username: resolve(u)?,
+            password: Secret::new(resolve(p)?),
+        })),
+        _ => Ok(None),
+    }
+}

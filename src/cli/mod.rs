@@ -9,6 +9,7 @@
 mod progress;
 mod reconcile;
 mod render;
+mod run;
 mod validate;
 
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ enum Command {
     /// Observe every host over SSH and plan what converges the fleet (`--dry-run`).
     #[command(after_help = EXIT_CODES)]
     Reconcile(reconcile::Args),
+    /// Keep a fleet equal to a Git repo: poll, react to webhooks, converge, export metrics.
+    Run(run::Args),
 }
 
 /// An error that has already been reported to the user, with its exit code.
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Reconcile(args) => reconcile::run(&args),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -86,7 +90,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Read berth's own environment (for ERB `ENV[...]` and secrets interpolation).
-pub(crate) fn process_env(key: &str) -> Option<String> {
+pub fn process_env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ConfigArgs, Output};
-use crate::apply::{self, ApplyContext, Policy, RegistryLogin};
-use crate::config::secrets::{Secret, Secrets};
+use crate::apply::{self, ApplyContext, Policy};
 use crate::desired::Desired;
 use crate::observe;
 use crate::plan::{self, PlanOptions, output};
@@ -95,7 +94,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         prune: cfg.berth.prune,
         orphans: args.roles.is_empty(),
     };
-    let registry = registry_login(&cfg, &secrets)?;
+    let registry = apply::registry_login(&cfg, &secrets).map_err(|e| anyhow::anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -179,39 +178,5 @@ fn return_code(r: Result<(), apply::ApplyError>) -> u8 {
             eprintln!("error: {e}");
             1
         }
-    }
-}
-
-/// `docker login` credentials, when the registry needs them.
-fn registry_login(
-    cfg: &crate::config::Config,
-    secrets: &Secrets,
-) -> anyhow::Result<Option<RegistryLogin>> {
-    use crate::config::Credential;
-    let r = &cfg.registry;
-    if r.is_local() {
-        return Ok(None);
-    }
-    let resolve = |c: &Credential| -> anyhow::Result<String> {
-        match c {
-            Credential::Literal(v) => Ok(v.clone()),
-            Credential::Secret(name) => secrets
-                .get(name)
-                .map(|s| s.expose().to_string())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "registry: secret '{name}' not found ({})",
-                        secrets.describe_files()
-                    )
-                }),
-        }
-    };
-    match (&r.username, &r.password) {
-        (Some(u), Some(p)) => Ok(Some(RegistryLogin {
-            server: r.server.clone().unwrap_or_else(|| "docker.io".into()),
-            username: resolve(u)?,
-            password: Secret::new(resolve(p)?),
-        })),
-        _ => Ok(None),
     }
 }

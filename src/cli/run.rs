@@ -1,0 +1,122 @@
+//! `berth run`: the controller for one app, with the HTTP server (metrics,
+//! health, status API, webhooks). Stops on SIGTERM/SIGINT after the current
+//! cycle (an apply in progress finishes and releases the lock).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::secrets::Secret;
+use crate::controller::{AppSpec, Controller, Mode, SshOptionsTemplate};
+use crate::server::{self, ServerState};
+use crate::source::Source;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Git repository holding the Kamal config (`file://…`, `ssh://…`, or a path).
+    #[arg(long, conflicts_with = "dir")]
+    pub repo: Option<String>,
+    /// Branch to follow.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// A local directory instead of a repository (development).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Where the repository is checked out.
+    #[arg(long, default_value = "/var/tmp/berth/checkout")]
+    pub checkout: PathBuf,
+    /// The Kamal config inside the repository.
+    #[arg(short = 'c', long = "config-file", default_value = "config/deploy.yml")]
+    pub config_file: PathBuf,
+    #[arg(short = 'd', long)]
+    pub destination: Option<String>,
+    /// App name in metrics and the API (default: the config's service).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// `auto` applies; `detect` only plans and reports.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Revert hand-made drift (with `auto`); without it only new revisions are applied.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub self_heal: bool,
+    /// Poll interval (`30s`, `5m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// File holding the bearer token of the write API.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// File holding the webhook secret (GitHub/Gitea HMAC, GitLab token).
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+fn read_secret(p: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
+    p.as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| Secret::new(s.trim().to_string()))
+                .with_context(|| format!("cannot read {}", p.display()))
+        })
+        .transpose()
+}
+
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    let source = match (&args.repo, &args.dir) {
+        (Some(url), _) => Source::Git {
+            url: url.clone(),
+            branch: args.branch.clone(),
+            checkout: args.checkout.clone(),
+        },
+        (None, Some(d)) => Source::Dir(d.clone()),
+        (None, None) => anyhow::bail!("give --repo URL or --dir PATH"),
+    };
+    let name = args.app.clone().unwrap_or_else(|| "app".into());
+    let controller = Controller::new(AppSpec {
+        name,
+        source,
+        config_file: args.config_file.clone(),
+        destination: args.destination.clone(),
+        mode: args.mode,
+        self_heal: args.self_heal,
+        interval: args.interval,
+        ssh: SshOptionsTemplate {
+            known_hosts: args.known_hosts.clone(),
+            accept_new_host_keys: args.accept_new_host_keys,
+        },
+    });
+    let state = Arc::new(ServerState {
+        apps: vec![controller.clone()],
+        api_token: read_secret(&args.api_token_file)?,
+        webhook_secret: read_secret(&args.webhook_secret_file)?,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!("berth: serving on http://{}", listener.local_addr()?);
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let loop_task = tokio::spawn(controller.clone().run(shutdown.clone()));
+        let server = axum::serve(listener, server::router(state));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = server => r.context("server")?,
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("berth: shutting down after the current cycle");
+        shutdown.notify_one();
+        let _ = loop_task.await;
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}

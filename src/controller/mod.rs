@@ -1,0 +1,381 @@
+//! `controller`: the long-running loop of `berth run` for one app. Each
+//! cycle: fetch the source → load config and secrets → render → observe →
+//! plan → apply per policy → publish [`AppStatus`] (read by `server`).
+//!
+//! Triggers: the poll interval (with ±10 % jitter), a webhook or a manual
+//! sync ([`Controller::trigger`]). One reconcile at a time (single flight).
+//! Errors back off exponentially (capped); a rollout that failed on a
+//! revision is not retried in a hot loop: it waits for a new revision or a
+//! manual sync.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+use crate::apply::{self, ApplyContext, Policy};
+use crate::config::secrets::{Secrets, SecretsOptions};
+use crate::config::{self, LoadOptions};
+use crate::desired::{self, RenderOptions};
+use crate::observe::{self, HostState};
+use crate::plan::{self, PlanOptions};
+use crate::remote::{Connections, SshOptions};
+use crate::source::Source;
+
+/// What the controller may do about a difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Apply: new revisions always; hand-made drift too when `self_heal`.
+    Auto,
+    /// Plan only: report drift (metrics, API), never touch a host.
+    Detect,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppSpec {
+    pub name: String,
+    pub source: Source,
+    /// The Kamal config inside the source.
+    pub config_file: PathBuf,
+    pub destination: Option<String>,
+    pub mode: Mode,
+    pub self_heal: bool,
+    pub interval: Duration,
+    pub ssh: SshOptionsTemplate,
+}
+
+/// berth's own SSH options (the config's `ssh:` is merged in per cycle).
+#[derive(Clone, Debug, Default)]
+pub struct SshOptionsTemplate {
+    pub known_hosts: Option<PathBuf>,
+    pub accept_new_host_keys: bool,
+}
+
+/// One drifted unit, for metrics and the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Drift {
+    pub host: String,
+    pub role: String,
+    pub container: String,
+    pub action: String,
+    pub reason: String,
+}
+
+/// What `server` shows about an app.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub destination: Option<String>,
+    pub revision: Option<String>,
+    pub version: Option<String>,
+    /// Observed at least once (readiness).
+    pub observed: bool,
+    pub in_sync: bool,
+    pub suspended: bool,
+    pub drift: Vec<Drift>,
+    /// host → reachable.
+    pub hosts: BTreeMap<String, bool>,
+    /// The last plan, as text (secrets never in it).
+    pub last_plan: String,
+    pub last_error: Option<String>,
+    pub last_apply_unix: Option<u64>,
+    /// result → count (`in_sync`, `applied`, `drifted`, `error`).
+    pub reconciles: BTreeMap<String, u64>,
+    /// Reconcile durations, for the histogram.
+    #[serde(skip)]
+    pub durations: Vec<f64>,
+}
+
+pub struct Controller {
+    pub spec: AppSpec,
+    pub status: Mutex<AppStatus>,
+    wake: Notify,
+    /// A manual sync: retry even a revision that failed.
+    forced: std::sync::atomic::AtomicBool,
+}
+
+impl Controller {
+    pub fn new(spec: AppSpec) -> Arc<Controller> {
+        let status = AppStatus {
+            app: spec.name.clone(),
+            destination: spec.destination.clone(),
+            ..AppStatus::default()
+        };
+        Arc::new(Controller {
+            spec,
+            status: Mutex::new(status),
+            wake: Notify::new(),
+            forced: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Run a cycle now (webhook, manual sync). `force` retries a failed revision.
+    pub fn trigger(&self, force: bool) {
+        if force {
+            self.forced.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn set_suspended(&self, suspended: bool) {
+        self.lock().suspended = suspended;
+    }
+
+    pub fn snapshot(&self) -> AppStatus {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AppStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The loop; returns when `shutdown` is notified (after the current cycle).
+    pub async fn run(self: Arc<Self>, shutdown: Arc<Notify>) {
+        let mut failed_revision: Option<String> = None;
+        let mut backoff = Duration::ZERO;
+        let mut conns: Option<(String, Arc<Connections>)> = None;
+        // After an apply, observe again at once to confirm (and publish) the
+        // result; a few applies in a row without reaching sync fall back to
+        // the interval, so nothing loops hot.
+        let mut applies_in_a_row = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = self.cycle(&mut failed_revision, &mut conns).await;
+            let secs = started.elapsed().as_secs_f64();
+            let wait = {
+                let mut st = self.lock();
+                st.durations.push(secs);
+                if st.durations.len() > 1000 {
+                    st.durations.remove(0);
+                }
+                let key = match &result {
+                    Ok(k) => k.to_string(),
+                    Err(_) => "error".into(),
+                };
+                *st.reconciles.entry(key).or_default() += 1;
+                match result {
+                    Ok("applied") if applies_in_a_row < 3 => {
+                        applies_in_a_row += 1;
+                        st.last_error = None;
+                        backoff = Duration::ZERO;
+                        Duration::ZERO
+                    }
+                    Ok(_) => {
+                        applies_in_a_row = 0;
+                        st.last_error = None;
+                        backoff = Duration::ZERO;
+                        self.spec.interval
+                    }
+                    Err(e) => {
+                        applies_in_a_row = 0;
+                        st.last_error = Some(e);
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                        backoff.min(self.spec.interval)
+                    }
+                }
+            };
+            let wait = jitter(wait);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.notified() => break,
+            }
+        }
+        if let Some((_, c)) = conns {
+            c.close().await;
+        }
+    }
+
+    /// One reconcile. `Ok(result)`: `in_sync`, `drifted`, `applied`, `suspended`.
+    async fn cycle(
+        &self,
+        failed_revision: &mut Option<String>,
+        conns: &mut Option<(String, Arc<Connections>)>,
+    ) -> Result<&'static str, String> {
+        let spec = &self.spec;
+        let source = spec.source.clone();
+        let rev = tokio::task::spawn_blocking(move || source.fetch())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.lock().revision = Some(rev.id.clone());
+        let config_file = rev.dir.join(&spec.config_file);
+        let env = crate::cli::process_env;
+        let cfg = config::load(&LoadOptions {
+            config_file: &config_file,
+            destination: spec.destination.as_deref(),
+            env: &env,
+        })
+        .map_err(|e| format!("revision {}: {e}", short(&rev.id)))?;
+        let secrets = Secrets::load(
+            &config::project_root(&config_file).join(&cfg.secrets_path),
+            &SecretsOptions {
+                destination: spec.destination.as_deref(),
+                allow_commands: false,
+                env: &env,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let version =
+            cfg.berth.version.clone().ok_or_else(|| {
+                format!("revision {}: x-berth.version is not set", short(&rev.id))
+            })?;
+        let home = if cfg.ssh.user == "root" {
+            "/root".to_string()
+        } else {
+            format!("/home/{}", cfg.ssh.user)
+        };
+        let desired = desired::render(
+            &cfg,
+            &RenderOptions {
+                version: &version,
+                secrets: &secrets,
+                home: &home,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        self.lock().version = Some(version.clone());
+
+        // Warm connections, rebuilt only when the SSH settings change.
+        let mut ssh =
+            SshOptions::from_config(&cfg.ssh, std::env::var_os("HOME").map(PathBuf::from));
+        ssh.known_hosts = spec.ssh.known_hosts.clone();
+        ssh.accept_new_host_keys = spec.ssh.accept_new_host_keys;
+        let key = format!("{ssh:?}");
+        if conns.as_ref().is_none_or(|(k, _)| *k != key) {
+            if let Some((_, old)) = conns.take() {
+                old.close().await;
+            }
+            *conns = Some((key, Arc::new(Connections::new(ssh))));
+        }
+        let Some((_, c)) = conns.as_ref() else {
+            return Err("no connections".into());
+        };
+        let observed = observe::observe(&desired, c, 32).await;
+        let plan = plan::plan(
+            &desired,
+            &observed,
+            &PlanOptions {
+                prune: cfg.berth.prune,
+                orphans: true,
+            },
+        );
+        {
+            let mut st = self.lock();
+            st.observed = true;
+            st.in_sync = plan.in_sync();
+            st.last_plan = plan::output::text(&plan);
+            st.hosts = observed
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), matches!(h.state, HostState::Reached(_))))
+                .collect();
+            st.drift = plan
+                .actions
+                .iter()
+                .map(|a| Drift {
+                    host: a.host.clone(),
+                    role: match &a.unit {
+                        plan::Unit::App { role } => role.clone(),
+                        plan::Unit::Accessory { name } => format!("accessory:{name}"),
+                        plan::Unit::Proxy => "proxy".into(),
+                        plan::Unit::Orphan => "orphan".into(),
+                    },
+                    container: a.container.clone(),
+                    action: format!("{:?}", a.kind).to_lowercase(),
+                    reason: a
+                        .reasons
+                        .first()
+                        .map(reason_name)
+                        .unwrap_or("unknown")
+                        .to_string(),
+                })
+                .collect();
+        }
+        if plan.actions.is_empty() {
+            return Ok(if plan.unknown_hosts.is_empty() {
+                "in_sync"
+            } else {
+                "drifted"
+            });
+        }
+        let suspended = self.lock().suspended;
+        let forced = self.forced.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let new_revision = failed_revision.as_deref() != Some(rev.id.as_str());
+        let allowed = match spec.mode {
+            Mode::Detect => false,
+            Mode::Auto => spec.self_heal || forced || new_revision,
+        };
+        if suspended || !allowed || !plan.unknown_hosts.is_empty() {
+            return Ok(if suspended { "suspended" } else { "drifted" });
+        }
+        if failed_revision.as_deref() == Some(rev.id.as_str()) && !forced {
+            // Same revision failed before: wait for a new one or a manual sync.
+            return Ok("drifted");
+        }
+        let progress = |line: &str| eprintln!("[{}] {line}", spec.name);
+        let ctx = ApplyContext {
+            desired: &desired,
+            conns: c,
+            policy: Policy {
+                readiness_delay: Duration::from_secs(cfg.readiness_delay),
+                deploy_timeout: Duration::from_secs(cfg.deploy_timeout),
+                drain_timeout: cfg.drain_timeout,
+                retain_containers: cfg.retain_containers,
+            },
+            registry: apply::registry_login(&cfg, &secrets)?,
+            project_root: config::project_root(&config_file),
+            progress: &progress,
+            hooks: None,
+        };
+        match apply::apply(&ctx, &plan).await {
+            Ok(_) => {
+                *failed_revision = None;
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                let mut st = self.lock();
+                st.last_apply_unix = Some(now);
+                Ok("applied")
+            }
+            Err(e) => {
+                *failed_revision = Some(rev.id.clone());
+                Err(format!("revision {}: {e}", short(&rev.id)))
+            }
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn reason_name(c: &plan::Change) -> &'static str {
+    match c {
+        plan::Change::Missing => "missing",
+        plan::Change::State { .. } => "state",
+        plan::Change::Version { .. } => "version",
+        plan::Change::Image { .. } => "image",
+        plan::Change::Label { .. } => "label",
+        plan::Change::Env { .. } => "env",
+        plan::Change::Field { .. } => "field",
+        plan::Change::EnvFile { .. } => "env_file",
+        plan::Change::Route { .. } => "route",
+        plan::Change::Orphan => "orphan",
+    }
+}
+
+/// ±10 %, so many berths polling one repo do not fall in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or_default();
+    let factor = 0.9 + f64::from(nanos % 1000) / 5000.0;
+    d.mul_f64(factor)
+}

@@ -1,0 +1,359 @@
+//! `server`: HTTP for `berth run` — Prometheus `/metrics`, `/healthz`,
+//! `/readyz` (ready once every app was observed), `/api/v1/apps` (status
+//! JSON), token-protected `POST /api/v1/apps/{app}/sync|suspend|resume`, and
+//! webhook receivers (GitHub and Gitea/Forgejo HMAC-SHA256, GitLab token),
+//! compared in constant time, bodies capped at 1 MiB.
+//!
+//! Metrics:
+//! - `berth_app_in_sync{app,destination}` 1/0
+//! - `berth_drift_units{app,destination,host,role,reason}` units to change
+//! - `berth_reconcile_total{app,result}` counter (`in_sync`, `drifted`, `applied`, `suspended`, `error`)
+//! - `berth_reconcile_duration_seconds{app}` histogram
+//! - `berth_host_up{app,host}` 1/0
+//! - `berth_source_info{app,revision}` 1
+//! - `berth_last_apply_timestamp_seconds{app}`
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hmac::{KeyInit, Mac};
+use subtle::ConstantTimeEq;
+
+use crate::config::secrets::Secret;
+use crate::controller::{AppStatus, Controller};
+
+pub struct ServerState {
+    pub apps: Vec<Arc<Controller>>,
+    /// Bearer token for the write API (none: the write API is disabled).
+    pub api_token: Option<Secret>,
+    /// Shared secret of the webhooks (none: webhooks are disabled).
+    pub webhook_secret: Option<Secret>,
+}
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/apps", get(apps))
+        .route("/api/v1/apps/{app}/{op}", post(app_op))
+        .route("/webhooks/{kind}", post(webhook))
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<ServerState>>) -> Response {
+    if s.apps.iter().all(|a| a.snapshot().observed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not every app was observed yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn apps(State(s): State<Arc<ServerState>>) -> Response {
+    let all: Vec<AppStatus> = s.apps.iter().map(|a| a.snapshot()).collect();
+    axum::Json(serde_json::json!({ "schema": "berth.apps/v1", "apps": all })).into_response()
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &Option<Secret>) -> bool {
+    let Some(token) = token else { return false };
+    let Some(given) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+async fn app_op(
+    State(s): State<Arc<ServerState>>,
+    Path((app, op)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !bearer_ok(&headers, &s.api_token) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
+    }
+    let Some(c) = s.apps.iter().find(|a| a.spec.name == app) else {
+        return (StatusCode::NOT_FOUND, "no such app\n").into_response();
+    };
+    match op.as_str() {
+        "sync" => c.trigger(true),
+        "suspend" => c.set_suspended(true),
+        "resume" => {
+            c.set_suspended(false);
+            c.trigger(false);
+        }
+        _ => return (StatusCode::NOT_FOUND, "no such operation\n").into_response(),
+    }
+    (StatusCode::ACCEPTED, format!("{op} accepted\n")).into_response()
+}
+
+/// HMAC-SHA256 of `body` with `secret`, hex.
+pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length; an empty result never matches.
+    let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Does this webhook request carry a valid signature (or token)?
+pub fn webhook_authentic(kind: &str, headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let expected = hmac_hex(secret.expose().as_bytes(), body);
+    let given = match kind {
+        "github" => header("x-hub-signature-256").and_then(|v| v.strip_prefix("sha256=")),
+        "gitea" | "forgejo" => header("x-gitea-signature").or(header("x-forgejo-signature")),
+        "gitlab" => {
+            return header("x-gitlab-token")
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(secret.expose().as_bytes())));
+        }
+        _ => None,
+    };
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())))
+}
+
+async fn webhook(
+    State(s): State<Arc<ServerState>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = &s.webhook_secret else {
+        return (StatusCode::NOT_FOUND, "webhooks are not configured\n").into_response();
+    };
+    if !webhook_authentic(&kind, &headers, &body, secret) {
+        return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
+    }
+    // A push anywhere in the repo: every app from it re-fetches now.
+    for a in &s.apps {
+        a.trigger(false);
+    }
+    (StatusCode::ACCEPTED, "sync triggered\n").into_response()
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+const BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// The Prometheus text exposition of every app's status.
+pub fn render_metrics(apps: &[AppStatus]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        "berth_app_in_sync",
+        "gauge",
+        "1 when every host runs what the repo declares.",
+    );
+    let mut body = String::new();
+    for a in apps {
+        let dest = a.destination.clone().unwrap_or_default();
+        let _ = writeln!(
+            body,
+            "berth_app_in_sync{{app=\"{}\",destination=\"{}\"}} {}",
+            label(&a.app),
+            label(&dest),
+            u8::from(a.in_sync && a.observed)
+        );
+    }
+    out.push_str(&std::mem::take(&mut body));
+    let _ = writeln!(
+        out,
+        "# HELP berth_drift_units Units that differ from the repo.\n# TYPE berth_drift_units gauge"
+    );
+    for a in apps {
+        let dest = a.destination.clone().unwrap_or_default();
+        let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+        for d in &a.drift {
+            *counts.entry((&d.host, &d.role, &d.reason)).or_default() += 1;
+        }
+        for ((host, role, reason), n) in counts {
+            let _ = writeln!(
+                out,
+                "berth_drift_units{{app=\"{}\",destination=\"{}\",host=\"{}\",role=\"{}\",reason=\"{}\"}} {n}",
+                label(&a.app),
+                label(&dest),
+                label(host),
+                label(role),
+                label(reason)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_reconcile_total Reconcile cycles by result.\n# TYPE berth_reconcile_total counter"
+    );
+    for a in apps {
+        for (result, n) in &a.reconciles {
+            let _ = writeln!(
+                out,
+                "berth_reconcile_total{{app=\"{}\",result=\"{}\"}} {n}",
+                label(&a.app),
+                label(result)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_reconcile_duration_seconds Reconcile cycle duration.\n# TYPE berth_reconcile_duration_seconds histogram"
+    );
+    for a in apps {
+        let app = label(&a.app);
+        for b in BUCKETS {
+            let n = a.durations.iter().filter(|d| **d <= *b).count();
+            let _ = writeln!(
+                out,
+                "berth_reconcile_duration_seconds_bucket{{app=\"{app}\",le=\"{b}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "berth_reconcile_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {}",
+            a.durations.len()
+        );
+        let _ = writeln!(
+            out,
+            "berth_reconcile_duration_seconds_sum{{app=\"{app}\"}} {}",
+            a.durations.iter().sum::<f64>()
+        );
+        let _ = writeln!(
+            out,
+            "berth_reconcile_duration_seconds_count{{app=\"{app}\"}} {}",
+            a.durations.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_host_up 1 when the host answered the last observation.\n# TYPE berth_host_up gauge"
+    );
+    for a in apps {
+        for (host, up) in &a.hosts {
+            let _ = writeln!(
+                out,
+                "berth_host_up{{app=\"{}\",host=\"{}\"}} {}",
+                label(&a.app),
+                label(host),
+                u8::from(*up)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_source_info The revision last fetched.\n# TYPE berth_source_info gauge"
+    );
+    for a in apps {
+        if let Some(r) = &a.revision {
+            let _ = writeln!(
+                out,
+                "berth_source_info{{app=\"{}\",revision=\"{}\"}} 1",
+                label(&a.app),
+                label(r)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_last_apply_timestamp_seconds When berth last changed the fleet.\n# TYPE berth_last_apply_timestamp_seconds gauge"
+    );
+    for a in apps {
+        if let Some(t) = a.last_apply_unix {
+            let _ = writeln!(
+                out,
+                "berth_last_apply_timestamp_seconds{{app=\"{}\"}} {t}",
+                label(&a.app)
+            );
+        }
+    }
+    out
+}
+
+async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
+    let all: Vec<AppStatus> = s.apps.iter().map(|a| a.snapshot()).collect();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        render_metrics(&all),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_signature_is_checked_in_constant_time_against_hmac_sha256() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hmac_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let secret = Secret::new("s3cret");
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex(b"s3cret", body))
+                .parse()
+                .unwrap(),
+        );
+        assert!(webhook_authentic("github", &h, body, &secret));
+        assert!(!webhook_authentic("github", &h, b"tampered", &secret));
+        let mut forged = HeaderMap::new();
+        forged.insert("x-hub-signature-256", "sha256=00".parse().unwrap());
+        assert!(!webhook_authentic("github", &forged, body, &secret));
+        assert!(!webhook_authentic(
+            "github",
+            &HeaderMap::new(),
+            body,
+            &secret
+        ));
+        let mut gl = HeaderMap::new();
+        gl.insert("x-gitlab-token", "s3cret".parse().unwrap());
+        assert!(webhook_authentic("gitlab", &gl, body, &secret));
+    }
+
+    #[test]
+    fn metrics_render_in_prometheus_text_format() {
+        let st = AppStatus {
+            app: "demo".into(),
+            observed: true,
+            in_sync: false,
+            drift: vec![crate::controller::Drift {
+                host: "10.0.0.1".into(),
+                role: "web".into(),
+                container: "demo-web-v1".into(),
+                action: "start".into(),
+                reason: "state".into(),
+            }],
+            durations: vec![0.2, 3.0],
+            ..Default::default()
+        };
+        let text = render_metrics(&[st]);
+        assert!(text.contains("berth_app_in_sync{app=\"demo\",destination=\"\"} 0"));
+        assert!(text.contains("berth_drift_units{app=\"demo\",destination=\"\",host=\"10.0.0.1\",role=\"web\",reason=\"state\"} 1"));
+        assert!(
+            text.contains("berth_reconcile_duration_seconds_bucket{app=\"demo\",le=\"0.25\"} 1")
+        );
+        assert!(text.contains("berth_reconcile_duration_seconds_count{app=\"demo\"} 2"));
+    }
+}
