@@ -288,6 +288,41 @@ impl Connections {
         })
     }
 
+    /// Run a long-lived command (an event stream) on `host`, calling
+    /// `on_line` for every line of its output until it ends.
+    pub async fn stream_lines(
+        &self,
+        host: &str,
+        argv: &[String],
+        mut on_line: impl FnMut(&str),
+    ) -> Result<(), RemoteError> {
+        use tokio::io::AsyncBufReadExt;
+        let command = shell::join(argv);
+        let session = self.session(host).await?;
+        let fail = |e: &dyn std::fmt::Display| RemoteError::Command {
+            host: host.to_string(),
+            command: argv.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        };
+        let mut child = session
+            .raw_command(&command)
+            .stdin(openssh::Stdio::null())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::null())
+            .spawn()
+            .await
+            .map_err(|e| fail(&e))?;
+        let Some(stdout) = child.stdout().take() else {
+            return Ok(());
+        };
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await.map_err(|e| fail(&e))? {
+            on_line(&line);
+        }
+        let _ = child.wait().await;
+        Ok(())
+    }
+
     /// Close every connection (the ControlMasters exit).
     pub async fn close(&self) {
         let slots: Vec<_> = {

@@ -265,19 +265,32 @@ fn berth_run_follows_the_repo_and_reports_drift() {
     // The lock is free after a clean stop.
     assert!(!fleet.host(0).home().join(".kamal/lock-demo").exists());
 
-    // Detect mode: drift made by hand is reported, not healed.
+    // Detect mode: drift made by hand is reported (seen through the docker
+    // event stream, not a poll: the interval is 10 minutes), not healed.
     let detect = Berth::start(
         &fleet,
         dir.path(),
-        &["--interval", "1s", "--mode", "detect"],
+        &["--interval", "10m", "--mode", "detect"],
     );
-    fleet.host(1).docker_ok(&["stop", "demo-web-v2"]).unwrap();
-    wait(Duration::from_secs(10), "drift seen", || {
+    let in_sync = |b: &Berth| {
         metric(
-            &detect.metrics(),
+            &b.metrics(),
             "berth_app_in_sync{app=\"demo\",destination=\"\"}",
-        ) == Some(0.0)
+        )
+    };
+    wait(Duration::from_secs(10), "in sync", || {
+        in_sync(&detect) == Some(1.0)
     });
+    // The event streams attach right after the first cycle; let them connect.
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.host(1).docker_ok(&["stop", "demo-web-v2"]).unwrap();
+    let t = Instant::now();
+    wait(Duration::from_secs(10), "drift seen", || {
+        in_sync(&detect) == Some(0.0)
+    });
+    let seen = t.elapsed();
+    eprintln!("drift seen after {seen:?}");
+    assert!(seen < Duration::from_secs(3), "drift took {seen:?} to show");
     let apps = request(detect.port, "GET", "/api/v1/apps", &[], "").1;
     assert!(
         apps.contains("demo-web-v2") && apps.contains("\"action\":\"start\""),

@@ -3,7 +3,9 @@
 //! plan → apply per policy → publish [`AppStatus`] (read by `server`).
 //!
 //! Triggers: the poll interval (with ±10 % jitter), a webhook or a manual
-//! sync ([`Controller::trigger`]). One reconcile at a time (single flight).
+//! sync ([`Controller::trigger`]), and docker events streamed from every host
+//! over the warm SSH connections (drift by hand is seen within a second).
+//! One reconcile at a time (single flight).
 //! Errors back off exponentially (capped); a rollout that failed on a
 //! revision is not retried in a hot loop: it waits for a new revision or a
 //! manual sync.
@@ -92,6 +94,8 @@ pub struct AppStatus {
 pub struct Controller {
     pub spec: AppSpec,
     pub status: Mutex<AppStatus>,
+    /// Hosts and `service` labels to watch docker events for (set by a cycle).
+    watch: Mutex<(Vec<String>, Vec<String>)>,
     wake: Notify,
     /// A manual sync: retry even a revision that failed.
     forced: std::sync::atomic::AtomicBool,
@@ -107,6 +111,7 @@ impl Controller {
         Arc::new(Controller {
             spec,
             status: Mutex::new(status),
+            watch: Mutex::new((Vec::new(), Vec::new())),
             wake: Notify::new(),
             forced: std::sync::atomic::AtomicBool::new(false),
         })
@@ -141,9 +146,13 @@ impl Controller {
         // result; a few applies in a row without reaching sync fall back to
         // the interval, so nothing loops hot.
         let mut applies_in_a_row = 0u32;
+        let mut watchers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
         loop {
             let started = Instant::now();
             let result = self.cycle(&mut failed_revision, &mut conns).await;
+            if let Some((_, c)) = &conns {
+                self.ensure_watchers(c, &mut watchers);
+            }
             let secs = started.elapsed().as_secs_f64();
             let wait = {
                 let mut st = self.lock();
@@ -185,8 +194,57 @@ impl Controller {
                 _ = shutdown.notified() => break,
             }
         }
+        for (_, w) in watchers {
+            w.abort();
+        }
         if let Some((_, c)) = conns {
             c.close().await;
+        }
+    }
+
+    /// One docker event stream per host (over the warm SSH connection): any
+    /// event of the app's containers wakes the loop, so drift made by hand
+    /// is seen within a second. A stream that ends is restarted.
+    fn ensure_watchers(
+        self: &Arc<Self>,
+        conns: &Arc<Connections>,
+        watchers: &mut BTreeMap<String, tokio::task::JoinHandle<()>>,
+    ) {
+        let (hosts, labels) = self.watch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        watchers.retain(|h, w| {
+            let keep = hosts.contains(h) && !w.is_finished();
+            if !keep {
+                w.abort();
+            }
+            keep
+        });
+        for host in hosts {
+            if watchers.contains_key(&host) {
+                continue;
+            }
+            let mut argv: Vec<String> = [
+                "docker",
+                "events",
+                "--format",
+                "{{.Status}} {{.Actor.Attributes.name}}",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            for l in &labels {
+                argv.push("--filter".into());
+                argv.push(format!("label=service={l}"));
+            }
+            argv.push("--filter".into());
+            argv.push("type=container".into());
+            let (me, c, h) = (self.clone(), conns.clone(), host.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let _ = c.stream_lines(&h, &argv, |_| me.wake.notify_one()).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            });
+            watchers.insert(host, task);
         }
     }
 
@@ -255,6 +313,18 @@ impl Controller {
         let Some((_, c)) = conns.as_ref() else {
             return Err("no connections".into());
         };
+        {
+            let mut labels = vec![desired.service.clone()];
+            for acc in desired.hosts.iter().flat_map(|h| &h.accessories) {
+                if let Some((_, v)) = acc.labels.iter().find(|(k, _)| k == "service")
+                    && !labels.contains(v)
+                {
+                    labels.push(v.clone());
+                }
+            }
+            let hosts = desired.hosts.iter().map(|h| h.host.clone()).collect();
+            *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = (hosts, labels);
+        }
         let observed = observe::observe(&desired, c, 32).await;
         let plan = plan::plan(
             &desired,
