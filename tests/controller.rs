@@ -134,13 +134,19 @@ impl Berth {
             .arg(dir.join("api-token"))
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("berth-{port}.log"))).unwrap())
             .spawn()
             .unwrap();
-        let b = Berth { child, port };
-        wait(Duration::from_secs(20), "ready", || {
+        let mut b = Berth { child, port };
+        let ready = testbed::poll(Instant::now() + Duration::from_secs(30), "ready", || {
             request(b.port, "GET", "/readyz", &[], "").0 == 200
         });
+        if ready.is_err() {
+            let _ = b.child.kill();
+            let log =
+                std::fs::read_to_string(dir.join(format!("berth-{port}.log"))).unwrap_or_default();
+            panic!("berth run never became ready:\n{log}");
+        }
         b
     }
 
@@ -326,5 +332,76 @@ fn berth_run_follows_the_repo_and_reports_drift() {
     });
     assert!(serves(&fleet, "demo v2\n"));
     assert_eq!(heal.stop(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
+fn one_repo_many_apps_with_their_own_policy() {
+    let fleet = Fleet::up(2);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
+    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
+    );
+    let common = KAMAL_COMMON
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let app = |service: &str, image: &str, host: &str, version: &str| {
+        format!(
+            "service: {service}\nimage: {image}\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}"
+        )
+    };
+    for (path, yml) in [
+        ("shop", app("demo", "demo", &fleet.addrs()[0], "v1")),
+        ("cache", app("kv", "kv", &fleet.addrs()[1], "1")),
+    ] {
+        std::fs::create_dir_all(work.join(path).join("config")).unwrap();
+        std::fs::create_dir_all(work.join(path).join(".kamal")).unwrap();
+        std::fs::write(work.join(path).join("config/deploy.yml"), yml).unwrap();
+        std::fs::write(
+            work.join(path).join(".kamal/secrets"),
+            "KAMAL_REGISTRY_PASSWORD=unused\n",
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        work.join("berth.yml"),
+        "apps:\n  shop:\n    path: shop\n  cache:\n    path: cache\n    policy:\n      mode: detect\n",
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "two apps"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "10m"]);
+    let m = |b: &Berth, app: &str| {
+        metric(
+            &b.metrics(),
+            &format!("berth_app_in_sync{{app=\"{app}\",destination=\"\"}}"),
+        )
+    };
+    wait(Duration::from_secs(30), "shop deployed and in sync", || {
+        m(&berth, "shop") == Some(1.0)
+    });
+    // `detect`: the cache app is planned, reported, and left alone.
+    assert_eq!(m(&berth, "cache"), Some(0.0));
+    let running = fleet
+        .host(1)
+        .docker_ok(&["ps", "--format", "{{.Names}}"])
+        .unwrap();
+    assert!(!running.contains("kv-web-1"), "{running}");
+    let apps = request(berth.port, "GET", "/api/v1/apps", &[], "").1;
+    assert!(
+        apps.contains("\"app\":\"shop\"") && apps.contains("\"app\":\"cache\""),
+        "{apps}"
+    );
+    assert!(
+        apps.contains("kv-web-1"),
+        "the cache app's plan is visible: {apps}"
+    );
+    assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }

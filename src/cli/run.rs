@@ -69,30 +69,80 @@ fn read_secret(p: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     let source = match (&args.repo, &args.dir) {
+        // `<checkout>/index` holds the first fetch (and a single app);
+        // `<checkout>/apps/<name>[-<dest>]` one checkout per app instance.
         (Some(url), _) => Source::Git {
             url: url.clone(),
             branch: args.branch.clone(),
-            checkout: args.checkout.clone(),
+            checkout: args.checkout.join("index"),
         },
         (None, Some(d)) => Source::Dir(d.clone()),
         (None, None) => anyhow::bail!("give --repo URL or --dir PATH"),
     };
-    let name = args.app.clone().unwrap_or_else(|| "app".into());
-    let controller = Controller::new(AppSpec {
-        name,
-        source,
-        config_file: args.config_file.clone(),
-        destination: args.destination.clone(),
-        mode: args.mode,
-        self_heal: args.self_heal,
-        interval: args.interval,
-        ssh: SshOptionsTemplate {
-            known_hosts: args.known_hosts.clone(),
-            accept_new_host_keys: args.accept_new_host_keys,
-        },
-    });
+    let ssh = SshOptionsTemplate {
+        known_hosts: args.known_hosts.clone(),
+        accept_new_host_keys: args.accept_new_host_keys,
+    };
+    // A `berth.yml` at the repository root lists many apps; without one the
+    // repository is one app (`-c`, `-d`).
+    let first = source.fetch().context("first fetch")?;
+    let index = crate::source::index::load(&first.dir)?;
+    let mut controllers = Vec::new();
+    match index {
+        None => controllers.push(Controller::new(AppSpec {
+            name: args.app.clone().unwrap_or_else(|| "app".into()),
+            source,
+            config_file: args.config_file.clone(),
+            destination: args.destination.clone(),
+            mode: args.mode,
+            self_heal: args.self_heal,
+            interval: args.interval,
+            ssh: ssh.clone(),
+            prune: None,
+            suspended: false,
+        })),
+        Some(apps) => {
+            for app in apps {
+                let dests: Vec<Option<String>> = if app.destinations.is_empty() {
+                    vec![None]
+                } else {
+                    app.destinations.iter().cloned().map(Some).collect()
+                };
+                for dest in dests {
+                    // Each instance has its own checkout: cycles never race on one work tree.
+                    let src = match &source {
+                        Source::Git {
+                            url,
+                            branch,
+                            checkout: _,
+                        } => Source::Git {
+                            url: url.clone(),
+                            branch: branch.clone(),
+                            checkout: args.checkout.join("apps").join(match &dest {
+                                Some(d) => format!("{}-{d}", app.name),
+                                None => app.name.clone(),
+                            }),
+                        },
+                        Source::Dir(d) => Source::Dir(d.clone()),
+                    };
+                    controllers.push(Controller::new(AppSpec {
+                        name: app.name.clone(),
+                        source: src,
+                        config_file: app.path.join(&app.config),
+                        destination: dest,
+                        mode: app.mode,
+                        self_heal: app.self_heal,
+                        interval: args.interval,
+                        ssh: ssh.clone(),
+                        prune: app.prune,
+                        suspended: app.suspended,
+                    }));
+                }
+            }
+        }
+    }
     let state = Arc::new(ServerState {
-        apps: vec![controller.clone()],
+        apps: controllers.clone(),
         api_token: read_secret(&args.api_token_file)?,
         webhook_secret: read_secret(&args.webhook_secret_file)?,
     });
@@ -104,8 +154,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         eprintln!("berth: serving on http://{}", listener.local_addr()?);
-        let shutdown = Arc::new(tokio::sync::Notify::new());
-        let loop_task = tokio::spawn(controller.clone().run(shutdown.clone()));
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let loops: Vec<_> = controllers
+            .iter()
+            .map(|c| tokio::spawn(c.clone().run(shutdown.clone())))
+            .collect();
         let server = axum::serve(listener, server::router(state));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -114,8 +167,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             _ = tokio::signal::ctrl_c() => {}
         }
         eprintln!("berth: shutting down after the current cycle");
-        shutdown.notify_one();
-        let _ = loop_task.await;
+        // Every loop stops after its current cycle.
+        let _ = stop.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
         anyhow::Ok(())
     })?;
     Ok(0)

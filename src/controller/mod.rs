@@ -47,6 +47,10 @@ pub struct AppSpec {
     pub self_heal: bool,
     pub interval: Duration,
     pub ssh: SshOptionsTemplate,
+    /// Overrides `x-berth.prune` (from `berth.yml`).
+    pub prune: Option<bool>,
+    /// Start suspended (observe and report only).
+    pub suspended: bool,
 }
 
 /// berth's own SSH options (the config's `ssh:` is merged in per cycle).
@@ -106,6 +110,7 @@ impl Controller {
         let status = AppStatus {
             app: spec.name.clone(),
             destination: spec.destination.clone(),
+            suspended: spec.suspended,
             ..AppStatus::default()
         };
         Arc::new(Controller {
@@ -137,8 +142,8 @@ impl Controller {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The loop; returns when `shutdown` is notified (after the current cycle).
-    pub async fn run(self: Arc<Self>, shutdown: Arc<Notify>) {
+    /// The loop; returns once `shutdown` turns true (after the current cycle).
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut failed_revision: Option<String> = None;
         let mut backoff = Duration::ZERO;
         let mut conns: Option<(String, Arc<Connections>)> = None;
@@ -188,10 +193,13 @@ impl Controller {
                 }
             };
             let wait = jitter(wait);
+            if *shutdown.borrow() {
+                break;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.notified() => break,
+                _ = shutdown.changed() => break,
             }
         }
         for (_, w) in watchers {
@@ -330,7 +338,7 @@ impl Controller {
             &desired,
             &observed,
             &PlanOptions {
-                prune: cfg.berth.prune,
+                prune: spec.prune.unwrap_or(cfg.berth.prune),
                 orphans: true,
             },
         );

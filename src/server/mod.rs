@@ -86,17 +86,23 @@ async fn app_op(
     if !bearer_ok(&headers, &s.api_token) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
-    let Some(c) = s.apps.iter().find(|a| a.spec.name == app) else {
+    // An app with several destinations is one controller per destination.
+    let targets: Vec<&Arc<Controller>> = s.apps.iter().filter(|a| a.spec.name == app).collect();
+    if targets.is_empty() {
         return (StatusCode::NOT_FOUND, "no such app\n").into_response();
-    };
-    match op.as_str() {
-        "sync" => c.trigger(true),
-        "suspend" => c.set_suspended(true),
-        "resume" => {
-            c.set_suspended(false);
-            c.trigger(false);
+    }
+    if !matches!(op.as_str(), "sync" | "suspend" | "resume") {
+        return (StatusCode::NOT_FOUND, "no such operation\n").into_response();
+    }
+    for c in targets {
+        match op.as_str() {
+            "sync" => c.trigger(true),
+            "suspend" => c.set_suspended(true),
+            _ => {
+                c.set_suspended(false);
+                c.trigger(false);
+            }
         }
-        _ => return (StatusCode::NOT_FOUND, "no such operation\n").into_response(),
     }
     (StatusCode::ACCEPTED, format!("{op} accepted\n")).into_response()
 }

@@ -4,6 +4,8 @@
 //! (development). A fetch that fails leaves the last good checkout in place:
 //! the fleet keeps its last applied state.
 
+pub mod index;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
