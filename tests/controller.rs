@@ -405,3 +405,80 @@ fn one_repo_many_apps_with_their_own_policy() {
     assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+#[test]
+fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
+    let fleet = Fleet::up(3);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
+    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
+    );
+    push_version(&work, &fleet, "v1");
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let in_sync = |b: &Berth| {
+        metric(
+            &b.metrics(),
+            "berth_app_in_sync{app=\"demo\",destination=\"\"}",
+        )
+    };
+    wait(Duration::from_secs(30), "in sync", || {
+        in_sync(&berth) == Some(1.0)
+    });
+
+    // sshd dies on h2: berth_host_up drops, a new version still reaches h1 and h3.
+    let h2 = fleet.host(1);
+    let up = |b: &Berth, h: &str| {
+        metric(
+            &b.metrics(),
+            &format!("berth_host_up{{app=\"demo\",host=\"{h}\"}}"),
+        )
+    };
+    h2.kill_sshd().unwrap();
+    wait(Duration::from_secs(15), "h2 down", || {
+        up(&berth, &h2.addr.to_string()) == Some(0.0)
+    });
+    push_version(&work, &fleet, "v2");
+    let others: Vec<String> = [0, 2].iter().map(|i| fleet.addrs()[*i].clone()).collect();
+    wait(Duration::from_secs(30), "h1 and h3 on v2", || {
+        others.iter().all(|a| {
+            http_get(&format!("{a}:80"), "/", Some("demo.test")).as_deref() == Ok("demo v2\n")
+        })
+    });
+    assert_eq!(in_sync(&berth), Some(0.0), "a host is unknown: not in sync");
+    assert_eq!(
+        http_get(&format!("{}:80", h2.addr), "/", Some("demo.test")).as_deref(),
+        Ok("demo v1\n"),
+        "h2 keeps serving its version while unreachable"
+    );
+
+    // sshd back: berth reconnects by itself and converges h2 too.
+    h2.start_sshd().unwrap();
+    wait(Duration::from_secs(30), "recovered", || {
+        in_sync(&berth) == Some(1.0)
+    });
+    assert!(serves(&fleet, "demo v2\n"));
+    assert_eq!(up(&berth, &h2.addr.to_string()), Some(1.0));
+
+    // SIGTERM in the middle of a rollout: the cycle finishes, every host
+    // serves, the lock is released.
+    push_version(&work, &fleet, "v3");
+    wait(Duration::from_secs(30), "rollout started", || {
+        fleet.addrs().iter().any(|a| {
+            http_get(&format!("{a}:80"), "/", Some("demo.test")).as_deref() == Ok("demo v3\n")
+        })
+    });
+    assert_eq!(berth.stop(), Some(0));
+    for a in fleet.addrs() {
+        let body = http_get(&format!("{a}:80"), "/", Some("demo.test")).unwrap();
+        assert!(body == "demo v3\n" || body == "demo v2\n", "{a}: {body}");
+    }
+    assert!(
+        !fleet.host(0).home().join(".kamal/lock-demo").exists(),
+        "lock left behind"
+    );
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

@@ -388,7 +388,9 @@ impl Controller {
             Mode::Detect => false,
             Mode::Auto => spec.self_heal || forced || new_revision,
         };
-        if suspended || !allowed || !plan.unknown_hosts.is_empty() {
+        // Unreachable hosts have no actions: the others keep converging (the
+        // lock's host must answer, or the apply fails and backs off).
+        if suspended || !allowed {
             return Ok(if suspended { "suspended" } else { "drifted" });
         }
         if failed_revision.as_deref() == Some(rev.id.as_str()) && !forced {

@@ -93,6 +93,58 @@ impl Host {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Kill this host's sshd and every session it serves, as a crash would
+    /// (the host stays up: dockerd and containers run on).
+    pub fn kill_sshd(&self) -> Result<()> {
+        let sshds = || -> Vec<u32> {
+            netns_pids(&self.netns)
+                .into_iter()
+                .filter(|p| {
+                    fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sshd")
+                })
+                .collect()
+        };
+        for p in sshds() {
+            signal(p, "KILL");
+        }
+        poll(Instant::now() + Duration::from_secs(5), "sshd gone", || {
+            sshds().is_empty() && !self.ssh_banner()
+        })
+    }
+
+    /// Start sshd again, in the host's network and mount namespaces (found
+    /// through its dockerd, which shares them).
+    pub fn start_sshd(&self) -> Result<()> {
+        let dockerd = pid_from(&self.dir.join("docker.pid"), "dockerd")
+            .ok_or_else(|| step(&self.name, "dockerd is not running"))?;
+        let d = path_str(&self.dir);
+        let status = Command::new("nsenter")
+            .args([
+                "--target",
+                &dockerd.to_string(),
+                "--mount",
+                "--net",
+                "/usr/sbin/sshd",
+                "-f",
+            ])
+            .arg(format!("{d}/sshd_config"))
+            .arg("-E")
+            .arg(format!("{d}/sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| step(format!("{}: start sshd", self.name), e))?;
+        if !status.success() {
+            return Err(step(format!("{}: start sshd", self.name), status));
+        }
+        poll(
+            Instant::now() + Duration::from_secs(5),
+            "sshd answers",
+            || self.ssh_banner(),
+        )
+    }
+
     fn docker_ping(&self) -> bool {
         let Ok(mut s) = UnixStream::connect(self.docker_socket()) else {
             return false;
