@@ -1,0 +1,115 @@
+//! `cargo bench --bench controller` (root): `berth run` keeping a 30-host
+//! fleet (one app, proxy off) in sync. Prints the drift-detection latency —
+//! from a `docker stop` by hand to `berth_app_in_sync` 0 on `/metrics` — as
+//! p50/p95 over 20 drifts (each healed before the next), and the controller's
+//! RSS in steady state. Targets (issue 6): p95 ≤ 1 s, RSS ≤ 40 MB.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::testbed;
+use support::{Fleet, KAMAL_COMMON};
+
+fn get(port: u16, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn in_sync(port: u16) -> Option<f64> {
+    get(port, "/metrics").lines().find_map(|l| {
+        l.strip_prefix("berth_app_in_sync{app=\"bench\",destination=\"\"} ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix(" kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let n = 30;
+    let fleet = Fleet::up(n);
+    let project = fleet.project(
+        &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
+        "KAMAL_REGISTRY_PASSWORD=unused\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("target/release/berth")
+        .args(["run", "--app", "bench", "--interval", "10m", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dir")
+        .arg(project.path())
+        .arg("--known-hosts")
+        .arg(fleet.tb.known_hosts())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth run");
+    testbed::poll(
+        Instant::now() + Duration::from_secs(120),
+        "fleet deployed and in sync",
+        || in_sync(port) == Some(1.0),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1)); // event streams attach after the first cycles
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let host = fleet.host(i % n);
+        host.docker_ok(&["stop", "-t", "0", "demo-web-v1"]).unwrap();
+        let t = Instant::now();
+        testbed::poll(
+            Instant::now() + Duration::from_secs(10),
+            "drift seen",
+            || in_sync(port) == Some(0.0),
+        )
+        .unwrap();
+        latencies.push(t.elapsed());
+        testbed::poll(Instant::now() + Duration::from_secs(30), "healed", || {
+            in_sync(port) == Some(1.0)
+        })
+        .unwrap();
+    }
+    // Steady state: a few quiet seconds, then RSS.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = rss_kib(child.id());
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    println!(
+        "controller, {n} hosts: drift detection p50 {:.0} ms, p95 {:.0} ms over {} drifts (target p95 <= 1000 ms); RSS {:.1} MB (target <= 40 MB)",
+        p(0.5).as_secs_f64() * 1000.0,
+        p(0.95).as_secs_f64() * 1000.0,
+        latencies.len(),
+        rss as f64 / 1024.0
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
