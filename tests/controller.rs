@@ -113,6 +113,12 @@ struct Berth {
 
 impl Berth {
     fn start(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
+        let b = Berth::spawn(fleet, dir, extra);
+        b.wait_ready(dir);
+        b
+    }
+
+    fn spawn(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args([
@@ -137,17 +143,19 @@ impl Berth {
             .stderr(std::fs::File::create(dir.join(format!("berth-{port}.log"))).unwrap())
             .spawn()
             .unwrap();
-        let mut b = Berth { child, port };
+        Berth { child, port }
+    }
+
+    fn wait_ready(&self, dir: &Path) {
+        let port = self.port;
         let ready = testbed::poll(Instant::now() + Duration::from_secs(30), "ready", || {
-            request(b.port, "GET", "/readyz", &[], "").0 == 200
+            request(port, "GET", "/readyz", &[], "").0 == 200
         });
         if ready.is_err() {
-            let _ = b.child.kill();
             let log =
                 std::fs::read_to_string(dir.join(format!("berth-{port}.log"))).unwrap_or_default();
             panic!("berth run never became ready:\n{log}");
         }
-        b
     }
 
     fn metrics(&self) -> String {
@@ -480,5 +488,83 @@ fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
         !fleet.host(0).home().join(".kamal/lock-demo").exists(),
         "lock left behind"
     );
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
+fn readiness_waits_for_a_first_observation_and_metrics_parse() {
+    let fleet = Fleet::up(1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
+    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
+    );
+    // A broken config: the app is never observed, so berth is not ready.
+    std::fs::create_dir_all(work.join("config")).unwrap();
+    std::fs::write(
+        work.join("config/deploy.yml"),
+        "service: demo\nimage: demo\nservrs: []\n",
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "broken"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let berth = Berth::spawn(&fleet, dir.path(), &["--interval", "10m"]);
+    wait(Duration::from_secs(20), "the error is reported", || {
+        request(berth.port, "GET", "/api/v1/apps", &[], "")
+            .1
+            .contains("servrs")
+    });
+    assert_eq!(request(berth.port, "GET", "/readyz", &[], "").0, 503);
+    assert_eq!(request(berth.port, "GET", "/healthz", &[], "").0, 200);
+    let errors = metric(
+        &berth.metrics(),
+        "berth_reconcile_total{app=\"demo\",result=\"error\"}",
+    );
+    assert!(errors.unwrap_or(0.0) >= 1.0);
+
+    // The fix lands (webhook): ready, in sync.
+    push_version(&work, &fleet, "v1");
+    let body = "{}";
+    let sig = berth::server::hmac_hex(b"hook-secret", body.as_bytes());
+    assert_eq!(
+        request(
+            berth.port,
+            "POST",
+            "/webhooks/github",
+            &[("X-Hub-Signature-256", format!("sha256={sig}"))],
+            body
+        )
+        .0,
+        202
+    );
+    berth.wait_ready(dir.path());
+    wait(Duration::from_secs(20), "in sync", || {
+        metric(
+            &berth.metrics(),
+            "berth_app_in_sync{app=\"demo\",destination=\"\"}",
+        ) == Some(1.0)
+    });
+
+    // The exposition parses as Prometheus text, with the documented families.
+    let text = berth.metrics();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    let names: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for family in [
+        "berth_app_in_sync",
+        "berth_reconcile_total",
+        "berth_reconcile_duration_seconds",
+        "berth_host_up",
+        "berth_source_info",
+        "berth_last_apply_timestamp_seconds",
+    ] {
+        assert!(names.contains(family), "{family} missing from {names:?}");
+    }
+    assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
