@@ -512,7 +512,11 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "broken"]);
     git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let berth = Berth::spawn(&fleet, dir.path(), &["--interval", "10m"]);
+    let berth = Berth::spawn(
+        &fleet,
+        dir.path(),
+        &["--interval", "10m", "--log-format", "json"],
+    );
     wait(Duration::from_secs(20), "the error is reported", || {
         request(berth.port, "GET", "/api/v1/apps", &[], "")
             .1
@@ -565,6 +569,24 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     ] {
         assert!(names.contains(family), "{family} missing from {names:?}");
     }
+    let port = berth.port;
     assert_eq!(berth.stop(), Some(0));
+    // Logs are JSON, one object per line, and never carry a secret.
+    let log = std::fs::read_to_string(dir.path().join(format!("berth-{port}.log"))).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "reconciled" && e["result"] == "applied"),
+        "{log}"
+    );
+    assert!(
+        events.iter().any(|e| e["message"] == "reconcile failed"),
+        "{log}"
+    );
+    assert!(!log.contains("unused"), "a secret value reached the logs");
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }

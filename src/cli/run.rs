@@ -55,6 +55,28 @@ pub struct Args {
     /// File holding the webhook secret (GitHub/Gitea HMAC, GitLab token).
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Log format: `text` (human) or `json` (one object per line). Level via
+    /// `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 fn read_secret(p: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
@@ -68,6 +90,7 @@ fn read_secret(p: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
+    init_logging(args.log_format);
     let source = match (&args.repo, &args.dir) {
         // `<checkout>/index` holds the first fetch (and a single app);
         // `<checkout>/apps/<name>[-<dest>]` one checkout per app instance.
@@ -153,7 +176,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        eprintln!("berth: serving on http://{}", listener.local_addr()?);
+        tracing::info!(address = %listener.local_addr()?, apps = controllers.len(), "serving");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let loops: Vec<_> = controllers
             .iter()
@@ -166,7 +189,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("berth: shutting down after the current cycle");
+        tracing::info!("shutting down after the current cycle");
         // Every loop stops after its current cycle.
         let _ = stop.send(true);
         for l in loops {

@@ -169,6 +169,15 @@ impl Controller {
                     Ok(k) => k.to_string(),
                     Err(_) => "error".into(),
                 };
+                let dest = self.spec.destination.as_deref().unwrap_or("");
+                match &result {
+                    Ok(k) => {
+                        tracing::info!(app = %self.spec.name, destination = dest, result = %k, seconds = secs, "reconciled")
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %self.spec.name, destination = dest, seconds = secs, error = %e, "reconcile failed")
+                    }
+                }
                 *st.reconciles.entry(key).or_default() += 1;
                 match result {
                     Ok("applied") if applies_in_a_row < 3 => {
@@ -397,7 +406,8 @@ impl Controller {
             // Same revision failed before: wait for a new one or a manual sync.
             return Ok("drifted");
         }
-        let progress = |line: &str| eprintln!("[{}] {line}", spec.name);
+        let revision = short(&rev.id).to_string();
+        let progress = |line: &str| tracing::info!(app = %spec.name, destination = spec.destination.as_deref().unwrap_or(""), revision = %revision, "{line}");
         let ctx = ApplyContext {
             desired: &desired,
             conns: c,
