@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::config::secrets::Secret;
 use crate::controller::{AppSpec, Controller, Mode, SshOptionsTemplate};
 use crate::server::{self, ServerState};
-use crate::source::Source;
+use crate::source::{GitRef, Source};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,6 +20,15 @@ pub struct Args {
     /// Branch to follow.
     #[arg(long, default_value = "main")]
     pub branch: String,
+    /// Follow the highest tag matching this glob (e.g. `v*`) instead of a branch.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Pin a commit instead of following a branch.
+    #[arg(long, conflicts_with = "tag")]
+    pub commit: Option<String>,
+    /// File holding a token for `https://` repositories (sent in git's environment).
+    #[arg(long)]
+    pub git_token_file: Option<PathBuf>,
     /// A local directory instead of a repository (development).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -96,8 +105,13 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         // `<checkout>/apps/<name>[-<dest>]` one checkout per app instance.
         (Some(url), _) => Source::Git {
             url: url.clone(),
-            branch: args.branch.clone(),
+            reference: match (&args.tag, &args.commit) {
+                (Some(t), _) => GitRef::Tag(t.clone()),
+                (None, Some(c)) => GitRef::Commit(c.clone()),
+                (None, None) => GitRef::Branch(args.branch.clone()),
+            },
             checkout: args.checkout.join("index"),
+            token: read_secret(&args.git_token_file)?,
         },
         (None, Some(d)) => Source::Dir(d.clone()),
         (None, None) => anyhow::bail!("give --repo URL or --dir PATH"),
@@ -133,21 +147,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 };
                 for dest in dests {
                     // Each instance has its own checkout: cycles never race on one work tree.
-                    let src = match &source {
-                        Source::Git {
-                            url,
-                            branch,
-                            checkout: _,
-                        } => Source::Git {
-                            url: url.clone(),
-                            branch: branch.clone(),
-                            checkout: args.checkout.join("apps").join(match &dest {
-                                Some(d) => format!("{}-{d}", app.name),
-                                None => app.name.clone(),
-                            }),
-                        },
-                        Source::Dir(d) => Source::Dir(d.clone()),
-                    };
+                    let src = source.with_checkout(args.checkout.join("apps").join(match &dest {
+                        Some(d) => format!("{}-{d}", app.name),
+                        None => app.name.clone(),
+                    }));
                     controllers.push(Controller::new(AppSpec {
                         name: app.name.clone(),
                         source: src,

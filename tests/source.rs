@@ -1,0 +1,78 @@
+//! `source` against real bare repositories (`file://`): branches (with a
+//! force-push), tag patterns, pinned commits, and failures that keep the last
+//! good checkout.
+
+use std::path::Path;
+use std::process::Command;
+
+use berth::source::{GitRef, Source};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn commit(work: &Path, content: &str) -> String {
+    std::fs::write(work.join("version"), content).unwrap();
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-qm", content]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn branches_tags_commits_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q", "--bare", "-b", "main", "repo.git"]);
+    let url = format!("file://{}", d.join("repo.git").display());
+    git(d, &["clone", "-q", &url, "work"]);
+    let work = d.join("work");
+    let c1 = commit(&work, "v1");
+    git(&work, &["tag", "v1.9.0"]);
+    let c2 = commit(&work, "v2");
+    git(&work, &["tag", "v1.10.0"]);
+    git(&work, &["push", "-q", "--tags", "origin", "HEAD:main"]);
+
+    let source = |reference: GitRef, name: &str| Source::Git {
+        url: url.clone(),
+        reference,
+        checkout: d.join(name),
+        token: None,
+    };
+    let read = |r: &berth::source::Revision| std::fs::read_to_string(r.dir.join("version")).unwrap();
+
+    // A branch, then a force-push that rewrites it.
+    let branch = source(GitRef::Branch("main".into()), "b");
+    let r = branch.fetch().unwrap();
+    assert_eq!((r.id.as_str(), read(&r).as_str()), (c2.as_str(), "v2"));
+    git(&work, &["reset", "-q", "--hard", &c1]);
+    let c3 = commit(&work, "v3");
+    git(&work, &["push", "-q", "--force", "origin", "HEAD:main"]);
+    let r = branch.fetch().unwrap();
+    assert_eq!((r.id.as_str(), read(&r).as_str()), (c3.as_str(), "v3"));
+
+    // The highest tag in version order (1.10 > 1.9), and a pinned commit.
+    let r = source(GitRef::Tag("v1.*".into()), "t").fetch().unwrap();
+    assert_eq!(r.id, c2);
+    let r = source(GitRef::Commit(c1.clone()), "c").fetch().unwrap();
+    assert_eq!((r.id.as_str(), read(&r).as_str()), (c1.as_str(), "v1"));
+    let err = source(GitRef::Tag("release-*".into()), "none").fetch().unwrap_err();
+    assert!(err.to_string().contains("none found"), "{err}");
+
+    // A deleted branch: an error, and the last checkout stays as it was.
+    git(&work, &["push", "-q", "origin", "HEAD:refs/heads/gone"]);
+    let gone = source(GitRef::Branch("gone".into()), "g");
+    let before = gone.fetch().unwrap();
+    git(&work, &["push", "-q", "origin", ":refs/heads/gone"]);
+    assert!(gone.fetch().is_err());
+    assert_eq!(read(&before), "v3");
+}
