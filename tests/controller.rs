@@ -590,3 +590,50 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     assert!(!log.contains("unused"), "a secret value reached the logs");
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+#[test]
+fn directory_mode_reacts_to_file_changes() {
+    let fleet = Fleet::up(1);
+    let project = fleet.project(
+        &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
+        "KAMAL_REGISTRY_PASSWORD=unused\n",
+    );
+    let p = project.path();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["run", "--app", "local", "--interval", "10m", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dir")
+        .arg(p)
+        .arg("--known-hosts")
+        .arg(fleet.tb.known_hosts())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = |name: &str| {
+        fleet
+            .host(0)
+            .docker_ok(&["ps", "--format", "{{.Names}}"])
+            .unwrap()
+            .lines()
+            .any(|l| l == name)
+    };
+    wait(Duration::from_secs(30), "v1 running", || {
+        running("demo-web-v1")
+    });
+    // An edit in the working directory is applied without waiting for a poll.
+    let yml = std::fs::read_to_string(p.join("config/deploy.yml"))
+        .unwrap()
+        .replace("version: v1", "version: v2");
+    std::fs::write(p.join("config/deploy.yml"), yml).unwrap();
+    wait(Duration::from_secs(20), "v2 running", || {
+        running("demo-web-v2")
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

@@ -17,7 +17,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "t@t")
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -48,7 +52,8 @@ fn branches_tags_commits_and_failures() {
         checkout: d.join(name),
         token: None,
     };
-    let read = |r: &berth::source::Revision| std::fs::read_to_string(r.dir.join("version")).unwrap();
+    let read =
+        |r: &berth::source::Revision| std::fs::read_to_string(r.dir.join("version")).unwrap();
 
     // A branch, then a force-push that rewrites it.
     let branch = source(GitRef::Branch("main".into()), "b");
@@ -65,7 +70,9 @@ fn branches_tags_commits_and_failures() {
     assert_eq!(r.id, c2);
     let r = source(GitRef::Commit(c1.clone()), "c").fetch().unwrap();
     assert_eq!((r.id.as_str(), read(&r).as_str()), (c1.as_str(), "v1"));
-    let err = source(GitRef::Tag("release-*".into()), "none").fetch().unwrap_err();
+    let err = source(GitRef::Tag("release-*".into()), "none")
+        .fetch()
+        .unwrap_err();
     assert!(err.to_string().contains("none found"), "{err}");
 
     // A deleted branch: an error, and the last checkout stays as it was.

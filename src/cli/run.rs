@@ -181,6 +181,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(address = %listener.local_addr()?, apps = controllers.len(), "serving");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        // Directory mode: file changes trigger a cycle (debounced), no polling wait.
+        let _watcher = match &args.dir {
+            Some(d) if args.repo.is_none() => Some(watch_dir(d, controllers.clone())?),
+            _ => None,
+        };
         let loops: Vec<_> = controllers
             .iter()
             .map(|c| tokio::spawn(c.clone().run(shutdown.clone())))
@@ -201,4 +206,37 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         anyhow::Ok(())
     })?;
     Ok(0)
+}
+
+/// Watch `dir` recursively; a burst of changes triggers every app once, after
+/// 300 ms of quiet (editors write files in several steps).
+fn watch_dir(
+    dir: &std::path::Path,
+    apps: Vec<Arc<Controller>>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
+    })
+    .context("cannot watch the directory")?;
+    watcher
+        .watch(dir, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    std::thread::spawn(move || {
+        while rx.recv().is_ok() {
+            // Debounce: wait until 300 ms pass without another change.
+            while rx
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_ok()
+            {}
+            tracing::info!("configuration directory changed");
+            for a in &apps {
+                a.trigger(false);
+            }
+        }
+    });
+    Ok(watcher)
 }
