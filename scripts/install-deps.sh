@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what berth's tests and demo need on a fresh Debian machine (root):
-# the testbed's system packages and real Kamal 2.11 (the compatibility oracle).
+# the testbed's system packages, the build's (OpenSSL headers for git2's
+# libssh2) and real Kamal 2.11 (the compatibility oracle).
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 
-packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl)
+packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,6 +2,8 @@
 //! force-push), tag patterns, pinned commits, and failures that keep the last
 //! good checkout.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -50,7 +52,7 @@ fn branches_tags_commits_and_failures() {
         url: url.clone(),
         reference,
         checkout: d.join(name),
-        token: None,
+        auth: Default::default(),
     };
     let read =
         |r: &berth::source::Revision| std::fs::read_to_string(r.dir.join("version")).unwrap();
@@ -82,4 +84,36 @@ fn branches_tags_commits_and_failures() {
     git(&work, &["push", "-q", "origin", ":refs/heads/gone"]);
     assert!(gone.fetch().is_err());
     assert_eq!(read(&before), "v3");
+}
+
+#[test]
+fn ssh_repositories_need_a_known_host_key() {
+    let fleet = support::Fleet::bare(1);
+    let tb = &fleet.tb;
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["clone", "-q", &tb.git_file_url(), "work"]);
+    let work = dir.path().join("work");
+    let c = commit(&work, "over ssh");
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let source = |known_hosts: &Path, name: &str| Source::Git {
+        url: tb.git_ssh_url(),
+        reference: GitRef::Branch("main".into()),
+        checkout: dir.path().join(name),
+        auth: berth::source::GitAuth {
+            ssh_key: Some(tb.ssh_key()),
+            known_hosts: Some(known_hosts.to_path_buf()),
+            token: None,
+        },
+    };
+    let r = source(&tb.known_hosts(), "ok").fetch().unwrap();
+    assert_eq!(r.id, c);
+    assert_eq!(
+        std::fs::read_to_string(r.dir.join("version")).unwrap(),
+        "over ssh"
+    );
+    // An unknown host key is refused.
+    let empty = dir.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let err = source(&empty, "refused").fetch().unwrap_err();
+    assert!(err.to_string().contains("known_hosts"), "{err}");
 }

@@ -66,7 +66,7 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Reconcile(reconcile::Args),
     /// Keep a fleet equal to a Git repo: poll, react to webhooks, converge, export metrics.
-    Run(run::Args),
+    Run(Box<run::Args>),
 }
 
 /// An error that has already been reported to the user, with its exit code.

@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::config::secrets::Secret;
 use crate::controller::{AppSpec, Controller, Mode, SshOptionsTemplate};
 use crate::server::{self, ServerState};
-use crate::source::{GitRef, Source};
+use crate::source::{GitAuth, GitRef, Source};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,9 +26,15 @@ pub struct Args {
     /// Pin a commit instead of following a branch.
     #[arg(long, conflicts_with = "tag")]
     pub commit: Option<String>,
-    /// File holding a token for `https://` repositories (sent in git's environment).
+    /// File holding a token for `https://` repositories.
     #[arg(long)]
     pub git_token_file: Option<PathBuf>,
+    /// Private key for `ssh://` repositories.
+    #[arg(long)]
+    pub git_ssh_key: Option<PathBuf>,
+    /// known_hosts for the Git server's host key (default: `--known-hosts`).
+    #[arg(long)]
+    pub git_known_hosts: Option<PathBuf>,
     /// A local directory instead of a repository (development).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -111,7 +117,14 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 (None, None) => GitRef::Branch(args.branch.clone()),
             },
             checkout: args.checkout.join("index"),
-            token: read_secret(&args.git_token_file)?,
+            auth: GitAuth {
+                ssh_key: args.git_ssh_key.clone(),
+                known_hosts: args
+                    .git_known_hosts
+                    .clone()
+                    .or_else(|| args.known_hosts.clone()),
+                token: read_secret(&args.git_token_file)?,
+            },
         },
         (None, Some(d)) => Source::Dir(d.clone()),
         (None, None) => anyhow::bail!("give --repo URL or --dir PATH"),

@@ -1,16 +1,14 @@
 //! `source`: where the desired configuration comes from — a Git repository
-//! (fetched with the `git` command over `file://`, `ssh://` — host keys
-//! checked by the caller's `GIT_SSH_COMMAND` — or `https://` with a token
-//! passed through git's environment, never its arguments) following a branch,
-//! the highest tag matching a pattern, or a pinned commit; or a local
-//! directory (development). A fetch that fails (unreachable, deleted ref)
+//! (fetched with `git2` over `file://`, `ssh://` — a key file, and the host
+//! key verified against a known_hosts file — or `https://` with a token)
+//! following a branch, the highest tag matching a pattern, or a pinned
+//! commit; or a local directory (development). A fetch that fails (unreachable, deleted ref)
 //! leaves the last good checkout in place: the fleet keeps its last applied
 //! state. A force-pushed branch is followed.
 
 pub mod index;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use crate::config::secrets::Secret;
 
@@ -23,9 +21,19 @@ pub enum Source {
         url: String,
         reference: GitRef,
         checkout: PathBuf,
-        /// For `https://`: sent as `Authorization: Basic` (`x-access-token`).
-        token: Option<Secret>,
+        auth: GitAuth,
     },
+}
+
+/// Credentials and host verification for fetching.
+#[derive(Clone, Debug, Default)]
+pub struct GitAuth {
+    /// Private key for `ssh://` (the user comes from the URL, else `git`).
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts to verify `ssh://` host keys against (required for ssh).
+    pub known_hosts: Option<PathBuf>,
+    /// Token for `https://` (as `x-access-token`).
+    pub token: Option<Secret>,
 }
 
 /// What to follow in a repository.
@@ -54,38 +62,147 @@ pub struct SourceError {
     pub message: String,
 }
 
-fn git(dir: Option<&Path>, token: Option<&Secret>, args: &[&str]) -> Result<String, SourceError> {
+fn fail(what: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
+    let what = what.into();
+    move |e| SourceError {
+        what,
+        // libgit2 replaces the certificate callback's message with its own.
+        message: if e.class() == git2::ErrorClass::Ssh && e.message().contains("hostkey") {
+            format!(
+                "{} (the server's host key is not in the known_hosts file)",
+                e.message()
+            )
+        } else {
+            e.message().to_string()
+        },
+    }
+}
+
+/// Is `key` (raw blob) listed for `host` (and `port`) in a known_hosts file?
+/// Hashed entries (`|1|…`) are not supported: list hosts in clear.
+pub fn known_host(known_hosts: &str, host: &str, port: u16, key: &[u8]) -> bool {
     use base64::Engine;
-    let mut cmd = Command::new("git");
-    if let Some(d) = dir {
-        cmd.arg("-C").arg(d);
+    let names = if port == 22 {
+        vec![host.to_string()]
+    } else {
+        vec![format!("[{host}]:{port}")]
+    };
+    known_hosts.lines().any(|line| {
+        let mut parts = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(blob)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        hosts.split(',').any(|h| names.iter().any(|n| n == h))
+            && base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .is_ok_and(|b| b == key)
+    })
+}
+
+/// Like [`known_host`], comparing the SHA-256 of the listed keys.
+pub fn known_host_hash(known_hosts: &str, host: &str, port: u16, sha256: &[u8]) -> bool {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let names = if port == 22 {
+        vec![host.to_string()]
+    } else {
+        vec![format!("[{host}]:{port}")]
+    };
+    known_hosts.lines().any(|line| {
+        let mut parts = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(blob)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        hosts.split(',').any(|h| names.iter().any(|n| n == h))
+            && base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .is_ok_and(|b| Sha256::digest(&b).as_slice() == sha256)
+    })
+}
+
+/// `a < b` in version order: digit runs compare as numbers (`v1.10 > v1.9`).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<Result<u64, String>> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut digits = false;
+        for c in s.chars() {
+            if c.is_ascii_digit() != digits && !cur.is_empty() {
+                out.push(if digits {
+                    cur.parse().map_err(|_| cur.clone())
+                } else {
+                    Err(cur.clone())
+                });
+                cur.clear();
+            }
+            digits = c.is_ascii_digit();
+            cur.push(c);
+        }
+        if !cur.is_empty() {
+            out.push(if digits {
+                cur.parse().map_err(|_| cur.clone())
+            } else {
+                Err(cur)
+            });
+        }
+        out
     }
-    if let Some(t) = token {
-        // Through the environment: a token on the command line shows in `ps`.
-        let basic = base64::engine::general_purpose::STANDARD
-            .encode(format!("x-access-token:{}", t.expose()));
-        cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env(
-                "GIT_CONFIG_VALUE_0",
-                format!("Authorization: Basic {basic}"),
-            );
-    }
-    let out = cmd
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(|e| SourceError {
-            what: format!("git {}", args.first().copied().unwrap_or("")),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(SourceError {
-            what: format!("git {}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    parts(a).cmp(&parts(b))
+}
+
+impl GitAuth {
+    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
+        let mut cb = git2::RemoteCallbacks::new();
+        cb.credentials(move |_url, user, allowed| {
+            if allowed.contains(git2::CredentialType::SSH_KEY)
+                && let Some(key) = &self.ssh_key
+            {
+                return git2::Cred::ssh_key(user.unwrap_or("git"), None, key, None);
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(t) = &self.token
+            {
+                return git2::Cred::userpass_plaintext("x-access-token", t.expose());
+            }
+            Err(git2::Error::from_str(
+                "no credentials configured for this repository",
+            ))
         });
+        cb.certificate_check(move |cert, host| {
+            let Some(hostkey) = cert.as_hostkey() else {
+                // TLS: libgit2 verifies it against the system's CAs.
+                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+            };
+            let known = self
+                .known_hosts
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            let (name, port) = match host.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                    (h, p.parse().unwrap_or(22))
+                }
+                _ => (host, 22),
+            };
+            let name = name.trim_matches(['[', ']']);
+            // The raw key when libssh2 gives it, else its SHA-256.
+            let ok = match (hostkey.hostkey(), hostkey.hash_sha256()) {
+                (Some(key), _) => known_host(&known, name, port, key),
+                (None, Some(hash)) => known_host_hash(&known, name, port, hash),
+                (None, None) => false,
+            };
+            if ok {
+                Ok(git2::CertificateCheckStatus::CertificateOk)
+            } else {
+                Err(git2::Error::from_str(&format!(
+                    "host key of {host} is not in the known_hosts file (strict host key checking)"
+                )))
+            }
+        });
+        cb
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl Source {
@@ -97,20 +214,20 @@ impl Source {
             Source::Git {
                 url,
                 reference,
-                token,
+                auth,
                 ..
             } => Source::Git {
                 url: url.clone(),
                 reference: reference.clone(),
                 checkout,
-                token: token.clone(),
+                auth: auth.clone(),
             },
         }
     }
 
     /// Bring the checkout to the reference and say which commit it is.
     pub fn fetch(&self) -> Result<Revision, SourceError> {
-        let (url, reference, checkout, token) = match self {
+        let (url, reference, checkout, auth) = match self {
             Source::Dir(d) => {
                 return Ok(Revision {
                     id: "local".into(),
@@ -121,50 +238,61 @@ impl Source {
                 url,
                 reference,
                 checkout,
-                token,
-            } => (url, reference, checkout, token),
+                auth,
+            } => (url, reference, checkout, auth),
         };
-        let t = token.as_ref();
-        if !checkout.join(".git").exists() {
-            if let Some(parent) = checkout.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| SourceError {
-                    what: format!("create {}", parent.display()),
-                    message: e.to_string(),
-                })?;
+        std::fs::create_dir_all(checkout).map_err(|e| SourceError {
+            what: format!("create {}", checkout.display()),
+            message: e.to_string(),
+        })?;
+        let repo = match git2::Repository::open(checkout) {
+            Ok(r) => r,
+            Err(_) => git2::Repository::init(checkout).map_err(fail("init the checkout"))?,
+        };
+        let mut remote = repo
+            .remote_anonymous(url)
+            .map_err(fail(format!("remote {url}")))?;
+        // What the remote has: a deleted ref is an error, not a stale checkout.
+        let advertised: Vec<String> = {
+            let conn = remote
+                .connect_auth(git2::Direction::Fetch, Some(auth.callbacks()), None)
+                .map_err(fail(format!("connect to {url}")))?;
+            conn.list()
+                .map_err(fail("list remote refs"))?
+                .iter()
+                .map(|h| h.name().to_string())
+                .collect()
+        };
+        let refspecs: Vec<String> = match reference {
+            GitRef::Branch(b) => {
+                let name = format!("refs/heads/{b}");
+                if !advertised.contains(&name) {
+                    return Err(SourceError {
+                        what: format!("branch {b}"),
+                        message: format!("{url} has no branch {b} (deleted?)"),
+                    });
+                }
+                vec![format!("+{name}:refs/remotes/origin/{b}")]
             }
-            let dest = checkout.to_string_lossy().into_owned();
-            git(None, t, &["clone", "--quiet", "--no-checkout", url, &dest])?;
-        }
+            GitRef::Tag(_) => vec!["+refs/tags/*:refs/tags/*".into()],
+            GitRef::Commit(_) => vec![
+                "+refs/heads/*:refs/remotes/origin/*".into(),
+                "+refs/tags/*:refs/tags/*".into(),
+            ],
+        };
+        let mut fo = git2::FetchOptions::new();
+        fo.remote_callbacks(auth.callbacks());
+        fo.download_tags(git2::AutotagOption::None);
+        remote
+            .fetch(&refspecs, Some(&mut fo), None)
+            .map_err(fail(format!("fetch {url}")))?;
         let target = match reference {
-            GitRef::Branch(branch) => {
-                let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-                git(
-                    Some(checkout),
-                    t,
-                    &["fetch", "--quiet", "--prune", "origin", &refspec],
-                )?;
-                format!("refs/remotes/origin/{branch}")
-            }
+            GitRef::Branch(b) => format!("refs/remotes/origin/{b}"),
             GitRef::Tag(pattern) => {
-                git(
-                    Some(checkout),
-                    t,
-                    &[
-                        "fetch",
-                        "--quiet",
-                        "--prune",
-                        "--prune-tags",
-                        "--force",
-                        "--tags",
-                        "origin",
-                    ],
-                )?;
-                let tags = git(
-                    Some(checkout),
-                    t,
-                    &["tag", "--list", pattern, "--sort=-version:refname"],
-                )?;
-                let Some(tag) = tags.lines().next() else {
+                let names = repo.tag_names(Some(pattern)).map_err(fail("list tags"))?;
+                let mut tags: Vec<&str> = names.iter().flatten().collect();
+                tags.sort_by(|a, b| version_cmp(b, a));
+                let Some(tag) = tags.first() else {
                     return Err(SourceError {
                         what: format!("tags matching {pattern:?}"),
                         message: "none found".into(),
@@ -172,20 +300,39 @@ impl Source {
                 };
                 format!("refs/tags/{tag}")
             }
-            GitRef::Commit(sha) => {
-                git(Some(checkout), t, &["fetch", "--quiet", "origin", sha])?;
-                sha.clone()
-            }
+            GitRef::Commit(sha) => sha.clone(),
         };
-        git(
-            Some(checkout),
-            t,
-            &["checkout", "--quiet", "--force", "--detach", &target],
-        )?;
-        let id = git(Some(checkout), t, &["rev-parse", "HEAD"])?;
+        let commit = repo
+            .revparse_single(&target)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(fail(format!("resolve {target}")))?;
+        let mut co = git2::build::CheckoutBuilder::new();
+        co.force().remove_untracked(true);
+        repo.checkout_tree(commit.as_object(), Some(&mut co))
+            .map_err(fail("checkout"))?;
+        repo.set_head_detached(commit.id())
+            .map_err(fail("checkout"))?;
         Ok(Revision {
-            id,
+            id: commit.id().to_string(),
             dir: checkout.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_order_and_known_hosts() {
+        assert_eq!(
+            version_cmp("v1.10.0", "v1.9.0"),
+            std::cmp::Ordering::Greater
+        );
+        assert_eq!(version_cmp("v2", "v10"), std::cmp::Ordering::Less);
+        let kh = "10.0.0.1 ssh-ed25519 AAAA\n[10.0.0.2]:2222,other ssh-ed25519 AQID\n";
+        assert!(known_host(kh, "10.0.0.2", 2222, &[1, 2, 3]));
+        assert!(!known_host(kh, "10.0.0.2", 22, &[1, 2, 3]));
+        assert!(!known_host(kh, "10.0.0.3", 22, &[1, 2, 3]));
     }
 }
