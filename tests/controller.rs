@@ -85,7 +85,7 @@ fn push_version(work: &Path, fleet: &Fleet, version: &str) {
     let yml = format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
          proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
-         drain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}",
+         drain_timeout: 2\ndeploy_timeout: 5\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}",
         hosts = fleet.addrs().join(", "),
         reg = fleet.tb.registry(),
         pv = testbed::images::PROXY_VERSION,
@@ -635,5 +635,80 @@ fn directory_mode_reacts_to_file_changes() {
         .status()
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
+fn a_failed_rollout_is_not_retried_until_a_new_revision() {
+    let fleet = Fleet::up(1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
+    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
+    );
+    push_version(&work, &fleet, "v1");
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    wait(Duration::from_secs(30), "v1", || {
+        serves(&fleet, "demo v1\n")
+    });
+
+    // A version that never becomes healthy (within the 5 s deploy timeout).
+    push_version(&work, &fleet, "unhealthy");
+    let audit = fleet.host(0).home().join(".kamal/demo-audit.log");
+    let boots = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            // A retry starts the container the failed boot left stopped.
+            .filter(|l| {
+                l.contains("Booted app version unhealthy")
+                    || l.contains("Started app version unhealthy")
+            })
+            .count()
+    };
+    wait(Duration::from_secs(60), "the failed boot", || boots() == 1);
+    let errors = |b: &Berth| {
+        metric(
+            &b.metrics(),
+            "berth_reconcile_total{app=\"demo\",result=\"error\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    wait(Duration::from_secs(30), "the failure reported", || {
+        errors(&berth) >= 1.0
+    });
+    // Several more cycles pass (the interval is 1 s): they report drift and
+    // do not boot the same failing revision again.
+    let cycles = |b: &Berth| {
+        metric(
+            &b.metrics(),
+            "berth_reconcile_total{app=\"demo\",result=\"drifted\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    wait(Duration::from_secs(30), "later cycles", || {
+        cycles(&berth) >= 3.0
+    });
+    assert_eq!(boots(), 1, "the failed revision was retried");
+    assert!(serves(&fleet, "demo v1\n"));
+    // A manual sync retries it on purpose.
+    assert_eq!(
+        request(
+            berth.port,
+            "POST",
+            "/api/v1/apps/demo/sync",
+            &[("Authorization", "Bearer api-token".into())],
+            ""
+        )
+        .0,
+        202
+    );
+    wait(Duration::from_secs(60), "retried on request", || {
+        boots() == 2
+    });
+    assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
