@@ -372,3 +372,53 @@ fn berth_killed_mid_rollout_converges_on_the_next_run_and_hosts_serve_throughout
     assert!(serves(&fleet, "demo v1\n"));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+#[test]
+fn old_containers_and_their_images_are_pruned_beyond_retain_containers() {
+    let fleet = Fleet::up(1);
+    let yml = |version: &str| {
+        format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\nretain_containers: 1\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{}",
+            fleet.addrs()[0],
+            KAMAL_COMMON
+                .replace("{registry}", &fleet.tb.registry())
+                .replace("{key}", &fleet.tb.ssh_key().to_string_lossy())
+        )
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    for v in ["v1", "v2", "v3"] {
+        set_config(p, &yml(v));
+        let out = berth(&fleet, p, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let h = fleet.host(0);
+    let containers = h
+        .docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
+        .unwrap();
+    let mut names: Vec<&str> = containers.lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["demo-web-v2", "demo-web-v3"],
+        "one old container retained"
+    );
+    let images = h
+        .docker_ok(&[
+            "image",
+            "ls",
+            "--filter",
+            "label=service=demo",
+            "--format",
+            "{{.Tag}}",
+        ])
+        .unwrap();
+    let mut tags: Vec<&str> = images.lines().collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        ["latest", "v2", "v3"],
+        "v1's image is gone with its container"
+    );
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

@@ -208,12 +208,23 @@ fi
 exit 0"#;
 
 /// After the app booted on a host: audit, tag `latest`, prune old containers
-/// beyond `retain_containers`.
+/// beyond `retain_containers` and then the images none of the remaining
+/// containers use.
 const FINISH: &str = r#"log=$1; line=$2; image=$3; latest=$4; retain=$5; service=$6; pruned=$7
 mkdir -p .kamal && echo "$line" >> "$log"
 docker tag "$image" "$latest" || exit 30
 old=$(docker ps -q -a --filter "label=service=$service" --filter status=created --filter status=exited --filter status=dead | tail -n +$((retain + 1)))
-if [ -n "$old" ]; then docker rm $old >/dev/null && echo "$pruned" >> "$log"; fi
+if [ -n "$old" ]; then
+  docker rm $old >/dev/null && echo "$pruned" >> "$log"
+  # Images no container of the service uses any more (but `latest`), as
+  # Kamal's `prune images`: old versions do not fill the disk.
+  used=" $(docker ps -a --filter "label=service=$service" --format '{{.Image}}' | tr '\n' ' ') $latest "
+  docker image ls --filter "label=service=$service" --format '{{.Repository}}:{{.Tag}}' | while read -r ref; do
+    case "$ref" in *:"<none>") continue;; esac
+    case "$used" in *" $ref "*) ;; *) docker rmi "$ref" >/dev/null 2>&1 || true;; esac
+  done
+  docker image prune --force --filter "label=service=$service" >/dev/null 2>&1 || true
+fi
 exit 0"#;
 
 /// Takes the lock: `mkdir` is the atomic test-and-set Kamal uses.
