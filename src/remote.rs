@@ -83,6 +83,25 @@ pub struct RemoteOutput {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for RemoteOutput {
+    fn from(out: std::process::Output) -> Self {
+        RemoteOutput {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A command on `host` failed to run (not: ran and failed).
+fn command_error(host: &str, argv: &[String], e: &dyn std::fmt::Display) -> RemoteError {
+    RemoteError::Command {
+        host: host.to_string(),
+        command: argv.first().cloned().unwrap_or_default(),
+        message: e.to_string(),
+    }
+}
+
 impl RemoteOutput {
     pub fn success(&self) -> bool {
         self.status == Some(0)
@@ -232,19 +251,11 @@ impl Connections {
                 }
                 Err(e) => {
                     self.forget(host).await;
-                    return Err(RemoteError::Command {
-                        host: host.to_string(),
-                        command: argv.first().cloned().unwrap_or_default(),
-                        message: e.to_string(),
-                    });
+                    return Err(command_error(host, argv, &e));
                 }
             }
         };
-        Ok(RemoteOutput {
-            status: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(out.into())
     }
 
     /// Run `argv` on `host` with `input` on its stdin (how files, env files
@@ -260,11 +271,7 @@ impl Connections {
         let session = self.session(host).await?;
         self.commands
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fail = |e: &dyn std::fmt::Display| RemoteError::Command {
-            host: host.to_string(),
-            command: argv.first().cloned().unwrap_or_default(),
-            message: e.to_string(),
-        };
+        let fail = |e: &dyn std::fmt::Display| command_error(host, argv, e);
         let mut child = session
             .raw_command(&command)
             .stdin(openssh::Stdio::piped())
@@ -281,11 +288,7 @@ impl Connections {
             }
         }
         let out = child.wait_with_output().await.map_err(|e| fail(&e))?;
-        Ok(RemoteOutput {
-            status: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(out.into())
     }
 
     /// Run a long-lived command (an event stream) on `host`, calling
@@ -299,11 +302,7 @@ impl Connections {
         use tokio::io::AsyncBufReadExt;
         let command = shell::join(argv);
         let session = self.session(host).await?;
-        let fail = |e: &dyn std::fmt::Display| RemoteError::Command {
-            host: host.to_string(),
-            command: argv.first().cloned().unwrap_or_default(),
-            message: e.to_string(),
-        };
+        let fail = |e: &dyn std::fmt::Display| command_error(host, argv, e);
         let mut child = session
             .raw_command(&command)
             .stdin(openssh::Stdio::null())

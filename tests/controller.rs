@@ -14,6 +14,24 @@ use std::time::{Duration, Instant};
 use berth::testbed;
 use support::{Fleet, KAMAL_COMMON, http_get};
 
+fn git(dir: &Path, args: &[&str]) {
+    support::git(dir, args);
+}
+
+/// A scratch directory holding berth's webhook secret (`hook-secret`) and
+/// API token (`api-token`), and `work`, a clone of the testbed's repository.
+fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
+    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
+    git(
+        dir.path(),
+        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
+    );
+    let work = dir.path().join("work");
+    (dir, work)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -62,23 +80,6 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.test")
-        .env("GIT_COMMITTER_NAME", "dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.test")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn push_version(work: &Path, fleet: &Fleet, version: &str) {
@@ -193,14 +194,7 @@ fn serves(fleet: &Fleet, body: &str) -> bool {
 #[test]
 fn berth_run_follows_the_repo_and_reports_drift() {
     let fleet = Fleet::up(3);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
-    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
-    );
+    let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
 
     // A long poll interval: only the first cycle, webhooks and syncs act.
@@ -346,14 +340,7 @@ fn berth_run_follows_the_repo_and_reports_drift() {
 #[test]
 fn one_repo_many_apps_with_their_own_policy() {
     let fleet = Fleet::up(2);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
-    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
-    );
+    let (dir, work) = workspace(&fleet);
     let common = KAMAL_COMMON
         .replace("{registry}", &fleet.tb.registry())
         .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
@@ -417,14 +404,7 @@ fn one_repo_many_apps_with_their_own_policy() {
 #[test]
 fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
     let fleet = Fleet::up(3);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
-    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
-    );
+    let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
     let in_sync = |b: &Berth| {
@@ -494,14 +474,7 @@ fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
 #[test]
 fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     let fleet = Fleet::up(1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
-    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
-    );
+    let (dir, work) = workspace(&fleet);
     // A broken config: the app is never observed, so berth is not ready.
     std::fs::create_dir_all(work.join("config")).unwrap();
     std::fs::write(
@@ -641,14 +614,7 @@ fn directory_mode_reacts_to_file_changes() {
 #[test]
 fn a_failed_rollout_is_not_retried_until_a_new_revision() {
     let fleet = Fleet::up(1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
-    std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["clone", "-q", &fleet.tb.git_file_url(), "work"],
-    );
+    let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
     wait(Duration::from_secs(30), "v1", || {

@@ -118,23 +118,8 @@ fn git_repo_is_served_over_file_and_ssh() {
     let fleet = Fleet::bare(1);
     let tb = &fleet.tb;
     let work = tempfile::tempdir().unwrap();
-    let git = |dir: &std::path::Path, args: &[&str]| {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_SSH_COMMAND", tb.git_ssh_command())
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let ssh = [("GIT_SSH_COMMAND", tb.git_ssh_command())];
+    let git = |dir: &std::path::Path, args: &[&str]| support::git_env(dir, args, &ssh);
     git(work.path(), &["clone", "-q", &tb.git_file_url(), "a"]);
     let a = work.path().join("a");
     std::fs::write(a.join("file"), "one").unwrap();

@@ -278,11 +278,7 @@ impl ApplyContext<'_> {
     }
 
     async fn audit(&self, host: &str, role: Option<&str>, message: &str) -> Result<(), ApplyError> {
-        let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-        let line = match role {
-            Some(r) => format!("[{ts}] [berth] [{r}] {message}"),
-            None => format!("[{ts}] [berth] {message}"),
-        };
+        let line = self.audit_line(role, message);
         let log = audit_log(self.desired);
         let argv = strings(&[
             "sh",

@@ -89,10 +89,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Read berth's own environment (for ERB `ENV[...]` and secrets interpolation).
-pub fn process_env(key: &str) -> Option<String> {
-    std::env::var(key).ok()
-}
+pub(crate) use crate::config::process_env;
 
 /// Load a config (and its secrets) and render the desired state, as the
 /// subcommands do (for benchmarks and embedding).

@@ -1,12 +1,10 @@
 //! `berth render`: print what Kamal would run on each host for this config.
 //! Secret values never appear: env files are listed by key only.
 
-use anyhow::Context;
-
 use super::{ConfigArgs, Output, process_env};
-use crate::config::secrets::{Secrets, SecretsOptions};
-use crate::config::{self, LoadOptions};
-use crate::desired::{self, Desired, RenderOptions};
+use crate::config;
+use crate::config::secrets::Secrets;
+use crate::desired::{self, Desired};
 use crate::shell;
 
 #[derive(clap::Args, Debug)]
@@ -38,41 +36,14 @@ pub fn load_all(
     app_version: Option<&str>,
     home: Option<&str>,
 ) -> anyhow::Result<(config::Config, Secrets, Desired)> {
-    let cfg = config::load(&LoadOptions {
+    Ok(desired::load::load_app(&desired::load::AppLoad {
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
+        allow_secret_commands: cfg_args.allow_secret_commands,
+        app_version,
+        home,
         env: &process_env,
-    })?;
-    let secrets_path = config::project_root(&cfg_args.config_file).join(&cfg.secrets_path);
-    let secrets = Secrets::load(
-        &secrets_path,
-        &SecretsOptions {
-            destination: cfg_args.destination.as_deref(),
-            allow_commands: cfg_args.allow_secret_commands,
-            env: &process_env,
-        },
-    )?;
-    let version = app_version
-        .map(str::to_string)
-        .or_else(|| cfg.berth.version.clone())
-        .ok_or(desired::RenderError::NoVersion)?;
-    let home = home.map(str::to_string).unwrap_or_else(|| {
-        if cfg.ssh.user == "root" {
-            "/root".into()
-        } else {
-            format!("/home/{}", cfg.ssh.user)
-        }
-    });
-    let desired = desired::render(
-        &cfg,
-        &RenderOptions {
-            version: &version,
-            secrets: &secrets,
-            home: &home,
-        },
-    )
-    .context("cannot render the desired state")?;
-    Ok((cfg, secrets, desired))
+    })?)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {

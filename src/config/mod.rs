@@ -75,6 +75,11 @@ pub struct LoadOptions<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
 }
 
+/// berth's own environment, for ERB `ENV[...]` and secrets interpolation.
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
 /// `config/deploy.yml` → `config/deploy.<dest>.yml`, as Kamal's `sub_ext`.
 pub fn destination_file(config_file: &Path, destination: &str) -> PathBuf {
     config_file.with_extension(format!("{destination}.yml"))

@@ -302,6 +302,18 @@ pub struct Ssh {
     pub config: SshConfigFiles,
 }
 
+impl Ssh {
+    /// The SSH user's home on the hosts (where `$PWD`-relative Kamal paths,
+    /// env files, locks and the audit log live).
+    pub fn home(&self) -> String {
+        if self.user == "root" {
+            "/root".into()
+        } else {
+            format!("/home/{}", self.user)
+        }
+    }
+}
+
 impl Default for Ssh {
     fn default() -> Self {
         Ssh {

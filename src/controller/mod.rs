@@ -18,9 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use crate::apply::{self, ApplyContext, Policy};
-use crate::config::secrets::{Secrets, SecretsOptions};
-use crate::config::{self, LoadOptions};
-use crate::desired::{self, RenderOptions};
+use crate::config;
+use crate::desired::load::{AppLoad, AppLoadError, load_app};
 use crate::observe::{self, HostState};
 use crate::plan::{self, PlanOptions};
 use crate::remote::{Connections, SshOptions};
@@ -279,40 +278,22 @@ impl Controller {
             .map_err(|e| e.to_string())?;
         self.lock().revision = Some(rev.id.clone());
         let config_file = rev.dir.join(&spec.config_file);
-        let env = crate::cli::process_env;
-        let cfg = config::load(&LoadOptions {
+        let (cfg, secrets, desired) = load_app(&AppLoad {
             config_file: &config_file,
             destination: spec.destination.as_deref(),
-            env: &env,
+            allow_secret_commands: false,
+            app_version: None,
+            home: None,
+            env: &config::process_env,
         })
-        .map_err(|e| format!("revision {}: {e}", short(&rev.id)))?;
-        let secrets = Secrets::load(
-            &config::project_root(&config_file).join(&cfg.secrets_path),
-            &SecretsOptions {
-                destination: spec.destination.as_deref(),
-                allow_commands: false,
-                env: &env,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let version =
-            cfg.berth.version.clone().ok_or_else(|| {
+        .map_err(|e| match e {
+            AppLoadError::Config(e) => format!("revision {}: {e}", short(&rev.id)),
+            AppLoadError::NoVersion(_) => {
                 format!("revision {}: x-berth.version is not set", short(&rev.id))
-            })?;
-        let home = if cfg.ssh.user == "root" {
-            "/root".to_string()
-        } else {
-            format!("/home/{}", cfg.ssh.user)
-        };
-        let desired = desired::render(
-            &cfg,
-            &RenderOptions {
-                version: &version,
-                secrets: &secrets,
-                home: &home,
-            },
-        )
-        .map_err(|e| e.to_string())?;
+            }
+            other => other.to_string(),
+        })?;
+        let version = desired.version.clone();
         self.lock().version = Some(version.clone());
 
         // Warm connections, rebuilt only when the SSH settings change.

@@ -9,7 +9,8 @@
 //! remote command is `shell`'s job, so no config value is ever interpreted by
 //! a shell.
 
-pub mod words;
+pub mod load;
+mod words;
 
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::{

@@ -78,14 +78,20 @@ fn fail(what: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
     }
 }
 
-/// Is `key` (raw blob) listed for `host` (and `port`) in a known_hosts file?
-/// Hashed entries (`|1|…`) are not supported: list hosts in clear.
-pub fn known_host(known_hosts: &str, host: &str, port: u16, key: &[u8]) -> bool {
+/// Is a key listed for `host` (and `port`) in a known_hosts file? `matches`
+/// gets each listed key blob of that host. Hashed entries (`|1|…`) are not
+/// supported: list hosts in clear.
+fn known_host_by(
+    known_hosts: &str,
+    host: &str,
+    port: u16,
+    matches: impl Fn(&[u8]) -> bool,
+) -> bool {
     use base64::Engine;
-    let names = if port == 22 {
-        vec![host.to_string()]
+    let name = if port == 22 {
+        host.to_string()
     } else {
-        vec![format!("[{host}]:{port}")]
+        format!("[{host}]:{port}")
     };
     known_hosts.lines().any(|line| {
         let mut parts = line.split_whitespace();
@@ -93,32 +99,23 @@ pub fn known_host(known_hosts: &str, host: &str, port: u16, key: &[u8]) -> bool 
         else {
             return false;
         };
-        hosts.split(',').any(|h| names.iter().any(|n| n == h))
+        hosts.split(',').any(|h| h == name)
             && base64::engine::general_purpose::STANDARD
                 .decode(blob)
-                .is_ok_and(|b| b == key)
+                .is_ok_and(|b| matches(&b))
     })
 }
 
-/// Like [`known_host`], comparing the SHA-256 of the listed keys.
+/// Is the raw host key `key` listed for `host`?
+pub fn known_host(known_hosts: &str, host: &str, port: u16, key: &[u8]) -> bool {
+    known_host_by(known_hosts, host, port, |b| b == key)
+}
+
+/// Is a key whose SHA-256 is `sha256` listed for `host`?
 pub fn known_host_hash(known_hosts: &str, host: &str, port: u16, sha256: &[u8]) -> bool {
-    use base64::Engine;
     use sha2::{Digest, Sha256};
-    let names = if port == 22 {
-        vec![host.to_string()]
-    } else {
-        vec![format!("[{host}]:{port}")]
-    };
-    known_hosts.lines().any(|line| {
-        let mut parts = line.split_whitespace();
-        let (Some(hosts), Some(_kind), Some(blob)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return false;
-        };
-        hosts.split(',').any(|h| names.iter().any(|n| n == h))
-            && base64::engine::general_purpose::STANDARD
-                .decode(blob)
-                .is_ok_and(|b| Sha256::digest(&b).as_slice() == sha256)
+    known_host_by(known_hosts, host, port, |b| {
+        Sha256::digest(b).as_slice() == sha256
     })
 }
 

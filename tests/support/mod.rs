@@ -227,3 +227,29 @@ ssh:
   keys: [{key}]
   config: false
 ";
+
+/// Run `git` in `dir` with a fixed author and extra environment; panics
+/// with git's stderr on failure; returns stdout, trimmed.
+pub fn git_env(dir: &Path, args: &[&str], env: &[(&str, String)]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.test")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.test")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// [`git_env`] without extra environment.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    git_env(dir, args, &[])
+}
