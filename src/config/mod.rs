@@ -40,10 +40,12 @@ impl std::fmt::Display for ConfigError {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}: cannot read configuration: {source}", file.display())]
+    // The I/O error is in the message, so it is not also a `source`:
+    // `{e:#}` would print it twice.
+    #[error("{}: cannot read configuration: {error}", file.display())]
     Io {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigError>),
@@ -97,9 +99,9 @@ pub fn project_root(config_file: &Path) -> PathBuf {
 }
 
 fn read_tree(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<yaml::Node, LoadError> {
-    let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+    let text = std::fs::read_to_string(file).map_err(|error| LoadError::Io {
         file: file.to_path_buf(),
-        source,
+        error,
     })?;
     let rendered = erb::render(&text, env).map_err(|e| {
         let (line, col) = e.position();

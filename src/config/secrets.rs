@@ -62,11 +62,11 @@ pub struct SecretsOptions<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
+    // The I/O error is in the message, not also a `source` (printed twice).
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}:{line}: {message}", file.display())]
     Syntax {
@@ -122,7 +122,7 @@ impl Secrets {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(SecretsError::Io { path: file, source }),
+                Err(error) => return Err(SecretsError::Io { path: file, error }),
             };
             let parsed = parse(&text, &file, opts)?;
             secrets.values.extend(parsed);
