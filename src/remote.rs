@@ -12,7 +12,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
+
+/// Seconds an SSH master with no client stays up. berth closes its masters
+/// when it exits; this bounds the ones a killed berth leaves behind. The
+/// controller's event watchers keep their hosts' masters busy between cycles.
+const MASTER_IDLE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(300) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 use tokio::sync::Mutex;
 
 use crate::config::Ssh;
@@ -214,6 +222,9 @@ impl Connections {
             .config_file(&cfg)
             .connect_timeout(o.connect_timeout)
             .control_directory(&o.control_dir)
+            // A master outlives berth only if berth is killed; then it exits
+            // once idle instead of lingering forever (ControlPersist=yes).
+            .control_persist(ControlPersist::IdleFor(MASTER_IDLE))
             .known_hosts_check(if o.accept_new_host_keys {
                 KnownHosts::Add
             } else {
@@ -258,6 +269,42 @@ impl Connections {
         Ok(out.into())
     }
 
+    /// Start `argv` on `host` with piped stdout. A master that
+    /// died (idle timeout, host restarted) fails the spawn before anything
+    /// ran: reconnect once, as `run` does.
+    async fn spawn(
+        &self,
+        host: &str,
+        argv: &[String],
+        stdin: fn() -> openssh::Stdio,
+        stderr: fn() -> openssh::Stdio,
+    ) -> Result<openssh::Child<Arc<Session>>, RemoteError> {
+        let command = shell::join(argv);
+        let mut attempt = 0;
+        loop {
+            let session = self.session(host).await?;
+            let result = session
+                .clone()
+                .arc_raw_command(&command)
+                .stdin(stdin())
+                .stdout(openssh::Stdio::piped())
+                .stderr(stderr())
+                .spawn()
+                .await;
+            match result {
+                Ok(child) => return Ok(child),
+                Err(_) if attempt == 0 => {
+                    attempt += 1;
+                    self.forget(host).await;
+                }
+                Err(e) => {
+                    self.forget(host).await;
+                    return Err(command_error(host, argv, &e));
+                }
+            }
+        }
+    }
+
     /// Run `argv` on `host` with `input` on its stdin (how files, env files
     /// with secrets among them, reach a host: never through argv).
     pub async fn run_with_stdin(
@@ -267,19 +314,12 @@ impl Connections {
         input: &[u8],
     ) -> Result<RemoteOutput, RemoteError> {
         use tokio::io::AsyncWriteExt;
-        let command = shell::join(argv);
-        let session = self.session(host).await?;
+        let fail = |e: &dyn std::fmt::Display| command_error(host, argv, e);
         self.commands
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fail = |e: &dyn std::fmt::Display| command_error(host, argv, e);
-        let mut child = session
-            .raw_command(&command)
-            .stdin(openssh::Stdio::piped())
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::piped())
-            .spawn()
-            .await
-            .map_err(|e| fail(&e))?;
+        let mut child = self
+            .spawn(host, argv, openssh::Stdio::piped, openssh::Stdio::piped)
+            .await?;
         if let Some(mut stdin) = child.stdin().take() {
             // A command may exit without reading its input (a lock that is
             // already taken): its exit status, not the broken pipe, tells.
@@ -300,17 +340,10 @@ impl Connections {
         mut on_line: impl FnMut(&str),
     ) -> Result<(), RemoteError> {
         use tokio::io::AsyncBufReadExt;
-        let command = shell::join(argv);
-        let session = self.session(host).await?;
         let fail = |e: &dyn std::fmt::Display| command_error(host, argv, e);
-        let mut child = session
-            .raw_command(&command)
-            .stdin(openssh::Stdio::null())
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::null())
-            .spawn()
-            .await
-            .map_err(|e| fail(&e))?;
+        let mut child = self
+            .spawn(host, argv, openssh::Stdio::null, openssh::Stdio::null)
+            .await?;
         let Some(stdout) = child.stdout().take() else {
             return Ok(());
         };

@@ -278,6 +278,13 @@ fn berth_deploys_rolls_versions_with_zero_failed_requests_and_kamal_agrees() {
         text(&out)
     );
     assert!(serves(&fleet, "demo v2\n"));
+    // Every run, failed ones too, closed its SSH masters on the way out.
+    let masters: Vec<String> = testbed::slot_processes(fleet.tb.slot)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.starts_with("ssh "))
+        .map(|(_, cmd)| cmd)
+        .collect();
+    assert_eq!(masters, Vec::<String>::new());
     // And the lock was released each time: Kamal can take it.
     fleet.kamal_ok(p, &["lock", "acquire", "-m", "after berth"]);
     fleet.kamal_ok(p, &["lock", "release"]);

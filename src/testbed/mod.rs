@@ -625,6 +625,18 @@ pub fn down(slot: u8) -> Result<()> {
     {
         let _ = run("ip", &["link", "del", &link]);
     }
+    // Clients of the hosts just removed (an SSH master of a berth that was
+    // killed) would otherwise wait out their idle timeout.
+    for _ in 0..50 {
+        let stray = slot_processes(slot);
+        if stray.is_empty() {
+            break;
+        }
+        for (pid, _) in stray {
+            signal(pid, "KILL");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if base.exists() {
         fs::remove_dir_all(&base).map_err(|e| step(format!("remove {}", base.display()), e))?;
     }
@@ -663,6 +675,24 @@ pub fn links() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Processes whose command line names a path in `slot`'s directory: its
+/// daemons, and clients of its hosts (SSH masters a killed berth left).
+pub fn slot_processes(slot: u8) -> Vec<(u32, String)> {
+    let needle = format!("{}/", path_str(&slot_dir(slot)));
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(&needle) && pid != std::process::id())
+                .then(|| (pid, cmd.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Namespaces, links and processes of `slot` still present (empty when clean).
 pub fn leftovers(slot: u8) -> Vec<String> {
     let prefix = format!("bt{slot}h");
@@ -678,19 +708,11 @@ pub fn leftovers(slot: u8) -> Vec<String> {
             .map(|l| format!("link {l}")),
     );
     let base = path_str(&slot_dir(slot));
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains(&format!("{base}/")) {
-                    out.push(format!("process {pid}: {}", cmd.trim()));
-                }
-            }
-        }
-    }
+    out.extend(
+        slot_processes(slot)
+            .into_iter()
+            .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
+    );
     if let Ok(m) = fs::read_to_string("/proc/self/mountinfo")
         && m.contains(&format!("{base}/"))
     {
