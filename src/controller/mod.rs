@@ -69,6 +69,20 @@ pub struct Drift {
     pub reason: String,
 }
 
+/// One desired unit on one host, as the status page's grid shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnitState {
+    pub host: String,
+    /// The role, `accessory:<name>`, `proxy`, or `orphan` (runs, not declared).
+    pub unit: String,
+    pub container: String,
+    /// `in_sync`, `drifted`, or `unknown` (host unreachable).
+    pub state: &'static str,
+    /// What the plan would do and why, when drifted.
+    pub action: Option<String>,
+    pub reason: Option<String>,
+}
+
 /// What `server` shows about an app.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct AppStatus {
@@ -80,18 +94,33 @@ pub struct AppStatus {
     pub observed: bool,
     pub in_sync: bool,
     pub suspended: bool,
+    pub mode: Option<Mode>,
+    pub self_heal: bool,
     pub drift: Vec<Drift>,
+    /// Every desired unit (and orphan) per host, with its state.
+    pub units: Vec<UnitState>,
     /// host → reachable.
     pub hosts: BTreeMap<String, bool>,
     /// The last plan, as text (secrets never in it).
     pub last_plan: String,
     pub last_error: Option<String>,
     pub last_apply_unix: Option<u64>,
+    /// When a cycle last completed without error (alerts on staleness).
+    pub last_success_unix: Option<u64>,
     /// result → count (`in_sync`, `applied`, `drifted`, `error`).
     pub reconciles: BTreeMap<String, u64>,
     /// Reconcile durations, for the histogram.
     #[serde(skip)]
     pub durations: Vec<f64>,
+}
+
+/// What a loop remembers about revisions between cycles.
+#[derive(Default)]
+struct Revisions {
+    /// The revision the fleet last converged to (in sync, or applied).
+    settled: Option<String>,
+    /// A revision whose apply failed: not retried until a new one or a sync.
+    failed: Option<String>,
 }
 
 pub struct Controller {
@@ -110,6 +139,8 @@ impl Controller {
             app: spec.name.clone(),
             destination: spec.destination.clone(),
             suspended: spec.suspended,
+            mode: Some(spec.mode),
+            self_heal: spec.self_heal,
             ..AppStatus::default()
         };
         Arc::new(Controller {
@@ -143,7 +174,7 @@ impl Controller {
 
     /// The loop; returns once `shutdown` turns true (after the current cycle).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut failed_revision: Option<String> = None;
+        let mut revisions = Revisions::default();
         let mut backoff = Duration::ZERO;
         let mut conns: Option<(String, Arc<Connections>)> = None;
         // After an apply, observe again at once to confirm (and publish) the
@@ -153,7 +184,7 @@ impl Controller {
         let mut watchers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
         loop {
             let started = Instant::now();
-            let result = self.cycle(&mut failed_revision, &mut conns).await;
+            let result = self.cycle(&mut revisions, &mut conns).await;
             if let Some((_, c)) = &conns {
                 self.ensure_watchers(c, &mut watchers);
             }
@@ -178,6 +209,9 @@ impl Controller {
                     }
                 }
                 *st.reconciles.entry(key).or_default() += 1;
+                if result.is_ok() {
+                    st.last_success_unix = Some(unix_now());
+                }
                 match result {
                     Ok("applied") if applies_in_a_row < 3 => {
                         applies_in_a_row += 1;
@@ -267,7 +301,7 @@ impl Controller {
     /// One reconcile. `Ok(result)`: `in_sync`, `drifted`, `applied`, `suspended`.
     async fn cycle(
         &self,
-        failed_revision: &mut Option<String>,
+        revisions: &mut Revisions,
         conns: &mut Option<(String, Arc<Connections>)>,
     ) -> Result<&'static str, String> {
         let spec = &self.spec;
@@ -363,8 +397,12 @@ impl Controller {
                         .to_string(),
                 })
                 .collect();
+            st.units = unit_states(&desired, &st.hosts, &st.drift);
         }
         if plan.actions.is_empty() {
+            if plan.unknown_hosts.is_empty() {
+                revisions.settled = Some(rev.id.clone());
+            }
             return Ok(if plan.unknown_hosts.is_empty() {
                 "in_sync"
             } else {
@@ -373,7 +411,10 @@ impl Controller {
         }
         let suspended = self.lock().suspended;
         let forced = self.forced.swap(false, std::sync::atomic::Ordering::SeqCst);
-        let new_revision = failed_revision.as_deref() != Some(rev.id.as_str());
+        // Hand-made drift is reverted only with `self_heal`; a revision the
+        // fleet never converged to is always applied (once, if it fails).
+        let new_revision = revisions.settled.as_deref() != Some(rev.id.as_str())
+            && revisions.failed.as_deref() != Some(rev.id.as_str());
         let allowed = match spec.mode {
             Mode::Detect => false,
             Mode::Auto => spec.self_heal || forced || new_revision,
@@ -383,7 +424,7 @@ impl Controller {
         if suspended || !allowed {
             return Ok(if suspended { "suspended" } else { "drifted" });
         }
-        if failed_revision.as_deref() == Some(rev.id.as_str()) && !forced {
+        if revisions.failed.as_deref() == Some(rev.id.as_str()) && !forced {
             // Same revision failed before: wait for a new one or a manual sync.
             return Ok("drifted");
         }
@@ -405,17 +446,13 @@ impl Controller {
         };
         match apply::apply(&ctx, &plan).await {
             Ok(_) => {
-                *failed_revision = None;
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default();
-                let mut st = self.lock();
-                st.last_apply_unix = Some(now);
+                revisions.failed = None;
+                revisions.settled = Some(rev.id.clone());
+                self.lock().last_apply_unix = Some(unix_now());
                 Ok("applied")
             }
             Err(e) => {
-                *failed_revision = Some(rev.id.clone());
+                revisions.failed = Some(rev.id.clone());
                 Err(format!("revision {}: {e}", short(&rev.id)))
             }
         }
@@ -449,4 +486,72 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or_default();
     let factor = 0.9 + f64::from(nanos % 1000) / 5000.0;
     d.mul_f64(factor)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Desired units per host joined with the plan's drift (an action on a unit
+/// means it is drifted); units of an unreachable host are unknown, and
+/// drift on no desired unit (an orphan) is listed too.
+fn unit_states(
+    desired: &crate::desired::Desired,
+    hosts: &BTreeMap<String, bool>,
+    drift: &[Drift],
+) -> Vec<UnitState> {
+    let mut out = Vec::new();
+    let mut used = vec![false; drift.len()];
+    for h in &desired.hosts {
+        let reached = hosts.get(&h.host).copied().unwrap_or(false);
+        let units = h
+            .apps
+            .iter()
+            .map(|a| (a.role.clone(), a.container_name.clone()))
+            .chain(
+                h.accessories
+                    .iter()
+                    .map(|a| (format!("accessory:{}", a.name), a.container_name.clone())),
+            )
+            .chain(
+                h.proxy
+                    .as_ref()
+                    .map(|_| ("proxy".to_string(), "kamal-proxy".to_string())),
+            );
+        for (unit, container) in units {
+            let hit = drift
+                .iter()
+                .position(|d| d.host == h.host && d.role == unit);
+            if let Some(i) = hit {
+                used[i] = true;
+            }
+            let d = hit.map(|i| &drift[i]);
+            out.push(UnitState {
+                host: h.host.clone(),
+                unit,
+                container,
+                state: match (reached, d) {
+                    (false, _) => "unknown",
+                    (true, Some(_)) => "drifted",
+                    (true, None) => "in_sync",
+                },
+                action: d.map(|d| d.action.clone()),
+                reason: d.map(|d| d.reason.clone()),
+            });
+        }
+    }
+    for (d, _) in drift.iter().zip(&used).filter(|(_, u)| !**u) {
+        out.push(UnitState {
+            host: d.host.clone(),
+            unit: d.role.clone(),
+            container: d.container.clone(),
+            state: "drifted",
+            action: Some(d.action.clone()),
+            reason: Some(d.reason.clone()),
+        });
+    }
+    out
 }

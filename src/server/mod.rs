@@ -1,17 +1,18 @@
-//! `server`: HTTP for `berth run` — Prometheus `/metrics`, `/healthz`,
+//! `server`: HTTP for `berth run` — the status page at `/`, Prometheus `/metrics`, `/healthz`,
 //! `/readyz` (ready once every app was observed), `/api/v1/apps` (status
 //! JSON), token-protected `POST /api/v1/apps/{app}/sync|suspend|resume`, and
 //! webhook receivers (GitHub and Gitea/Forgejo HMAC-SHA256, GitLab token),
 //! compared in constant time, bodies capped at 1 MiB.
 //!
 //! Metrics:
-//! - `berth_app_in_sync{app,destination}` 1/0
-//! - `berth_drift_units{app,destination,host,role,reason}` units to change
-//! - `berth_reconcile_total{app,result}` counter (`in_sync`, `drifted`, `applied`, `suspended`, `error`)
-//! - `berth_reconcile_duration_seconds{app}` histogram
-//! - `berth_host_up{app,host}` 1/0
-//! - `berth_source_info{app,revision}` 1
-//! - `berth_last_apply_timestamp_seconds{app}`
+//! Metrics (every series also has `app` and `destination`):
+//! - `berth_app_in_sync` 1/0
+//! - `berth_drift_units{host,role,reason}` units to change
+//! - `berth_reconcile_total{result}` counter (`in_sync`, `drifted`, `applied`, `suspended`, `error`)
+//! - `berth_reconcile_duration_seconds` histogram
+//! - `berth_host_up{host}` 1/0
+//! - `berth_source_info{revision}` 1
+//! - `berth_last_apply_timestamp_seconds`, `berth_last_success_timestamp_seconds`
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -39,6 +40,7 @@ pub struct ServerState {
 
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -47,6 +49,23 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/webhooks/{kind}", post(webhook))
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(state)
+}
+
+/// The status page: static HTML, CSS and JS (no build step) that renders
+/// `/api/v1/apps` and refreshes itself.
+async fn status_page() -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            // Everything is inline and same-origin; nothing else may load.
+            (
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            ),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<Arc<ServerState>>) -> Response {
@@ -160,35 +179,43 @@ fn label(v: &str) -> String {
 
 const BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
+/// `app="…",destination="…"`: every series names its app instance (one app
+/// may run several destinations; without the label their series collide).
+fn instance(a: &AppStatus) -> String {
+    format!(
+        "app=\"{}\",destination=\"{}\"",
+        label(&a.app),
+        label(a.destination.as_deref().unwrap_or(""))
+    )
+}
+
 /// The Prometheus text exposition of every app's status.
 pub fn render_metrics(apps: &[AppStatus]) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str| {
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
     family(
+        &mut out,
         "berth_app_in_sync",
         "gauge",
         "1 when every host runs what the repo declares.",
     );
-    let mut body = String::new();
     for a in apps {
-        let dest = a.destination.clone().unwrap_or_default();
         let _ = writeln!(
-            body,
-            "berth_app_in_sync{{app=\"{}\",destination=\"{}\"}} {}",
-            label(&a.app),
-            label(&dest),
+            out,
+            "berth_app_in_sync{{{}}} {}",
+            instance(a),
             u8::from(a.in_sync && a.observed)
         );
     }
-    out.push_str(&std::mem::take(&mut body));
-    let _ = writeln!(
-        out,
-        "# HELP berth_drift_units Units that differ from the repo.\n# TYPE berth_drift_units gauge"
+    family(
+        &mut out,
+        "berth_drift_units",
+        "gauge",
+        "Units that differ from the repo.",
     );
     for a in apps {
-        let dest = a.destination.clone().unwrap_or_default();
         let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
         for d in &a.drift {
             *counts.entry((&d.host, &d.role, &d.reason)).or_default() += 1;
@@ -196,98 +223,105 @@ pub fn render_metrics(apps: &[AppStatus]) -> String {
         for ((host, role, reason), n) in counts {
             let _ = writeln!(
                 out,
-                "berth_drift_units{{app=\"{}\",destination=\"{}\",host=\"{}\",role=\"{}\",reason=\"{}\"}} {n}",
-                label(&a.app),
-                label(&dest),
+                "berth_drift_units{{{},host=\"{}\",role=\"{}\",reason=\"{}\"}} {n}",
+                instance(a),
                 label(host),
                 label(role),
                 label(reason)
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP berth_reconcile_total Reconcile cycles by result.\n# TYPE berth_reconcile_total counter"
+    family(
+        &mut out,
+        "berth_reconcile_total",
+        "counter",
+        "Reconcile cycles by result.",
     );
     for a in apps {
         for (result, n) in &a.reconciles {
             let _ = writeln!(
                 out,
-                "berth_reconcile_total{{app=\"{}\",result=\"{}\"}} {n}",
-                label(&a.app),
+                "berth_reconcile_total{{{},result=\"{}\"}} {n}",
+                instance(a),
                 label(result)
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP berth_reconcile_duration_seconds Reconcile cycle duration.\n# TYPE berth_reconcile_duration_seconds histogram"
+    family(
+        &mut out,
+        "berth_reconcile_duration_seconds",
+        "histogram",
+        "Reconcile cycle duration.",
     );
     for a in apps {
-        let app = label(&a.app);
+        let i = instance(a);
         for b in BUCKETS {
             let n = a.durations.iter().filter(|d| **d <= *b).count();
             let _ = writeln!(
                 out,
-                "berth_reconcile_duration_seconds_bucket{{app=\"{app}\",le=\"{b}\"}} {n}"
+                "berth_reconcile_duration_seconds_bucket{{{i},le=\"{b}\"}} {n}"
             );
         }
         let _ = writeln!(
             out,
-            "berth_reconcile_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {}",
-            a.durations.len()
-        );
-        let _ = writeln!(
-            out,
-            "berth_reconcile_duration_seconds_sum{{app=\"{app}\"}} {}",
-            a.durations.iter().sum::<f64>()
-        );
-        let _ = writeln!(
-            out,
-            "berth_reconcile_duration_seconds_count{{app=\"{app}\"}} {}",
+            "berth_reconcile_duration_seconds_bucket{{{i},le=\"+Inf\"}} {}\n\
+             berth_reconcile_duration_seconds_sum{{{i}}} {}\n\
+             berth_reconcile_duration_seconds_count{{{i}}} {}",
+            a.durations.len(),
+            a.durations.iter().sum::<f64>(),
             a.durations.len()
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP berth_host_up 1 when the host answered the last observation.\n# TYPE berth_host_up gauge"
+    family(
+        &mut out,
+        "berth_host_up",
+        "gauge",
+        "1 when the host answered the last observation.",
     );
     for a in apps {
         for (host, up) in &a.hosts {
             let _ = writeln!(
                 out,
-                "berth_host_up{{app=\"{}\",host=\"{}\"}} {}",
-                label(&a.app),
+                "berth_host_up{{{},host=\"{}\"}} {}",
+                instance(a),
                 label(host),
                 u8::from(*up)
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP berth_source_info The revision last fetched.\n# TYPE berth_source_info gauge"
+    family(
+        &mut out,
+        "berth_source_info",
+        "gauge",
+        "The revision last fetched.",
     );
     for a in apps {
         if let Some(r) = &a.revision {
             let _ = writeln!(
                 out,
-                "berth_source_info{{app=\"{}\",revision=\"{}\"}} 1",
-                label(&a.app),
+                "berth_source_info{{{},revision=\"{}\"}} 1",
+                instance(a),
                 label(r)
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP berth_last_apply_timestamp_seconds When berth last changed the fleet.\n# TYPE berth_last_apply_timestamp_seconds gauge"
-    );
-    for a in apps {
-        if let Some(t) = a.last_apply_unix {
-            let _ = writeln!(
-                out,
-                "berth_last_apply_timestamp_seconds{{app=\"{}\"}} {t}",
-                label(&a.app)
-            );
+    for (name, help, value) in [
+        (
+            "berth_last_apply_timestamp_seconds",
+            "When berth last changed the fleet.",
+            (|a: &AppStatus| a.last_apply_unix) as fn(&AppStatus) -> Option<u64>,
+        ),
+        (
+            "berth_last_success_timestamp_seconds",
+            "When a reconcile cycle last completed without error.",
+            |a: &AppStatus| a.last_success_unix,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for a in apps {
+            if let Some(t) = value(a) {
+                let _ = writeln!(out, "{name}{{{}}} {t}", instance(a));
+            }
         }
     }
     out
@@ -357,9 +391,40 @@ mod tests {
         let text = render_metrics(&[st]);
         assert!(text.contains("berth_app_in_sync{app=\"demo\",destination=\"\"} 0"));
         assert!(text.contains("berth_drift_units{app=\"demo\",destination=\"\",host=\"10.0.0.1\",role=\"web\",reason=\"state\"} 1"));
+        assert!(text.contains(
+            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.25\"} 1"
+        ));
         assert!(
-            text.contains("berth_reconcile_duration_seconds_bucket{app=\"demo\",le=\"0.25\"} 1")
+            text.contains(
+                "berth_reconcile_duration_seconds_count{app=\"demo\",destination=\"\"} 2"
+            )
         );
-        assert!(text.contains("berth_reconcile_duration_seconds_count{app=\"demo\"} 2"));
+    }
+
+    #[test]
+    fn destinations_of_one_app_are_distinct_series() {
+        let instance = |dest: &str| AppStatus {
+            app: "shop".into(),
+            destination: Some(dest.into()),
+            observed: true,
+            hosts: [("10.0.0.1".to_string(), true)].into(),
+            revision: Some("abc".into()),
+            reconciles: [("in_sync".to_string(), 1)].into(),
+            last_apply_unix: Some(1),
+            last_success_unix: Some(2),
+            durations: vec![0.1],
+            ..Default::default()
+        };
+        let text = render_metrics(&[instance("staging"), instance("production")]);
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').map(|(k, _)| k).unwrap_or(l))
+            .collect();
+        let unique: std::collections::BTreeSet<&str> = samples.iter().copied().collect();
+        assert_eq!(unique.len(), samples.len(), "duplicate series in:\n{text}");
+        assert!(text.contains(
+            "berth_last_success_timestamp_seconds{app=\"shop\",destination=\"production\"} 2"
+        ));
     }
 }

@@ -61,12 +61,23 @@ fn boolean(node: &Node) -> Option<bool> {
 /// Read `<root>/berth.yml`; `Ok(None)` when there is none.
 pub fn load(root: &Path) -> Result<Option<Vec<IndexApp>>, IndexError> {
     let file = root.join("berth.yml");
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(IndexError(vec![format!("{}: {e}", file.display())])),
-    };
-    let tree = yaml::parse(&text, &file).map_err(|e| IndexError(vec![e.to_string()]))?;
+    match std::fs::read_to_string(&file) {
+        Ok(text) => parse(&text, &file).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(IndexError(vec![format!("{}: {e}", file.display())])),
+    }
+}
+
+/// An index kept outside the repository (`berth run --apps-file`, e.g. a
+/// Kubernetes ConfigMap): it must exist.
+pub fn load_file(file: &Path) -> Result<Vec<IndexApp>, IndexError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| IndexError(vec![format!("{}: {e}", file.display())]))?;
+    parse(&text, file)
+}
+
+fn parse(text: &str, file: &Path) -> Result<Vec<IndexApp>, IndexError> {
+    let tree = yaml::parse(text, file).map_err(|e| IndexError(vec![e.to_string()]))?;
     let mut errors = Vec::new();
     let mut apps = Vec::new();
     let Value::Map(top) = &tree.value else {
@@ -189,7 +200,7 @@ pub fn load(root: &Path) -> Result<Option<Vec<IndexApp>>, IndexError> {
         errors.push(format!("{}: apps: no app listed", file.display()));
     }
     if errors.is_empty() {
-        Ok(Some(apps))
+        Ok(apps)
     } else {
         Err(IndexError(errors))
     }
