@@ -330,20 +330,55 @@ fn this_machine() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// `Locked by: berth (pid P on M)` → (P, M).
-fn berth_lock_owner(details: &str) -> Option<(u32, String)> {
+/// Who holds a berth lock: `Locked by: berth (pid P on M[, started S])`.
+#[derive(Debug, PartialEq)]
+struct LockOwner {
+    pid: u32,
+    machine: String,
+    /// The process's identity beyond its pid (see [`process_start`]).
+    started: Option<String>,
+}
+
+fn berth_lock_owner(details: &str) -> Option<LockOwner> {
     let rest = details
         .lines()
         .next()?
         .strip_prefix("Locked by: berth (pid ")?;
     let (pid, rest) = rest.split_once(" on ")?;
-    let (machine, _) = rest.split_once(')')?;
-    Some((pid.parse().ok()?, machine.to_string()))
+    let (inside, _) = rest.split_once(')')?;
+    let (machine, started) = match inside.split_once(", started ") {
+        Some((m, s)) => (m, Some(s.to_string())),
+        None => (inside, None),
+    };
+    Some(LockOwner {
+        pid: pid.parse().ok()?,
+        machine: machine.to_string(),
+        started,
+    })
 }
 
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim().starts_with("berth"))
+/// Boot id and start time of process `pid`: pids repeat (a container's
+/// berth has the same small pid every time, and a restarted pod keeps its
+/// hostname), this pair does not.
+fn process_start(pid: u32) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime), counted after the `(comm)` that may hold spaces.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{}:{start}", boot.trim().get(..8)?))
+}
+
+/// A lock left by a berth on this machine that is no longer running.
+fn stale(owner: &LockOwner) -> bool {
+    if owner.machine != this_machine() {
+        return false;
+    }
+    let alive = std::fs::read_to_string(format!("/proc/{}/comm", owner.pid))
+        .is_ok_and(|c| c.trim().starts_with("berth"));
+    match &owner.started {
+        Some(s) => !alive || process_start(owner.pid).as_ref() != Some(s),
+        None => !alive,
+    }
 }
 
 async fn acquire_lock(
@@ -354,9 +389,10 @@ async fn acquire_lock(
     let dir = crate::observe::lock_dir(ctx.desired);
     let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let details = format!(
-        "Locked by: berth (pid {} on {}) at {ts}\nVersion: {}\nMessage: berth reconcile",
+        "Locked by: berth (pid {} on {}, started {}) at {ts}\nVersion: {}\nMessage: berth reconcile",
         std::process::id(),
         this_machine(),
+        process_start(std::process::id()).unwrap_or_else(|| "unknown".into()),
         ctx.desired.version
     );
     let argv = strings(&["sh", "-c", LOCK, "berth-lock", &dir]);
@@ -383,11 +419,11 @@ async fn acquire_lock(
             .await?;
         let held = held.stdout.trim().to_string();
         match berth_lock_owner(&held) {
-            Some((pid, machine))
-                if attempt == 0 && machine == this_machine() && !process_alive(pid) =>
-            {
+            Some(owner) if attempt == 0 && stale(&owner) => {
                 let msg = format!(
-                    "recovering a stale deploy lock left by berth (pid {pid} on {machine}, no longer running): {}",
+                    "recovering a stale deploy lock left by berth (pid {} on {}, no longer running): {}",
+                    owner.pid,
+                    owner.machine,
                     held.replace('\n', "; ")
                 );
                 ctx.say(host, &msg);
@@ -441,12 +477,12 @@ pub async fn release_stale_lock(
         if *host != primary {
             continue;
         }
-        if let Some((pid, machine)) = berth_lock_owner(details)
-            && machine == this_machine()
-            && !process_alive(pid)
+        if let Some(owner) = berth_lock_owner(details)
+            && stale(&owner)
         {
             let msg = format!(
-                "releasing a stale deploy lock left by berth (pid {pid} on {machine}, no longer running)"
+                "releasing a stale deploy lock left by berth (pid {} on {}, no longer running)",
+                owner.pid, owner.machine
             );
             ctx.say(host, &msg);
             release_lock(ctx, host).await?;
@@ -1117,5 +1153,55 @@ pub fn registry_login(
             password: Secret::new(resolve(p)?),
         })),
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn details(pid: u32, machine: &str, started: Option<&str>) -> String {
+        match started {
+            Some(s) => format!(
+                "Locked by: berth (pid {pid} on {machine}, started {s}) at 2026-01-01T00:00:00Z\nVersion: v1"
+            ),
+            None => format!("Locked by: berth (pid {pid} on {machine}) at 2026-01-01T00:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn lock_owners_parse_with_and_without_a_start_identity() {
+        assert_eq!(
+            berth_lock_owner(&details(7, "box", Some("ab12cd34:999"))),
+            Some(LockOwner {
+                pid: 7,
+                machine: "box".into(),
+                started: Some("ab12cd34:999".into())
+            })
+        );
+        assert_eq!(
+            berth_lock_owner(&details(7, "box", None)).map(|o| o.started),
+            Some(None)
+        );
+        assert_eq!(berth_lock_owner("Locked by: alice at 2026"), None);
+    }
+
+    #[test]
+    fn a_lock_is_stale_when_its_berth_is_gone_even_if_the_pid_came_back() {
+        let me = std::process::id();
+        let here = this_machine();
+        let mine = process_start(me).expect("own start");
+        let owner = |pid, machine: &str, started: Option<&str>| {
+            berth_lock_owner(&details(pid, machine, started)).unwrap()
+        };
+        // The test binary is named `berth-…`: a live berth with this identity.
+        assert!(!stale(&owner(me, &here, Some(&mine))));
+        // Same pid, another start: a restarted container's berth got the
+        // pid of the one that died holding the lock.
+        assert!(stale(&owner(me, &here, Some("00000000:1"))));
+        // Another machine's lock is never ours to judge.
+        assert!(!stale(&owner(me, "elsewhere", Some("00000000:1"))));
+        // A pid with no process (pid_max is below 2^22 + 1 by default).
+        assert!(stale(&owner(4_194_305, &here, None)));
     }
 }

@@ -53,10 +53,12 @@ pub struct Args {
     /// App name in metrics and the API (default: the config's service).
     #[arg(long)]
     pub app: Option<String>,
-    /// `auto` applies; `detect` only plans and reports.
+    /// `auto` applies; `detect` only plans and reports. With a berth.yml,
+    /// `detect` overrides every app's policy (a global safety switch).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
-    /// Revert hand-made drift (with `auto`); without it only new revisions are applied.
+    /// Revert hand-made drift (with `auto`); without it only new revisions are
+    /// applied. With a berth.yml, `false` overrides every app's policy.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub self_heal: bool,
     /// Poll interval (`30s`, `5m`).
@@ -91,7 +93,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -176,8 +180,14 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                         source: src,
                         config_file: app.path.join(&app.config),
                         destination: dest,
-                        mode: app.mode,
-                        self_heal: app.self_heal,
+                        // The command line is a ceiling over berth.yml's
+                        // policies: `--mode detect` makes every app report only.
+                        mode: if args.mode == Mode::Detect {
+                            Mode::Detect
+                        } else {
+                            app.mode
+                        },
+                        self_heal: app.self_heal && args.self_heal,
                         interval: args.interval,
                         ssh: ssh.clone(),
                         prune: app.prune,
