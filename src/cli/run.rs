@@ -43,7 +43,11 @@ pub struct Args {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Where the repository is checked out.
-    #[arg(long, default_value = "/var/tmp/berth/checkout")]
+    #[arg(
+        long,
+        env = "BERTH_CHECKOUT",
+        default_value = "/var/tmp/berth/checkout"
+    )]
     pub checkout: PathBuf,
     /// The Kamal config inside the repository.
     #[arg(short = 'c', long = "config-file", default_value = "config/deploy.yml")]
@@ -64,7 +68,8 @@ pub struct Args {
     /// Poll interval (`30s`, `5m`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    /// Address of the status page, metrics, API and webhooks.
+    #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,
     #[arg(long)]
     pub known_hosts: Option<PathBuf>,
