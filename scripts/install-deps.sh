@@ -5,11 +5,11 @@
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 
-# chromium: the status page's browser test; debootstrap: the Debian base of
-# the container image test (no registry to pull from here); prometheus: its
-# promtool lints the chart's alert rules.
+# chromium, chromium-driver: the status page's browser test (WebDriver);
+# debootstrap: the Debian base of the container image test (no registry to
+# pull from here); prometheus: its promtool lints the chart's alert rules.
 packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config
-  chromium debootstrap prometheus)
+  chromium chromium-driver debootstrap prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

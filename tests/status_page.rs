@@ -1,8 +1,10 @@
 //! The status page at `/`, driven by a real browser (Debian's headless
-//! Chromium) against `berth run` on a real testbed: one app with two
-//! destinations on two hosts, one unit stopped by hand. The rendered DOM must
-//! show every host of every app instance with the drifted unit as drifted,
-//! and the screenshot must show it too (drift red and in-sync green pixels).
+//! Chromium through chromedriver) against `berth run` on a real testbed: one
+//! app with two destinations on two hosts, one unit stopped by hand and
+//! self-heal off. The page must show every host of every app instance with
+//! the drifted unit as drifted, on screen too (drift red and in-sync green
+//! pixels in a screenshot); its sync button must refuse a wrong token and,
+//! with the right one, have berth revert the drift, which the page then shows.
 
 mod support;
 
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use berth::testbed;
 use support::{Fleet, KAMAL_COMMON};
+
+const API_TOKEN: &str = "status-page-test-token";
 
 struct Berth(Child);
 
@@ -34,71 +38,188 @@ fn get(port: u16, path: &str) -> Option<String> {
     support::http_get(&format!("127.0.0.1:{port}"), path, None).ok()
 }
 
-fn chromium() -> PathBuf {
-    let p = PathBuf::from(std::env::var("BERTH_CHROMIUM").unwrap_or("/usr/bin/chromium".into()));
-    assert!(
-        p.exists(),
-        "{} missing: scripts/install-deps.sh installs Debian's chromium",
-        p.display()
-    );
-    p
+/// A WebDriver session of Debian's headless Chromium, through chromedriver
+/// (plain HTTP with JSON; the W3C WebDriver protocol).
+struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
 }
 
-/// Headless Chromium with the flags this closed network needs; `args` add
-/// the action (`--dump-dom`, `--screenshot=…`).
-fn browse(url: &str, profile: &Path, args: &[String]) -> String {
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1400,900",
-            // Let the page's fetch of /api/v1/apps finish before the dump.
-            "--virtual-time-budget=4000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn http(port: u16, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect chromedriver");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // chromedriver keeps the connection open: read exactly Content-Length.
+    let mut r = std::io::BufReader::new(s);
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    let json = String::from_utf8_lossy(&body);
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
 }
 
-/// `(app, host, unit, state)` of every unit chip in the rendered DOM.
-fn chips(dom: &str) -> Vec<(String, String, String, String)> {
-    let attr = |tag: &str, name: &str| -> String {
-        let key = format!("{name}=\"");
-        tag.find(&key)
-            .map(|i| {
-                let rest = &tag[i + key.len()..];
-                rest[..rest.find('"').unwrap()].to_string()
-            })
-            .unwrap_or_default()
-    };
-    dom.match_indices("<span class=\"chip ")
-        .map(|(i, _)| {
-            let tag = &dom[i..i + dom[i..].find('>').unwrap()];
-            (
-                attr(tag, "data-app"),
-                attr(tag, "data-host"),
-                attr(tag, "data-unit"),
-                attr(tag, "data-state"),
-            )
+impl Browser {
+    fn start() -> Browser {
+        let bin = |var: &str, default: &str| {
+            let p = PathBuf::from(std::env::var(var).unwrap_or(default.into()));
+            assert!(
+                p.exists(),
+                "{} missing: scripts/install-deps.sh installs Debian's chromium and chromium-driver",
+                p.display()
+            );
+            p
+        };
+        let chromium = bin("BERTH_CHROMIUM", "/usr/bin/chromium");
+        let port = free_port();
+        let driver = Command::new(bin("BERTH_CHROMEDRIVER", "/usr/bin/chromedriver"))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        testbed::poll(
+            Instant::now() + Duration::from_secs(20),
+            "chromedriver up",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
+        .unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        // The flags this closed network needs (no background fetches).
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                     "--window-size=1400,900",
+                     format!("--user-data-dir={}", profile.path().display())]
+        }}}});
+        let created = http(port, "POST", "/session", &caps);
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_string();
+        Browser {
+            driver,
+            port,
+            session,
+            _profile: profile,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = http(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            &body,
+        );
+        assert!(r["value"].get("error").is_none(), "{method} {path}: {r}");
+        r["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", serde_json::json!({ "url": url }));
+    }
+
+    /// Run `script` (a function body) in the page; its return value.
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({ "script": script, "args": [] }),
+        )
+    }
+
+    fn wait_for(&self, what: &str, script: &str) {
+        testbed::poll(Instant::now() + Duration::from_secs(60), what, || {
+            self.eval(script) == serde_json::json!(true)
         })
-        .filter(|c| !c.0.is_empty())
-        .collect()
+        .unwrap_or_else(|e| panic!("{e}; page: {}", self.eval("return document.body.innerText")));
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.call(
+            "POST",
+            "/element",
+            serde_json::json!({ "using": "css selector", "value": css }),
+        );
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|id| id.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.call(
+            "POST",
+            &format!("/element/{id}/clear"),
+            serde_json::json!({}),
+        );
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            serde_json::json!({ "text": text }),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.call(
+            "POST",
+            &format!("/element/{id}/click"),
+            serde_json::json!({}),
+        );
+    }
+
+    fn screenshot(&self, file: &Path) {
+        use base64::Engine;
+        let png = self.call("GET", "/screenshot", serde_json::json!({}));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
 }
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = http(
+            self.port,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            &serde_json::json!({}),
+        );
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The unit chips the page shows: `app host unit state` lines, sorted.
+const CHIPS: &str = "return [...document.querySelectorAll('#grid .chip')].map(c => \
+    [c.dataset.app, c.dataset.host, c.dataset.unit, c.dataset.state].join(' ')).sort()";
 
 /// Pixels of the screenshot close to `rgb`.
 fn pixels_like(png_file: &Path, rgb: [u8; 3]) -> usize {
@@ -115,7 +236,7 @@ fn pixels_like(png_file: &Path, rgb: [u8; 3]) -> usize {
 }
 
 #[test]
-fn the_status_page_shows_every_host_of_every_app_and_a_drifted_unit_as_drifted() {
+fn the_status_page_shows_every_host_of_every_app_a_drifted_unit_and_its_sync_button_heals_it() {
     let fleet = Fleet::up(2);
     let [h1, h2] = [fleet.addrs()[0].clone(), fleet.addrs()[1].clone()];
     let common = KAMAL_COMMON
@@ -152,6 +273,8 @@ fn the_status_page_shows_every_host_of_every_app_and_a_drifted_unit_as_drifted()
 
     let port = free_port();
     let log = work.path().join("berth.log");
+    let token_file = work.path().join("api-token");
+    std::fs::write(&token_file, format!("{API_TOKEN}\n")).unwrap();
     let _berth = Berth(
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["run", "--dir"])
@@ -161,6 +284,8 @@ fn the_status_page_shows_every_host_of_every_app_and_a_drifted_unit_as_drifted()
             .arg("--known-hosts")
             .arg(fleet.tb.known_hosts())
             .args(["--interval", "1s", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--api-token-file")
+            .arg(&token_file)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -191,54 +316,40 @@ fn the_status_page_shows_every_host_of_every_app_and_a_drifted_unit_as_drifted()
     )
     .unwrap();
 
-    let url = format!("http://127.0.0.1:{port}/");
-    let profile = tempfile::tempdir().unwrap();
-    let dom = browse(&url, profile.path(), &["--dump-dom".into()]);
-    assert!(
-        dom.contains("data-loaded=\"true\""),
-        "page never loaded:\n{dom}"
+    let browser = Browser::start();
+    browser.open(&format!("http://127.0.0.1:{port}/"));
+    browser.wait_for(
+        "the page loaded the apps",
+        "return document.body.dataset.loaded === 'true'",
     );
-    let mut seen = chips(&dom);
-    seen.sort();
-    seen.dedup();
-    let chip = |app: &str, host: &str, state: &str| {
-        (
-            app.to_string(),
-            host.to_string(),
-            "web".to_string(),
-            state.to_string(),
-        )
-    };
+    let chip = |app: &str, host: &str, state: &str| format!("{app} {host} web {state}");
     assert_eq!(
-        seen,
-        vec![
+        browser.eval(CHIPS),
+        serde_json::json!([
             chip("demo/production", &h2, "drifted"),
             chip("demo/staging", &h1, "in_sync"),
-        ],
-        "{dom}"
+        ])
     );
-    // Every host is a column; the summary and the drifted plan are shown.
+    let text = browser.eval("return document.body.innerText");
+    let text = text.as_str().unwrap();
+    // Every host is a column; the summary and the drifted unit's plan show.
     for h in [&h1, &h2] {
         assert!(
-            dom.contains(&format!("<th>{h}</th>")),
-            "{h} missing:\n{dom}"
+            browser.eval(&format!(
+                "return [...document.querySelectorAll('#grid thead th')].some(th => th.textContent === '{h}')"
+            )) == serde_json::json!(true),
+            "{h} missing:\n{text}"
         );
     }
-    assert!(dom.contains("1 of 2 apps in sync"), "{dom}");
+    assert!(text.contains("1 of 2 apps in sync"), "{text}");
     assert!(
-        dom.contains("demo-web-production-v1"),
-        "plan missing:\n{dom}"
+        text.contains("app web demo-web-production-v1 (start)"),
+        "plan missing:\n{text}"
     );
-    assert!(dom.contains("Sync now"), "{dom}");
 
     // What a person sees: the drift red and the in-sync green are on screen.
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    browse(
-        &url,
-        profile.path(),
-        &[format!("--screenshot={}", shot.display())],
-    );
+    browser.screenshot(&shot);
     let red = pixels_like(&shot, [0xcf, 0x22, 0x2e]);
     let green = pixels_like(&shot, [0x1a, 0x7f, 0x37]);
     // A unit chip is ~1,500 pixels of solid colour; an app's outlined
@@ -253,6 +364,39 @@ fn the_status_page_shows_every_host_of_every_app_and_a_drifted_unit_as_drifted()
         "no in-sync unit on screen ({green} green pixels): {}",
         shot.display()
     );
+
+    // The sync button needs the API token: refused without the right one ...
+    let result =
+        "return document.querySelector('.card[data-app=\"demo/production\"] .result').textContent";
+    browser.type_into("#token", "wrong-token");
+    browser.click(".card[data-app=\"demo/production\"] button");
+    browser.wait_for(
+        "refused",
+        &format!("{result} === 'refused: give the API token'"),
+    );
+    assert!(
+        apps().contains("\"state\":\"drifted\""),
+        "nothing may change"
+    );
+    // ... and with it, a manual sync reverts the drift self-heal left alone.
+    browser.type_into("#token", API_TOKEN);
+    browser.click(".card[data-app=\"demo/production\"] button");
+    browser.wait_for("accepted", &format!("{result} === 'sync requested'"));
+    browser.wait_for(
+        "the page shows the heal",
+        "return [...document.querySelectorAll('#grid .chip')].every(c => c.dataset.state === 'in_sync')",
+    );
+    let running = fleet
+        .host(1)
+        .docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            "demo-web-production-v1",
+        ])
+        .unwrap();
+    assert_eq!(running.trim(), "true");
+    drop(browser);
 
     drop(_berth);
     assert_eq!(fleet.teardown(), Vec::<String>::new());

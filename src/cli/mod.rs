@@ -6,6 +6,7 @@
 //! - 1: error (invalid config, unreadable files, failed operation)
 //! - 2: changes pending (`reconcile --dry-run`)
 
+mod generate;
 mod progress;
 mod reconcile;
 mod render;
@@ -67,6 +68,10 @@ enum Command {
     Reconcile(reconcile::Args),
     /// Keep a fleet equal to a Git repo: poll, react to webhooks, converge, export metrics.
     Run(Box<run::Args>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into `--dir`.
+    Man(generate::ManArgs),
 }
 
 /// An error that has already been reported to the user, with its exit code.
@@ -79,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(&args),
         Command::Reconcile(args) => reconcile::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Completions(args) => generate::completions(&args),
+        Command::Man(args) => generate::man(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
