@@ -148,7 +148,8 @@ fn every_shell_gets_a_script_and_an_unknown_shell_is_refused() {
         assert!(script.contains("reconcile"), "{shell}: no reconcile");
     }
     let out = berth(&["completions", "tcsh"]);
-    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    // A usage error is an error (1), never "changes pending" (2).
+    assert_eq!(out.status.code(), Some(1), "usage error");
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tcsh"));
 }
@@ -247,4 +248,22 @@ fn man_dir_that_cannot_be_created_is_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `berth render | head -1`: the reader closing the pipe is not a crash.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["render", "-c", "examples/demo/config/deploy.yml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before berth (still loading the config) writes.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }

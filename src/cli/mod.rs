@@ -3,7 +3,7 @@
 //!
 //! Exit codes (documented in `--help` and README):
 //! - 0: success (valid config / rendered / in sync)
-//! - 1: error (invalid config, unreadable files, failed operation)
+//! - 1: error (invalid config, unreadable files, failed operation, bad usage)
 //! - 2: changes pending (`reconcile --dry-run`)
 
 mod generate;
@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "Exit codes:
   0  success: config valid, render printed, fleet in sync
-  1  error: invalid config (file:line:col: key: message), unreadable input, failed operation
+  1  error: invalid config (file:line:col: key: message), unreadable input, failed operation,
+     bad command-line usage
   2  changes pending (reconcile --dry-run)";
 
 #[derive(Parser, Debug)]
@@ -78,7 +79,15 @@ enum Command {
 pub struct Exit(pub u8);
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error; 2 means "changes pending" here, so a
+    // typo in a CI job must not read as a plan.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Render(args) => render::run(&args),
@@ -97,6 +106,16 @@ pub fn main() -> ExitCode {
 }
 
 pub(crate) use crate::config::process_env;
+
+/// Write to stdout. A closed pipe (`berth render | head`) is the reader's
+/// choice, not an error: no panic, and an apply in progress goes on.
+pub(crate) fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
 
 /// Load a config (and its secrets) and render the desired state, as the
 /// subcommands do (for benchmarks and embedding).

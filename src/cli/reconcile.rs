@@ -103,8 +103,8 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         let observed = observe::observe(&desired, &conns, args.parallel).await;
         let plan = plan::plan(&desired, &observed, &opts);
         match args.output {
-            Output::Text => print!("{}", output::text(&plan)),
-            Output::Json => println!("{}", output::json(&plan)),
+            Output::Text => super::out(&output::text(&plan)),
+            Output::Json => super::out(&format!("{}\n", output::json(&plan))),
         }
         let code = if !plan.unknown_hosts.is_empty() {
             for (_, why) in &plan.unknown_hosts {

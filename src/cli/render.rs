@@ -53,8 +53,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         args.home.as_deref(),
     )?;
     match args.output {
-        Output::Text => print!("{}", render_text(&desired)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&render_json(&desired))?),
+        Output::Text => super::out(&render_text(&desired)),
+        Output::Json => super::out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&render_json(&desired))?
+        )),
     }
     Ok(0)
 }

@@ -20,17 +20,17 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     match config::load(&opts) {
         Ok(cfg) => {
             match args.output {
-                Output::Text => println!(
-                    "{}: valid ({} role(s), {} accessory(ies), {} host(s))",
+                Output::Text => super::out(&format!(
+                    "{}: valid ({} role(s), {} accessory(ies), {} host(s))\n",
                     args.config.config_file.display(),
                     cfg.roles.len(),
                     cfg.accessories.len(),
                     cfg.all_hosts().len()
-                ),
-                Output::Json => println!(
-                    "{}",
+                )),
+                Output::Json => super::out(&format!(
+                    "{}\n",
                     serde_json::json!({"valid": true, "errors": [], "roles": cfg.roles.len(), "hosts": cfg.all_hosts().len()})
-                ),
+                )),
             }
             Ok(0)
         }
@@ -56,7 +56,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::json!({"valid": false, "errors": list}));
+                    super::out(&format!(
+                        "{}\n",
+                        serde_json::json!({"valid": false, "errors": list})
+                    ));
                 }
             }
             Ok(1)
