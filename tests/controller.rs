@@ -682,3 +682,40 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
     assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+#[test]
+fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
+    let fleet = Fleet::up(1);
+    let (dir, work) = workspace(&fleet);
+    push_version(&work, &fleet, "v1");
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    wait(Duration::from_secs(30), "v1", || {
+        serves(&fleet, "demo v1\n")
+    });
+
+    // Someone holds Kamal's lock while a new revision arrives.
+    fleet.kamal_ok(&work, &["lock", "acquire", "-m", "hands off"]);
+    push_version(&work, &fleet, "v2");
+    let status = |b: &Berth| request(b.port, "GET", "/api/v1/apps", &[], "").1;
+    wait(Duration::from_secs(30), "waiting reported", || {
+        let s = status(&berth);
+        s.contains("waiting") && s.contains("hands off")
+    });
+    assert!(
+        serves(&fleet, "demo v1\n"),
+        "nothing touched under the lock"
+    );
+
+    // Released: the revision rolls on its own, no sync needed.
+    fleet.kamal_ok(&work, &["lock", "release"]);
+    wait(Duration::from_secs(60), "v2 after the release", || {
+        serves(&fleet, "demo v2\n")
+    });
+    // The cycle that rolled it ends with the waiting error cleared.
+    wait(Duration::from_secs(30), "the error cleared", || {
+        !status(&berth).contains("hands off")
+    });
+    assert_eq!(berth.stop(), Some(0));
+    drop(dir);
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

@@ -69,6 +69,31 @@ pub struct Drift {
     pub reason: String,
 }
 
+/// Upper bounds of the reconcile-duration histogram's buckets, in seconds.
+pub const BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A Prometheus histogram: cumulative for the life of the process, in
+/// constant memory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations at or below each of [`BUCKETS`].
+    pub buckets: [u64; BUCKETS.len()],
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, value: f64) {
+        for (n, le) in self.buckets.iter_mut().zip(BUCKETS) {
+            if value <= le {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+}
+
 /// One desired unit on one host, as the status page's grid shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct UnitState {
@@ -111,7 +136,7 @@ pub struct AppStatus {
     pub reconciles: BTreeMap<String, u64>,
     /// Reconcile durations, for the histogram.
     #[serde(skip)]
-    pub durations: Vec<f64>,
+    pub durations: Histogram,
 }
 
 /// What a loop remembers about revisions between cycles.
@@ -191,10 +216,7 @@ impl Controller {
             let secs = started.elapsed().as_secs_f64();
             let wait = {
                 let mut st = self.lock();
-                st.durations.push(secs);
-                if st.durations.len() > 1000 {
-                    st.durations.remove(0);
-                }
+                st.durations.observe(secs);
                 let key = match &result {
                     Ok(k) => k.to_string(),
                     Err(_) => "error".into(),
@@ -450,6 +472,12 @@ impl Controller {
                 revisions.settled = Some(rev.id.clone());
                 self.lock().last_apply_unix = Some(unix_now());
                 Ok("applied")
+            }
+            // A lock someone else holds (`kamal lock`, a deploy in
+            // progress) says nothing about the revision: retry it with the
+            // backoff instead of parking it as failed.
+            Err(e @ apply::ApplyError::Locked { .. }) => {
+                Err(format!("revision {}: waiting: {e}", short(&rev.id)))
             }
             Err(e) => {
                 revisions.failed = Some(rev.id.clone());

@@ -28,7 +28,7 @@ use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use crate::config::secrets::Secret;
-use crate::controller::{AppStatus, Controller};
+use crate::controller::{AppStatus, BUCKETS, Controller};
 
 pub struct ServerState {
     pub apps: Vec<Arc<Controller>>,
@@ -177,8 +177,6 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-const BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
-
 /// `app="…",destination="…"`: every series names its app instance (one app
 /// may run several destinations; without the label their series collide).
 fn instance(a: &AppStatus) -> String {
@@ -255,8 +253,7 @@ pub fn render_metrics(apps: &[AppStatus]) -> String {
     );
     for a in apps {
         let i = instance(a);
-        for b in BUCKETS {
-            let n = a.durations.iter().filter(|d| **d <= *b).count();
+        for (b, n) in BUCKETS.iter().zip(a.durations.buckets) {
             let _ = writeln!(
                 out,
                 "berth_reconcile_duration_seconds_bucket{{{i},le=\"{b}\"}} {n}"
@@ -267,9 +264,7 @@ pub fn render_metrics(apps: &[AppStatus]) -> String {
             "berth_reconcile_duration_seconds_bucket{{{i},le=\"+Inf\"}} {}\n\
              berth_reconcile_duration_seconds_sum{{{i}}} {}\n\
              berth_reconcile_duration_seconds_count{{{i}}} {}",
-            a.durations.len(),
-            a.durations.iter().sum::<f64>(),
-            a.durations.len()
+            a.durations.count, a.durations.sum, a.durations.count
         );
     }
     family(
@@ -385,7 +380,13 @@ mod tests {
                 action: "start".into(),
                 reason: "state".into(),
             }],
-            durations: vec![0.2, 3.0],
+            durations: [0.2, 3.0].into_iter().fold(
+                Default::default(),
+                |mut h: crate::controller::Histogram, v| {
+                    h.observe(v);
+                    h
+                },
+            ),
             ..Default::default()
         };
         let text = render_metrics(&[st]);
@@ -402,6 +403,27 @@ mod tests {
     }
 
     #[test]
+    fn the_duration_histogram_stays_cumulative() {
+        let mut st = AppStatus {
+            app: "demo".into(),
+            ..Default::default()
+        };
+        for i in 0..2500 {
+            st.durations.observe(if i % 2 == 0 { 0.07 } else { 200.0 });
+        }
+        let text = render_metrics(&[st]);
+        for line in [
+            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.05\"} 0",
+            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.1\"} 1250",
+            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"120\"} 1250",
+            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"+Inf\"} 2500",
+            "berth_reconcile_duration_seconds_count{app=\"demo\",destination=\"\"} 2500",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn destinations_of_one_app_are_distinct_series() {
         let instance = |dest: &str| AppStatus {
             app: "shop".into(),
@@ -412,7 +434,11 @@ mod tests {
             reconciles: [("in_sync".to_string(), 1)].into(),
             last_apply_unix: Some(1),
             last_success_unix: Some(2),
-            durations: vec![0.1],
+            durations: {
+                let mut h = crate::controller::Histogram::default();
+                h.observe(0.1);
+                h
+            },
             ..Default::default()
         };
         let text = render_metrics(&[instance("staging"), instance("production")]);
