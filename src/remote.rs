@@ -130,11 +130,18 @@ pub struct Connections {
     /// berth's ssh_config, written once: hosts connect in parallel and must
     /// never read it half-written.
     ssh_config: std::sync::OnceLock<Result<PathBuf, String>>,
+    /// This set's own directory under `control_dir` (its ssh_config and
+    /// control sockets): app instances with different SSH settings in one
+    /// process never share a config file, and `close` removes it.
+    dir: PathBuf,
 }
 
 impl Connections {
     pub fn new(opts: SshOptions) -> Connections {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Connections {
+            dir: opts.control_dir.join(format!("c{n}")),
             opts,
             sessions: std::sync::Mutex::new(HashMap::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
@@ -152,8 +159,8 @@ impl Connections {
     }
 
     fn ssh_config_file(&self) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&self.opts.control_dir)?;
-        let path = self.opts.control_dir.join("ssh_config");
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join("ssh_config");
         let o = &self.opts;
         // Values become ssh_config lines: a newline or quote would smuggle in
         // other options.
@@ -221,7 +228,7 @@ impl Connections {
             .port(o.port)
             .config_file(&cfg)
             .connect_timeout(o.connect_timeout)
-            .control_directory(&o.control_dir)
+            .control_directory(&self.dir)
             // A master outlives berth only if berth is killed; then it exits
             // once idle instead of lingering forever (ControlPersist=yes).
             .control_persist(ControlPersist::IdleFor(MASTER_IDLE))
@@ -368,6 +375,10 @@ impl Connections {
                 let _ = s.close().await;
             }
         }
+        // Sockets and config go; the process's directory too once the last
+        // set is closed (`remove_dir` only removes it empty).
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir(&self.opts.control_dir);
     }
 }
 

@@ -163,13 +163,18 @@ impl Berth {
         request(self.port, "GET", "/metrics", &[], "").1
     }
 
-    /// SIGTERM; the exit status.
+    /// SIGTERM; the exit status. A clean stop leaves no SSH control
+    /// directory (sockets, ssh_config) behind.
     fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id();
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
-        self.child.wait().unwrap().code()
+        let code = self.child.wait().unwrap().code();
+        let control = std::env::temp_dir().join(format!("berth-ssh-{pid}"));
+        assert!(!control.exists(), "{} left behind", control.display());
+        code
     }
 }
 

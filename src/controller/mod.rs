@@ -209,7 +209,16 @@ impl Controller {
         let mut watchers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
         loop {
             let started = Instant::now();
+            let before = conns.clone();
             let result = self.cycle(&mut revisions, &mut conns).await;
+            // New SSH settings: the watchers of the old connections stop
+            // before those close (a master in use cannot be shut down).
+            if let Some((old_key, old)) = before
+                && conns.as_ref().is_none_or(|(k, _)| *k != old_key)
+            {
+                stop_watchers(&mut watchers).await;
+                old.close().await;
+            }
             if let Some((_, c)) = &conns {
                 self.ensure_watchers(c, &mut watchers);
             }
@@ -266,9 +275,7 @@ impl Controller {
                 _ = shutdown.changed() => break,
             }
         }
-        for (_, w) in watchers {
-            w.abort();
-        }
+        stop_watchers(&mut watchers).await;
         if let Some((_, c)) = conns {
             c.close().await;
         }
@@ -359,9 +366,7 @@ impl Controller {
         ssh.accept_new_host_keys = spec.ssh.accept_new_host_keys;
         let key = format!("{ssh:?}");
         if conns.as_ref().is_none_or(|(k, _)| *k != key) {
-            if let Some((_, old)) = conns.take() {
-                old.close().await;
-            }
+            // The loop closes the old set once its watchers are stopped.
             *conns = Some((key, Arc::new(Connections::new(ssh))));
         }
         let Some((_, c)) = conns.as_ref() else {
@@ -582,4 +587,13 @@ fn unit_states(
         });
     }
     out
+}
+
+/// Stop the event watchers and wait until they are gone (with them, their
+/// hold on SSH sessions).
+async fn stop_watchers(watchers: &mut BTreeMap<String, tokio::task::JoinHandle<()>>) {
+    for (_, w) in std::mem::take(watchers) {
+        w.abort();
+        let _ = w.await;
+    }
 }
