@@ -8,9 +8,8 @@
 #     cycle, releasing the deploy lock).
 #   * a read-only root filesystem works: the writable paths are
 #     /var/lib/berth (Git checkouts) and /tmp (SSH control sockets), both
-#     emptyDir/tmpfs. Kamal hooks run from the checkout, so /var/lib/berth must
-#     not be mounted noexec if the project has hooks (docker's --tmpfs is
-#     noexec unless given `:exec`; a Kubernetes emptyDir is not).
+#     emptyDir/tmpfs (noexec is fine: `berth run` executes nothing from the
+#     repository: no hooks, no `$(...)` in secrets).
 #   * secrets mounted read-only: the fleet's SSH key at
 #     /home/berth/.ssh/id_ed25519 (ssh's default identity; mode 0400/0440 with
 #     fsGroup 10001), the fleet's known_hosts at /etc/berth/ssh/known_hosts

@@ -724,3 +724,61 @@ fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
     drop(dir);
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+#[test]
+fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_commands() {
+    let fleet = Fleet::up(1);
+    let (dir, work) = workspace(&fleet);
+    // A commit naming berth's own SSH key as an accessory file.
+    let yml = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\n\
+         accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {host}\n    files:\n      - {key}:/data/key\n\
+         x-berth:\n  version: v1\n{common}",
+        host = fleet.addrs()[0],
+        reg = fleet.tb.registry(),
+        key = fleet.tb.ssh_key().display(),
+        common = KAMAL_COMMON
+            .replace("{registry}", &fleet.tb.registry())
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    );
+    std::fs::create_dir_all(work.join("config")).unwrap();
+    std::fs::create_dir_all(work.join(".kamal")).unwrap();
+    std::fs::write(work.join("config/deploy.yml"), yml).unwrap();
+    std::fs::write(work.join(".kamal/secrets"), "KAMAL_REGISTRY_PASSWORD=x\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "exfiltrate"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let apps = || request(berth.port, "GET", "/api/v1/apps", &[], "").1;
+    let refused = testbed::poll(
+        Instant::now() + Duration::from_secs(60),
+        "the refusal reported",
+        || apps().contains("outside the project"),
+    );
+    assert!(refused.is_ok(), "{}", apps());
+    let copied = fleet.host(0).home().join("demo-kv/data/key").exists();
+    assert!(!copied, "the key reached the host");
+
+    // Nor does it run a command the repository names for SSH.
+    let marker = dir.path().join("proxy-command-ran");
+    let yml = std::fs::read_to_string(work.join("config/deploy.yml"))
+        .unwrap()
+        .replace(
+            &format!("      - {}:/data/key\n", fleet.tb.ssh_key().display()),
+            "      - config/deploy.yml:/data/cfg\n",
+        )
+        + &format!("  proxy_command: touch {}\n", marker.display());
+    std::fs::write(work.join("config/deploy.yml"), yml).unwrap();
+    git(&work, &["commit", "-qam", "proxy command"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let refused = testbed::poll(
+        Instant::now() + Duration::from_secs(60),
+        "the proxy_command refused",
+        || apps().contains("ssh.proxy_command runs a command"),
+    );
+    assert!(refused.is_ok(), "{}", apps());
+    assert!(!marker.exists(), "the repository's command ran");
+    assert_eq!(berth.stop(), Some(0));
+    drop(dir);
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

@@ -53,6 +53,9 @@ pub struct ApplyContext<'a> {
     pub registry: Option<RegistryLogin>,
     /// Where accessory `files:` are read from (the project root).
     pub project_root: PathBuf,
+    /// Refuse accessory `files:` outside `project_root` (`berth run`: a
+    /// commit must not make berth copy its own keys or tokens to a host).
+    pub confine_files: bool,
     /// Progress lines, one per step.
     pub progress: &'a (dyn Fn(&str) + Sync),
     /// Kamal hooks (`None`: `--skip-hooks`).
@@ -846,11 +849,24 @@ async fn boot_accessory(
     }
     for (local, remote, mode) in &acc.files {
         let path = ctx.project_root.join(local);
-        let contents = std::fs::read(&path).map_err(|e| ApplyError::Step {
+        let step = |message: String| ApplyError::Step {
             host: h.to_string(),
             what: format!("reading accessory file {}", path.display()),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        if ctx.confine_files {
+            // Resolved, so neither `..` nor a symlink in the repo escapes.
+            let inside = match (path.canonicalize(), ctx.project_root.canonicalize()) {
+                (Ok(p), Ok(root)) => p.starts_with(root),
+                _ => false,
+            };
+            if !inside {
+                return Err(step(
+                    "outside the project: berth run only copies files from the repository".into(),
+                ));
+            }
+        }
+        let contents = std::fs::read(&path).map_err(|e| step(e.to_string()))?;
         ctx.write_file(h, remote, mode.as_deref().unwrap_or("755"), &contents)
             .await?;
     }

@@ -140,6 +140,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 },
                 registry: registry.clone(),
                 project_root: root.clone(),
+                confine_files: false,
                 progress: &progress,
                 hooks: (!args.skip_hooks).then(|| apply::hooks::Hooks {
                     dir: root.join(&cfg.hooks_path),

@@ -52,6 +52,7 @@ pub struct Args {
     /// The Kamal config inside the repository.
     #[arg(short = 'c', long = "config-file", default_value = "config/deploy.yml")]
     pub config_file: PathBuf,
+    /// Destination: merges `deploy.<dest>.yml`, reads `.kamal/secrets.<dest>`.
     #[arg(short = 'd', long)]
     pub destination: Option<String>,
     /// App name in metrics and the API (default: the config's service).
@@ -71,8 +72,12 @@ pub struct Args {
     /// Address of the status page, metrics, API and webhooks.
     #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,
+    /// known_hosts holding the fleet's host keys (checked strictly; default:
+    /// the SSH client's own, `~/.ssh/known_hosts`).
     #[arg(long)]
     pub known_hosts: Option<PathBuf>,
+    /// Trust and record the key of a host seen for the first time (TOFU);
+    /// a changed key is still refused.
     #[arg(long)]
     pub accept_new_host_keys: bool,
     /// File holding the bearer token of the write API.
@@ -105,6 +110,18 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The config's `service`, the app's name when `--app` is not given
+/// (`app` if the config cannot be read yet: the cycles report why).
+fn service_name(config_file: &std::path::Path, destination: Option<&str>) -> String {
+    crate::config::load(&crate::config::LoadOptions {
+        config_file,
+        destination,
+        env: &super::process_env,
+    })
+    .map(|c| c.service)
+    .unwrap_or_else(|_| "app".into())
 }
 
 fn read_secret(p: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
@@ -156,7 +173,12 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     let mut controllers = Vec::new();
     match index {
         None => controllers.push(Controller::new(AppSpec {
-            name: args.app.clone().unwrap_or_else(|| "app".into()),
+            name: args.app.clone().unwrap_or_else(|| {
+                service_name(
+                    &first.dir.join(&args.config_file),
+                    args.destination.as_deref(),
+                )
+            }),
             source,
             config_file: args.config_file.clone(),
             destination: args.destination.clone(),

@@ -75,7 +75,7 @@ pub enum SecretsError {
         message: String,
     },
     #[error(
-        "{}:{line}: {key}: command substitution $(...) is disabled; pass --allow-secret-commands to run it",
+        "{}:{line}: {key}: command substitution $(...) is disabled; pass --allow-secret-commands to run it (one-shot commands only: `berth run` never runs commands from the repository)",
         file.display()
     )]
     CommandNotAllowed {
@@ -568,7 +568,7 @@ mod tests {
         let err = parse_with("\nTOKEN=$(echo hi)", &[], false).unwrap_err();
         assert_eq!(
             err.to_string(),
-            ".kamal/secrets:2: TOKEN: command substitution $(...) is disabled; pass --allow-secret-commands to run it"
+            ".kamal/secrets:2: TOKEN: command substitution $(...) is disabled; pass --allow-secret-commands to run it (one-shot commands only: `berth run` never runs commands from the repository)"
         );
         let v = parse_with("TOKEN=$(echo \"(hi)\")x\nB=\\$(not)", &[], true).unwrap();
         assert_eq!(v[0].1, "(hi)x");

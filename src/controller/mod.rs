@@ -356,6 +356,14 @@ impl Controller {
             }
             other => other.to_string(),
         })?;
+        // A command from the repository would run on berth's machine with
+        // berth's credentials; a jump host (`ssh.proxy`) does the same job.
+        if cfg.ssh.proxy_command.is_some() {
+            return Err(format!(
+                "revision {}: ssh.proxy_command runs a command on berth's machine, which berth run refuses; use ssh.proxy (a jump host) instead",
+                short(&rev.id)
+            ));
+        }
         let version = desired.version.clone();
         self.lock().version = Some(version.clone());
 
@@ -468,6 +476,7 @@ impl Controller {
             },
             registry: apply::registry_login(&cfg, &secrets)?,
             project_root: config::project_root(&config_file),
+            confine_files: true,
             progress: &progress,
             hooks: None,
         };
