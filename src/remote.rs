@@ -253,32 +253,22 @@ impl Connections {
 
     /// Run `argv` on `host` (connecting if needed) and collect its output.
     pub async fn run(&self, host: &str, argv: &[String]) -> Result<RemoteOutput, RemoteError> {
-        let command = shell::join(argv);
-        let mut attempt = 0;
-        let out = loop {
-            let session = self.session(host).await?;
-            self.commands
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match session.raw_command(&command).output().await {
-                Ok(out) => break out,
-                // A connection kept warm may have died (host rebooted, sshd
-                // restarted): reconnect once before calling the host down.
-                Err(_) if attempt == 0 => {
-                    attempt += 1;
-                    self.forget(host).await;
-                }
-                Err(e) => {
-                    self.forget(host).await;
-                    return Err(command_error(host, argv, &e));
-                }
-            }
-        };
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let child = self
+            .spawn(host, argv, openssh::Stdio::null, openssh::Stdio::piped)
+            .await?;
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| command_error(host, argv, &e))?;
         Ok(out.into())
     }
 
-    /// Start `argv` on `host` with piped stdout. A master that
-    /// died (idle timeout, host restarted) fails the spawn before anything
-    /// ran: reconnect once, as `run` does.
+    /// Start `argv` on `host` with piped stdout. A connection kept warm may
+    /// have died (idle timeout, host rebooted, sshd restarted): that fails
+    /// the spawn before anything ran, so reconnect once before calling the
+    /// host down (a command that failed once started is never re-run).
     async fn spawn(
         &self,
         host: &str,

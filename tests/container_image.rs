@@ -18,16 +18,13 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::testbed;
-use support::{Fleet, KAMAL_COMMON, git};
+use support::{Fleet, KAMAL_COMMON, free_port, git, metric, request};
 
 /// The private build daemon's directory (kept across runs: see the module doc).
 const STATE: &str = "/var/tmp/berth-image";
@@ -184,18 +181,7 @@ impl BuildDaemon {
     }
 
     fn ping(&self) -> bool {
-        let Ok(mut s) = UnixStream::connect(self.socket()) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        buf.starts_with("HTTP/1.") && buf.ends_with("OK")
+        testbed::docker_ping(&self.socket())
     }
 
     fn docker(&self, args: &[&str]) -> Output {
@@ -291,46 +277,6 @@ fn chown_tree(path: &Path, uid: u32) {
             chown_tree(&entry.unwrap().path(), uid);
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// HTTP/1.0 GET on 127.0.0.1; (status, body), status 0 when nothing answers.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: berth\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `name_and_labels` in a Prometheus text exposition.
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
 /// The Kamal project for the fleet, as a container sees it: no `ssh.keys`
@@ -628,7 +574,7 @@ fn the_image_builds_and_its_berth_reconciles_a_fleet_read_only_as_uid_10001() {
     let logs = || text(&daemon.docker(&["logs", &name]));
 
     let ready = testbed::poll(Instant::now() + Duration::from_secs(60), "ready", || {
-        get(port, "/readyz").0 == 200
+        request(port, "GET", "/readyz", &[], "").0 == 200
     });
     assert!(ready.is_ok(), "berth run never became ready:\n{}", logs());
     let synced_labels = "berth_app_in_sync{app=\"demo\",destination=\"\"}";
@@ -636,11 +582,11 @@ fn the_image_builds_and_its_berth_reconciles_a_fleet_read_only_as_uid_10001() {
         Instant::now() + Duration::from_secs(60),
         "v2 in sync",
         || {
-            metric(&get(port, "/metrics").1, synced_labels) == Some(1.0)
+            metric(&request(port, "GET", "/metrics", &[], "").1, synced_labels) == Some(1.0)
                 && (0..2).all(|i| running(&fleet, i) == ["demo-web-v2"])
         },
     );
-    let metrics = get(port, "/metrics").1;
+    let metrics = request(port, "GET", "/metrics", &[], "").1;
     assert!(
         converged.is_ok(),
         "berth run did not converge to v2:\n{metrics}\n{}",

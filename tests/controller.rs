@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::testbed;
-use support::{Fleet, KAMAL_COMMON, http_get};
+use support::{Fleet, KAMAL_COMMON, free_port, http_get, metric, request};
 
 fn git(dir: &Path, args: &[&str]) {
     support::git(dir, args);
@@ -30,56 +28,6 @@ fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
     );
     let work = dir.path().join("work");
     (dir, work)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A raw HTTP/1.0 request; returns (status, body).
-fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &str,
-) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: berth\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// `name{labels} value` lines of a Prometheus text exposition.
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
 fn push_version(work: &Path, fleet: &Fleet, version: &str) {

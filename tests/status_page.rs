@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::testbed;
-use support::{Fleet, KAMAL_COMMON};
+use support::{Fleet, KAMAL_COMMON, free_port};
 
 const API_TOKEN: &str = "status-page-test-token";
 
@@ -24,14 +24,6 @@ impl Drop for Berth {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn get(port: u16, path: &str) -> Option<String> {

@@ -146,18 +146,7 @@ impl Host {
     }
 
     fn docker_ping(&self) -> bool {
-        let Ok(mut s) = UnixStream::connect(self.docker_socket()) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        buf.starts_with("HTTP/1.") && buf.ends_with("OK")
+        docker_ping(&self.docker_socket())
     }
 
     fn ssh_banner(&self) -> bool {
@@ -673,6 +662,22 @@ pub fn links() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Does the Docker engine on this unix socket answer `/_ping`?
+pub fn docker_ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.") && buf.ends_with("OK")
 }
 
 /// Processes whose command line names a path in `slot`'s directory: its
