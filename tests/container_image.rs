@@ -296,18 +296,11 @@ fn deploy_yml(fleet: &Fleet, version: &str) -> String {
 /// Commit the project at `version` in `work` and push it to the testbed's
 /// bare repository; the commit id.
 fn push_version(work: &Path, fleet: &Fleet, version: &str) -> String {
-    fs::create_dir_all(work.join("config")).unwrap();
-    fs::create_dir_all(work.join(".kamal")).unwrap();
-    fs::write(work.join("config/deploy.yml"), deploy_yml(fleet, version)).unwrap();
-    fs::write(
-        work.join(".kamal/secrets"),
-        "KAMAL_REGISTRY_PASSWORD=unused\n",
+    support::push_project(
+        work,
+        &deploy_yml(fleet, version),
+        &format!("deploy {version}"),
     )
-    .unwrap();
-    git(work, &["add", "-A"]);
-    git(work, &["commit", "-qm", &format!("deploy {version}")]);
-    git(work, &["push", "-q", "origin", "HEAD:main"]);
-    git(work, &["rev-parse", "HEAD"])
 }
 
 /// App containers of `demo` running on host `i`.

@@ -42,17 +42,7 @@ fn push_version(work: &Path, fleet: &Fleet, version: &str) {
             .replace("{registry}", &fleet.tb.registry())
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
     );
-    std::fs::create_dir_all(work.join("config")).unwrap();
-    std::fs::create_dir_all(work.join(".kamal")).unwrap();
-    std::fs::write(work.join("config/deploy.yml"), yml).unwrap();
-    std::fs::write(
-        work.join(".kamal/secrets"),
-        "KAMAL_REGISTRY_PASSWORD=unused\n",
-    )
-    .unwrap();
-    git(work, &["add", "-A"]);
-    git(work, &["commit", "-qm", &format!("deploy {version}")]);
-    git(work, &["push", "-q", "origin", "HEAD:main"]);
+    support::push_project(work, &yml, &format!("deploy {version}"));
 }
 
 struct Berth {
@@ -689,13 +679,7 @@ fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_command
             .replace("{registry}", &fleet.tb.registry())
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
     );
-    std::fs::create_dir_all(work.join("config")).unwrap();
-    std::fs::create_dir_all(work.join(".kamal")).unwrap();
-    std::fs::write(work.join("config/deploy.yml"), yml).unwrap();
-    std::fs::write(work.join(".kamal/secrets"), "KAMAL_REGISTRY_PASSWORD=x\n").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-qm", "exfiltrate"]);
-    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    support::push_project(&work, &yml, "exfiltrate");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
     let apps = || request(berth.port, "GET", "/api/v1/apps", &[], "").1;
     let refused = testbed::poll(

@@ -309,3 +309,20 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
+
+/// Write a Kamal project (`config/deploy.yml`, `.kamal/secrets`) into the
+/// clone `work`, commit it and push it to its origin's `main`; the commit id.
+pub fn push_project(work: &Path, deploy_yml: &str, message: &str) -> String {
+    std::fs::create_dir_all(work.join("config")).unwrap();
+    std::fs::create_dir_all(work.join(".kamal")).unwrap();
+    std::fs::write(work.join("config/deploy.yml"), deploy_yml).unwrap();
+    std::fs::write(
+        work.join(".kamal/secrets"),
+        "KAMAL_REGISTRY_PASSWORD=unused\n",
+    )
+    .unwrap();
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-qm", message]);
+    git(work, &["push", "-q", "origin", "HEAD:main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
