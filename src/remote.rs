@@ -119,6 +119,21 @@ impl RemoteOutput {
 /// A host's connection, once made.
 type Slot = Arc<Mutex<Option<Arc<Session>>>>;
 
+/// A long-lived `sh` on a host reading requests from its stdin: a function
+/// called there costs no SSH channel, no sshd fork and no shell start-up,
+/// which is most of an observation's cost (see [`Connections::call`]).
+struct Worker {
+    child: openssh::Child<Arc<Session>>,
+    stdin: openssh::ChildStdin,
+    stdout: tokio::io::BufReader<openssh::ChildStdout>,
+    /// Functions already defined in this shell.
+    defined: std::collections::HashSet<&'static str>,
+    /// Ends each answer; random, so no output line can fake it.
+    marker: String,
+}
+
+type WorkerSlot = Arc<Mutex<Option<Worker>>>;
+
 /// Warm connections to hosts, shared by observe and apply.
 pub struct Connections {
     opts: SshOptions,
@@ -130,6 +145,8 @@ pub struct Connections {
     /// berth's ssh_config, written once: hosts connect in parallel and must
     /// never read it half-written.
     ssh_config: std::sync::OnceLock<Result<PathBuf, String>>,
+    /// One persistent shell per host, for [`Connections::call`].
+    workers: std::sync::Mutex<HashMap<String, WorkerSlot>>,
     /// This set's own directory under `control_dir` (its ssh_config and
     /// control sockets): app instances with different SSH settings in one
     /// process never share a config file, and `close` removes it.
@@ -144,6 +161,7 @@ impl Connections {
             dir: opts.control_dir.join(format!("c{n}")),
             opts,
             sessions: std::sync::Mutex::new(HashMap::new()),
+            workers: std::sync::Mutex::new(HashMap::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
             ssh_config: std::sync::OnceLock::new(),
         }
@@ -179,6 +197,9 @@ impl Connections {
         }
         let mut cfg =
             String::from("BatchMode yes\nServerAliveInterval 15\nServerAliveCountMax 3\n");
+        if let Some(kex) = kex_preference() {
+            cfg.push_str(&format!("KexAlgorithms {kex}\n"));
+        }
         for k in &o.keys {
             cfg.push_str(&format!("IdentityFile \"{}\"\n", k.display()));
         }
@@ -352,8 +373,78 @@ impl Connections {
         Ok(())
     }
 
+    /// Call shell function `name` (defined by `body`, a POSIX sh script
+    /// reading its arguments as `"$@"`) with `args` on `host`, in the host's
+    /// persistent shell, in a subshell (so `exit` ends only the call).
+    /// stdout and stderr come back together in `stdout`. If the persistent
+    /// shell cannot be used, the call runs as a command of its own, with the
+    /// same result.
+    pub async fn call(
+        &self,
+        host: &str,
+        name: &'static str,
+        body: &'static str,
+        args: &[String],
+    ) -> Result<RemoteOutput, RemoteError> {
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = {
+            let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(host.to_string()).or_default().clone()
+        };
+        let mut worker = slot.lock().await;
+        for _ in 0..2 {
+            if worker.is_none() {
+                *worker = self.start_worker(host).await.ok();
+            }
+            let Some(w) = worker.as_mut() else { break };
+            match tokio::time::timeout(CALL_TIMEOUT, w.call(name, body, args)).await {
+                Ok(Ok(out)) => return Ok(out),
+                // A broken or stuck shell: end it, try a fresh one once.
+                _ => {
+                    if let Some(w) = worker.take() {
+                        let _ = w.child.disconnect().await;
+                    }
+                }
+            }
+        }
+        // No persistent shell to be had: the same call as its own command.
+        self.commands
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.run(host, &call_argv(name, body, args)).await
+    }
+
+    async fn start_worker(&self, host: &str) -> Result<Worker, RemoteError> {
+        let argv = ["sh".to_string(), "-s".to_string()];
+        let mut child = self
+            .spawn(host, &argv, openssh::Stdio::piped, openssh::Stdio::null)
+            .await?;
+        let fail = |what: &str| command_error(host, &argv, &what);
+        let stdin = child.stdin().take().ok_or_else(|| fail("no stdin"))?;
+        let stdout = child.stdout().take().ok_or_else(|| fail("no stdout"))?;
+        Ok(Worker {
+            child,
+            stdin,
+            stdout: tokio::io::BufReader::new(stdout),
+            defined: Default::default(),
+            marker: format!("@@berth-done-{:016x}", rand_u64()),
+        })
+    }
+
     /// Close every connection (the ControlMasters exit).
     pub async fn close(&self) {
+        // Persistent shells first: they hold their sessions.
+        let workers: Vec<_> = {
+            let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().map(|(_, v)| v).collect()
+        };
+        for slot in workers {
+            if let Some(w) = slot.lock().await.take() {
+                // End of input ends the shell.
+                drop(w.stdin);
+                let _ = tokio::time::timeout(Duration::from_secs(5), w.child.wait()).await;
+            }
+        }
         let slots: Vec<_> = {
             let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().map(|(_, v)| v).collect()
@@ -390,4 +481,130 @@ fn classify(host: &str, e: &openssh::Error) -> RemoteError {
             message: text.trim().to_string(),
         }
     }
+}
+
+/// The SSH client's own key exchanges, the fast ones first: ML-KEM hybrid
+/// (post-quantum) where the client has it, then curve25519. OpenSSH 9.x
+/// prefers sntrup761, whose key generation costs ~100 ms of CPU per
+/// connection, most of a cold run on a big fleet. Nothing is added or
+/// removed, so every server the client could reach it still reaches; `None`
+/// (the client's defaults) when the list cannot be read.
+fn kex_preference() -> Option<String> {
+    static PREFERENCE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PREFERENCE
+        .get_or_init(|| {
+            let out = std::process::Command::new("ssh")
+                .args(["-G", "-F", "none", "berth.invalid"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let defaults: Vec<&str> = text
+                .lines()
+                .find_map(|l| l.strip_prefix("kexalgorithms "))?
+                .split(',')
+                .map(str::trim)
+                .filter(|a| {
+                    !a.is_empty()
+                        && a.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-@._".contains(&b))
+                })
+                .collect();
+            const FAST: [&str; 4] = [
+                "mlkem768x25519-sha256",
+                "curve25519-sha256",
+                "curve25519-sha256@libssh.org",
+                "ecdh-sha2-nistp256",
+            ];
+            let mut ordered: Vec<&str> =
+                FAST.into_iter().filter(|a| defaults.contains(a)).collect();
+            if ordered.is_empty() {
+                return None;
+            }
+            ordered.extend(defaults.iter().filter(|a| !FAST.contains(a)));
+            Some(ordered.join(","))
+        })
+        .clone()
+}
+
+/// [`Connections::call`] as a command of its own: `sh -c` defining and
+/// calling the function, stderr with stdout.
+pub fn call_argv(name: &str, body: &str, args: &[String]) -> Vec<String> {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!("{name}() {{\n{body}\n}}\n{name} \"$@\" 2>&1"),
+        name.to_string(),
+    ];
+    argv.extend(args.iter().cloned());
+    argv
+}
+
+/// Longest a persistent-shell call may take before the shell is given up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Worker {
+    async fn call(
+        &mut self,
+        name: &'static str,
+        body: &'static str,
+        args: &[String],
+    ) -> std::io::Result<RemoteOutput> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut request = String::new();
+        if !self.defined.contains(name) {
+            request.push_str(&format!("{name}() {{\n{body}\n}}\n"));
+        }
+        // Arguments quoted by `shell`: no value is ever interpreted. The
+        // marker starts a line of its own even after output without a final
+        // newline.
+        let mut call = vec![name.to_string()];
+        call.extend(args.iter().cloned());
+        request.push_str(&format!(
+            "( {} ) 2>&1; printf '\\n%s %s\\n' {} \"$?\"\n",
+            shell::join(&call),
+            self.marker
+        ));
+        self.stdin.write_all(request.as_bytes()).await?;
+        self.stdin.flush().await?;
+        self.defined.insert(name);
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line).await? == 0 {
+                return Err(std::io::Error::other("the shell ended"));
+            }
+            if let Some(status) = line.strip_prefix(&self.marker) {
+                // The newline printed before the marker is not output.
+                if out.ends_with('\n') {
+                    out.pop();
+                }
+                let status = status.trim().parse().ok();
+                return Ok(RemoteOutput {
+                    status,
+                    stderr: if status == Some(0) {
+                        String::new()
+                    } else {
+                        out.clone()
+                    },
+                    stdout: out,
+                });
+            }
+            out.push_str(&line);
+        }
+    }
+}
+
+/// A random 64-bit number (the std hasher's per-process random keys).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    );
+    h.finish()
 }

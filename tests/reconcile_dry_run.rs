@@ -323,9 +323,29 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         let conns = Connections::new(ssh);
         for h in &desired.hosts {
             let mut req = observe::probe_request(&desired, &h.host);
-            let fast = conns.run(&h.host, &req.argv()).await.unwrap();
+            let fast = conns
+                .call(&h.host, "berth_probe", probe::SCRIPT, &req.args())
+                .await
+                .unwrap();
+            // The persistent shell and a command of its own answer alike.
+            let alone = conns
+                .run(
+                    &h.host,
+                    &berth::remote::call_argv("berth_probe", probe::SCRIPT, &req.args()),
+                )
+                .await
+                .unwrap();
+            // (Compared parsed: Docker lists mounts in no fixed order.)
+            assert_eq!(
+                probe::parse(&fast.stdout, &req).unwrap(),
+                probe::parse(&alone.stdout, &req).unwrap()
+            );
+            assert_eq!(fast.status, alone.status);
             req.force_cli = true;
-            let cli = conns.run(&h.host, &req.argv()).await.unwrap();
+            let cli = conns
+                .call(&h.host, "berth_probe", probe::SCRIPT, &req.args())
+                .await
+                .unwrap();
             assert!(
                 fast.success() && cli.success(),
                 "{} {}",

@@ -33,42 +33,93 @@ fn get(port: u16, path: &str) -> Option<String> {
 /// A WebDriver session of Debian's headless Chromium, through chromedriver
 /// (plain HTTP with JSON; the W3C WebDriver protocol).
 struct Browser {
-    driver: Child,
     port: u16,
     session: String,
-    _profile: tempfile::TempDir,
+    // Dropped after `Browser::drop` ended the session.
+    _driver: Driver,
 }
 
 fn http(port: u16, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect chromedriver");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    try_http(port, method, path, body)
+        .unwrap_or_else(|e| panic!("chromedriver {method} {path}: {e}"))
+}
+
+/// One WebDriver request; an error instead of a panic (for `Drop`).
+fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, Read, Write};
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|x| e(&x))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|x| e(&x))?;
     let body = body.to_string();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .map_err(|x| e(&x))?;
     // chromedriver keeps the connection open: read exactly Content-Length.
     let mut r = std::io::BufReader::new(s);
     let mut len = 0;
     loop {
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        r.read_line(&mut line).map_err(|x| e(&x))?;
         if line.trim().is_empty() {
             break;
         }
         if let Some((k, v)) = line.split_once(':')
             && k.eq_ignore_ascii_case("content-length")
         {
-            len = v.trim().parse().unwrap();
+            len = v.trim().parse().map_err(|x| e(&x))?;
         }
     }
     let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
+    r.read_exact(&mut body).map_err(|x| e(&x))?;
     let json = String::from_utf8_lossy(&body);
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    serde_json::from_str(&json).map_err(|x| format!("{x}: {json}"))
+}
+
+/// chromedriver and every browser process it started (found by their
+/// unique profile directory), killed on drop, whatever the test did.
+struct Driver {
+    child: Child,
+    profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn browser_pids(&self) -> Vec<String> {
+        let out = Command::new("pgrep")
+            .args(["-f", &self.profile.path().display().to_string()])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = testbed::poll(
+            Instant::now() + Duration::from_secs(10),
+            "browser gone",
+            || {
+                let pids = self.browser_pids();
+                for p in &pids {
+                    let _ = Command::new("kill").args(["-KILL", p]).status();
+                }
+                pids.is_empty()
+            },
+        );
+    }
 }
 
 impl Browser {
@@ -84,19 +135,21 @@ impl Browser {
         };
         let chromium = bin("BERTH_CHROMIUM", "/usr/bin/chromium");
         let port = free_port();
-        let driver = Command::new(bin("BERTH_CHROMEDRIVER", "/usr/bin/chromedriver"))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let driver = Driver {
+            child: Command::new(bin("BERTH_CHROMEDRIVER", "/usr/bin/chromedriver"))
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver"),
+            profile: tempfile::tempdir().unwrap(),
+        };
         testbed::poll(
             Instant::now() + Duration::from_secs(20),
             "chromedriver up",
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         )
         .unwrap();
-        let profile = tempfile::tempdir().unwrap();
         // The flags this closed network needs (no background fetches).
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
             "binary": chromium,
@@ -104,7 +157,7 @@ impl Browser {
                      "--no-first-run", "--disable-background-networking",
                      "--disable-component-update", "--disable-sync", "--hide-scrollbars",
                      "--window-size=1400,900",
-                     format!("--user-data-dir={}", profile.path().display())]
+                     format!("--user-data-dir={}", driver.profile.path().display())]
         }}}});
         let created = http(port, "POST", "/session", &caps);
         let session = created["value"]["sessionId"]
@@ -112,10 +165,9 @@ impl Browser {
             .unwrap_or_else(|| panic!("no session: {created}"))
             .to_string();
         Browser {
-            driver,
+            _driver: driver,
             port,
             session,
-            _profile: profile,
         }
     }
 
@@ -198,14 +250,13 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = http(
+        // Chromium quits with its session; `Driver` makes sure of it.
+        let _ = try_http(
             self.port,
             "DELETE",
             &format!("/session/{}", self.session),
             &serde_json::json!({}),
         );
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 

@@ -153,7 +153,10 @@ pub async fn observe(desired: &Desired, conns: &Arc<Connections>, parallel: usiz
         let sem = sem.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await;
-            let state = match conns.run(&host, &req.argv()).await {
+            let state = match conns
+                .call(&host, "berth_probe", probe::SCRIPT, &req.args())
+                .await
+            {
                 Err(e) => HostState::Unreachable(e.to_string()),
                 Ok(out) if !out.success() => HostState::Unreachable(format!(
                     "{host}: observation failed: {}",

@@ -97,13 +97,9 @@ pub struct ProbeRequest {
 
 impl ProbeRequest {
     /// `sh -c SCRIPT berth-probe ARGS…` as an argv.
-    pub fn argv(&self) -> Vec<String> {
-        let mut argv = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            SCRIPT.to_string(),
-            "berth-probe".to_string(),
-        ];
+    /// The script's arguments (see [`SCRIPT`]).
+    pub fn args(&self) -> Vec<String> {
+        let mut argv = Vec::new();
         argv.extend(self.service_labels.iter().map(|l| format!("L:{l}")));
         argv.extend(self.env_files.iter().map(|f| format!("F:{f}")));
         argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
