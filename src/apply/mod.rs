@@ -129,6 +129,7 @@ const PROXY_BOOT_CONFIG: &str = r#"mkdir -p .kamal/proxy/apps-config && echo $(c
 const API: &str = r#"sock=""
 case "${DOCKER_HOST:-}" in unix://*) sock="${DOCKER_HOST#unix://}";; "") sock=/var/run/docker.sock;; esac
 api() { [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1 && curl -sf --unix-socket "$sock" "http://d$1"; }
+apipost() { [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1 && curl -sf -o /dev/null -X POST --unix-socket "$sock" "http://d$1"; }
 "#;
 
 /// Per host, before anything else: the `kamal` network, the registry login
@@ -206,7 +207,12 @@ else
   done
 fi
 if [ -n "$old" ]; then
-  if [ -n "$stop_t" ]; then docker stop -t "$stop_t" "$old" >/dev/null; else docker stop "$old" >/dev/null; fi
+  # The Engine API when it answers (a docker CLI start-up less per host).
+  if [ -n "$stop_t" ]; then
+    apipost "/containers/$old/stop?t=$stop_t" || docker stop -t "$stop_t" "$old" >/dev/null
+  else
+    apipost "/containers/$old/stop" || docker stop "$old" >/dev/null
+  fi
 fi
 exit 0"#;
 
@@ -215,8 +221,17 @@ exit 0"#;
 /// containers use.
 const FINISH: &str = r#"log=$1; line=$2; image=$3; latest=$4; retain=$5; service=$6; pruned=$7
 mkdir -p .kamal && echo "$line" >> "$log"
-docker tag "$image" "$latest" || exit 30
-old=$(docker ps -q -a --filter "label=service=$service" --filter status=created --filter status=exited --filter status=dead | tail -n +$((retain + 1)))
+apipost "/images/$image/tag?repo=${latest%:*}&tag=${latest##*:}" || docker tag "$image" "$latest" || exit 30
+# Stopped containers of the service, newest first (as `docker ps`), through
+# the Engine API when it answers.
+if list=$(api "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D$service%22%5D%2C%22status%22%3A%5B%22created%22%2C%22exited%22%2C%22dead%22%5D%7D"); then
+  stopped=""; rest=$list
+  while :; do case "$rest" in *'"Id":"'*) rest=${rest#*'"Id":"'}; stopped="$stopped${rest%%'"'*}
+";; *) break;; esac; done
+else
+  stopped=$(docker ps -q -a --filter "label=service=$service" --filter status=created --filter status=exited --filter status=dead)
+fi
+old=$(printf '%s' "$stopped" | tail -n +$((retain + 1)))
 if [ -n "$old" ]; then
   docker rm $old >/dev/null && echo "$pruned" >> "$log"
   # Images no container of the service uses any more (but `latest`), as
@@ -766,10 +781,11 @@ async fn finish(ctx: &ApplyContext<'_>, h: &str) -> Result<(), ApplyError> {
         "{}:latest",
         image.rsplit_once(':').map_or(image.as_str(), |(r, _)| r)
     );
+    let script = format!("{API}{FINISH}");
     let argv = strings(&[
         "sh",
         "-c",
-        FINISH,
+        &script,
         "berth-finish",
         &audit_log(ctx.desired),
         &ctx.audit_line(None, &format!("Tagging {image} as the latest image")),
