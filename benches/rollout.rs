@@ -2,8 +2,8 @@
 //! `kamal deploy --skip-push` on the same testbed, 3 and 10 hosts, proxy off,
 //! `readiness_delay: 0`. Three rounds, the tools taking turns; prints the
 //! first round (a version new to the hosts, pulls included) and the medians,
-//! wall times and remote command counts with the ratios. Targets (issue 5): ≤ 0.5× Kamal's wall time, ≤ 1/4 of its remote
-//! commands.
+//! wall times and remote command counts with the ratios. Targets (issue 5):
+//! ≤ 0.5× Kamal's wall time, ≤ 1/4 of its remote commands.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
