@@ -77,7 +77,7 @@ git_ push -q "file://$slot/git/app.git" main
 curl -fsS -X POST -H "Authorization: Bearer $(cat "$slot/demo/api-token")" \
   "http://$listen/api/v1/apps/demo/sync"
 until_true 120 serves "demo v2"
-echo "rolled to v2 host by host, health-gated through kamal-proxy:"; show_served
+echo "rolled to v2 (boot.limit hosts at a time), health-gated through kamal-proxy:"; show_served
 grep -E "booting|is healthy|stopped" "$slot/demo/berth.log" | tail -6 | sed -E 's/^[^ ]+ +INFO [^ ]+ /  /' || true
 
 step "drift by hand: docker stop demo-web-v2 on ${hosts[1]}"
