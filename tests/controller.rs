@@ -284,7 +284,7 @@ fn berth_run_follows_the_repo_and_reports_drift() {
 }
 
 #[test]
-fn one_repo_many_apps_with_their_own_policy() {
+fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
     let fleet = Fleet::up(2);
     let (dir, work) = workspace(&fleet);
     let common = KAMAL_COMMON
@@ -343,6 +343,58 @@ fn one_repo_many_apps_with_their_own_policy() {
         apps.contains("kv-web-1"),
         "the cache app's plan is visible: {apps}"
     );
+    assert_eq!(berth.stop(), Some(0));
+
+    // `--apps-file` (a ConfigMap in Kubernetes) replaces the repo's
+    // berth.yml: only its apps, with its policies.
+    let apps_file = dir.path().join("apps.yml");
+    std::fs::write(&apps_file, "apps:\n  kv-only:\n    path: cache\n").unwrap();
+    let berth = Berth::start(
+        &fleet,
+        dir.path(),
+        &[
+            "--interval",
+            "10m",
+            "--apps-file",
+            &apps_file.display().to_string(),
+        ],
+    );
+    wait(Duration::from_secs(30), "kv-only deployed", || {
+        m(&berth, "kv-only") == Some(1.0)
+    });
+    let apps = request(berth.port, "GET", "/api/v1/apps", &[], "").1;
+    assert!(!apps.contains("\"app\":\"shop\""), "{apps}");
+    assert_eq!(berth.stop(), Some(0));
+
+    // `--mode detect` caps every berth.yml policy: drift is reported, not healed.
+    let berth = Berth::start(
+        &fleet,
+        dir.path(),
+        &["--interval", "1s", "--mode", "detect"],
+    );
+    wait(Duration::from_secs(30), "shop observed in sync", || {
+        m(&berth, "shop") == Some(1.0)
+    });
+    fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
+    wait(Duration::from_secs(30), "the drift reported", || {
+        m(&berth, "shop") == Some(0.0)
+    });
+    let drifted = |b: &Berth| {
+        metric(
+            &b.metrics(),
+            "berth_reconcile_total{app=\"shop\",destination=\"\",result=\"drifted\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let seen = drifted(&berth);
+    wait(Duration::from_secs(30), "more cycles", || {
+        drifted(&berth) >= seen + 2.0
+    });
+    let state = fleet
+        .host(0)
+        .docker_ok(&["inspect", "-f", "{{.State.Running}}", "demo-web-v1"])
+        .unwrap();
+    assert_eq!(state.trim(), "false", "detect mode healed the drift");
     assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
