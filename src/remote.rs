@@ -378,7 +378,8 @@ impl Connections {
     /// persistent shell, in a subshell (so `exit` ends only the call).
     /// stdout and stderr come back together in `stdout`. If the persistent
     /// shell cannot be used, the call runs as a command of its own, with the
-    /// same result.
+    /// same result. A call that broke its shell is run again, so `call` is
+    /// for functions that only read (the observation probe).
     pub async fn call(
         &self,
         host: &str,
@@ -386,8 +387,6 @@ impl Connections {
         body: &'static str,
         args: &[String],
     ) -> Result<RemoteOutput, RemoteError> {
-        self.commands
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let slot = {
             let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(host.to_string()).or_default().clone()
@@ -399,7 +398,11 @@ impl Connections {
             }
             let Some(w) = worker.as_mut() else { break };
             match tokio::time::timeout(CALL_TIMEOUT, w.call(name, body, args)).await {
-                Ok(Ok(out)) => return Ok(out),
+                Ok(Ok(out)) => {
+                    self.commands
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(out);
+                }
                 // A broken or stuck shell: end it, try a fresh one once.
                 _ => {
                     if let Some(w) = worker.take() {
@@ -409,8 +412,6 @@ impl Connections {
             }
         }
         // No persistent shell to be had: the same call as its own command.
-        self.commands
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.run(host, &call_argv(name, body, args)).await
     }
 
@@ -427,7 +428,7 @@ impl Connections {
             stdin,
             stdout: tokio::io::BufReader::new(stdout),
             defined: Default::default(),
-            marker: format!("@@berth-done-{:016x}", rand_u64()),
+            marker: format!("@@berth-done-{}", random_hex(16)),
         })
     }
 
@@ -596,15 +597,25 @@ impl Worker {
     }
 }
 
-/// A random 64-bit number (the std hasher's per-process random keys).
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
+/// `n` random hex digits (names on hosts, markers no output can fake).
+pub fn random_hex(n: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; n.div_ceil(2)];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default(),
-    );
-    h.finish()
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        buf = t
+            .to_le_bytes()
+            .iter()
+            .cycle()
+            .take(buf.len())
+            .copied()
+            .collect();
+    }
+    hex::encode(buf).chars().take(n).collect()
 }

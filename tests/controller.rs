@@ -101,6 +101,20 @@ impl Berth {
         request(self.port, "GET", "/metrics", &[], "").1
     }
 
+    /// `/api/v1/apps`, as text.
+    fn apps(&self) -> String {
+        request(self.port, "GET", "/api/v1/apps", &[], "").1
+    }
+
+    /// Cycles of `app` (no destination) that ended with `result`.
+    fn reconciles(&self, app: &str, result: &str) -> f64 {
+        metric(
+            &self.metrics(),
+            &format!("berth_reconcile_total{{app=\"{app}\",destination=\"\",result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    }
+
     /// SIGTERM; the exit status. A clean stop leaves no SSH control
     /// directory (sockets, ssh_config) behind.
     fn stop(mut self) -> Option<i32> {
@@ -245,7 +259,7 @@ fn berth_run_follows_the_repo_and_reports_drift() {
     let seen = t.elapsed();
     eprintln!("drift seen after {seen:?}");
     assert!(seen < Duration::from_secs(3), "drift took {seen:?} to show");
-    let apps = request(detect.port, "GET", "/api/v1/apps", &[], "").1;
+    let apps = detect.apps();
     assert!(
         apps.contains("demo-web-v2") && apps.contains("\"action\":\"start\""),
         "{apps}"
@@ -334,7 +348,7 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
         .docker_ok(&["ps", "--format", "{{.Names}}"])
         .unwrap();
     assert!(!running.contains("kv-web-1"), "{running}");
-    let apps = request(berth.port, "GET", "/api/v1/apps", &[], "").1;
+    let apps = berth.apps();
     assert!(
         apps.contains("\"app\":\"shop\"") && apps.contains("\"app\":\"cache\""),
         "{apps}"
@@ -362,7 +376,7 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
     wait(Duration::from_secs(30), "kv-only deployed", || {
         m(&berth, "kv-only") == Some(1.0)
     });
-    let apps = request(berth.port, "GET", "/api/v1/apps", &[], "").1;
+    let apps = berth.apps();
     assert!(!apps.contains("\"app\":\"shop\""), "{apps}");
     assert_eq!(berth.stop(), Some(0));
 
@@ -379,16 +393,9 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
     wait(Duration::from_secs(30), "the drift reported", || {
         m(&berth, "shop") == Some(0.0)
     });
-    let drifted = |b: &Berth| {
-        metric(
-            &b.metrics(),
-            "berth_reconcile_total{app=\"shop\",destination=\"\",result=\"drifted\"}",
-        )
-        .unwrap_or(0.0)
-    };
-    let seen = drifted(&berth);
+    let seen = berth.reconciles("shop", "drifted");
     wait(Duration::from_secs(30), "more cycles", || {
-        drifted(&berth) >= seen + 2.0
+        berth.reconciles("shop", "drifted") >= seen + 2.0
     });
     let state = fleet
         .host(0)
@@ -489,17 +496,11 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
         &["--interval", "10m", "--log-format", "json"],
     );
     wait(Duration::from_secs(20), "the error is reported", || {
-        request(berth.port, "GET", "/api/v1/apps", &[], "")
-            .1
-            .contains("servrs")
+        berth.apps().contains("servrs")
     });
     assert_eq!(request(berth.port, "GET", "/readyz", &[], "").0, 503);
     assert_eq!(request(berth.port, "GET", "/healthz", &[], "").0, 200);
-    let errors = metric(
-        &berth.metrics(),
-        "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"error\"}",
-    );
-    assert!(errors.unwrap_or(0.0) >= 1.0);
+    assert!(berth.reconciles("demo", "error") >= 1.0);
 
     // The fix lands (webhook): ready, in sync.
     push_version(&work, &fleet, "v1");
@@ -635,27 +636,13 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
             .count()
     };
     wait(Duration::from_secs(60), "the failed boot", || boots() == 1);
-    let errors = |b: &Berth| {
-        metric(
-            &b.metrics(),
-            "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"error\"}",
-        )
-        .unwrap_or(0.0)
-    };
     wait(Duration::from_secs(30), "the failure reported", || {
-        errors(&berth) >= 1.0
+        berth.reconciles("demo", "error") >= 1.0
     });
     // Several more cycles pass (the interval is 1 s): they report drift and
     // do not boot the same failing revision again.
-    let cycles = |b: &Berth| {
-        metric(
-            &b.metrics(),
-            "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"drifted\"}",
-        )
-        .unwrap_or(0.0)
-    };
     wait(Duration::from_secs(30), "later cycles", || {
-        cycles(&berth) >= 3.0
+        berth.reconciles("demo", "drifted") >= 3.0
     });
     assert_eq!(boots(), 1, "the failed revision was retried");
     assert!(serves(&fleet, "demo v1\n"));
@@ -691,9 +678,8 @@ fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
     // Someone holds Kamal's lock while a new revision arrives.
     fleet.kamal_ok(&work, &["lock", "acquire", "-m", "hands off"]);
     push_version(&work, &fleet, "v2");
-    let status = |b: &Berth| request(b.port, "GET", "/api/v1/apps", &[], "").1;
     wait(Duration::from_secs(30), "waiting reported", || {
-        let s = status(&berth);
+        let s = berth.apps();
         s.contains("waiting") && s.contains("hands off")
     });
     assert!(
@@ -708,7 +694,7 @@ fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
     });
     // The cycle that rolled it ends with the waiting error cleared.
     wait(Duration::from_secs(30), "the error cleared", || {
-        !status(&berth).contains("hands off")
+        !berth.apps().contains("hands off")
     });
     assert_eq!(berth.stop(), Some(0));
     drop(dir);
@@ -733,13 +719,12 @@ fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_command
     );
     support::push_project(&work, &yml, "exfiltrate");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
-    let apps = || request(berth.port, "GET", "/api/v1/apps", &[], "").1;
     let refused = testbed::poll(
         Instant::now() + Duration::from_secs(60),
         "the refusal reported",
-        || apps().contains("outside the project"),
+        || berth.apps().contains("outside the project"),
     );
-    assert!(refused.is_ok(), "{}", apps());
+    assert!(refused.is_ok(), "{}", berth.apps());
     let copied = fleet.host(0).home().join("demo-kv/data/key").exists();
     assert!(!copied, "the key reached the host");
 
@@ -758,9 +743,9 @@ fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_command
     let refused = testbed::poll(
         Instant::now() + Duration::from_secs(60),
         "the proxy_command refused",
-        || apps().contains("ssh.proxy_command runs a command"),
+        || berth.apps().contains("ssh.proxy_command runs a command"),
     );
-    assert!(refused.is_ok(), "{}", apps());
+    assert!(refused.is_ok(), "{}", berth.apps());
     assert!(!marker.exists(), "the repository's command ran");
     assert_eq!(berth.stop(), Some(0));
     drop(dir);

@@ -962,28 +962,6 @@ async fn route(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit) -> Result<(), App
     Ok(())
 }
 
-fn random_hex(n: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; n.div_ceil(2)];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        buf = t
-            .to_le_bytes()
-            .iter()
-            .cycle()
-            .take(buf.len())
-            .copied()
-            .collect();
-    }
-    hex::encode(buf).chars().take(n).collect()
-}
-
 async fn app(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), ApplyError> {
     let Unit::App { role } = &a.unit else {
         return Ok(());
@@ -1032,7 +1010,11 @@ async fn boot(
     let role = app.role.as_str();
     let (renamed, old) = match replaces {
         Some(o) if o == app.container_name && !start_existing => {
-            let renamed = format!("{}_replaced_{}", app.container_name, random_hex(16));
+            let renamed = format!(
+                "{}_replaced_{}",
+                app.container_name,
+                crate::remote::random_hex(16)
+            );
             ctx.say(
                 h,
                 &format!("{role}: renaming {} to {renamed}", app.container_name),
@@ -1051,7 +1033,7 @@ async fn boot(
     let hostname = format!(
         "{}-{}",
         h.chars().take(51).collect::<String>().trim_end_matches('.'),
-        random_hex(12)
+        crate::remote::random_hex(12)
     );
     let script = format!("{API}{BOOT}");
     let mut argv = strings(&["sh", "-c", &script, "berth-boot"]);

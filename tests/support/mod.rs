@@ -182,14 +182,39 @@ pub fn http_get_in(host: &Host, url: &str) -> Option<String> {
 /// HTTP/1.0 GET from the machine (root namespace): `Ok(body)` on 200,
 /// `Err` naming what went wrong otherwise.
 pub fn http_get(addr: &str, path: &str, host_header: Option<&str>) -> Result<String, String> {
+    let (status, body) = exchange(addr, "GET", path, host_header.unwrap_or(addr), &[], "")?;
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {}", body.trim()))
+    }
+}
+
+/// One HTTP/1.0 exchange with `addr`: (status line, body).
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Result<(String, String), String> {
     use std::io::{Read, Write};
     use std::time::Duration;
     let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let host = host_header.unwrap_or(addr);
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
@@ -197,12 +222,10 @@ pub fn http_get(addr: &str, path: &str, host_header: Option<&str>) -> Result<Str
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) == Some("200") {
-        Ok(body.to_string())
-    } else {
-        Err(format!("{status}: {}", body.trim()))
-    }
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
 }
 
 impl Fleet {
@@ -272,35 +295,24 @@ pub fn request(
     headers: &[(&str, String)],
     body: &str,
 ) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: berth\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    match exchange(
+        &format!("127.0.0.1:{port}"),
+        method,
+        path,
+        "berth",
+        headers,
+        body,
+    ) {
+        Ok((status, body)) => (
+            status
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            body,
+        ),
+        Err(_) => (0, String::new()),
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
