@@ -1,8 +1,10 @@
 //! `cargo bench --bench observe` (root): berth's no-op dry-run against
 //! `kamal details` on the same testbed, for 3, 10 and 30 hosts, after real
-//! Kamal deployed the demo app (proxy off). Prints both, the ratio, and
-//! berth's remote round trips per host. Targets (issue 4): ≥ 20× faster than
-//! `kamal details`; ≤ 150 ms for 30 hosts with warm connections.
+//! Kamal deployed the demo app (proxy off). Prints both, the ratios (Kamal's
+//! time over berth's, cold and warm), and per host and warm observation:
+//! shell calls + Engine API batches, sent together, so one round trip.
+//! Targets (issue 4): ≥ 20× faster than `kamal details`; ≤ 150 ms for 30
+//! hosts with warm connections.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -24,10 +26,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     println!(
-        "{:>5} {:>16} {:>16} {:>16} {:>8} {:>14}",
-        "hosts", "kamal details", "berth cold CLI", "berth warm", "ratio", "trips/host"
+        "{:>5} {:>16} {:>16} {:>16} {:>8} {:>8} {:>15}",
+        "hosts", "kamal details", "berth cold CLI", "berth warm", "cold", "warm", "trips/host"
     );
-    for n in [3usize, 10, 30] {
+    // `BERTH_BENCH_HOSTS=3,10` for fewer sizes.
+    let sizes: Vec<usize> = std::env::var("BERTH_BENCH_HOSTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![3, 10, 30]);
+    for n in sizes {
         let fleet = Fleet::up(n);
         let project = fleet.project(
             &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
@@ -75,7 +82,10 @@ fn main() {
             let conns = Arc::new(Connections::new(ssh));
             let first = observe::observe(&desired, &conns, 64).await;
             assert!(plan::plan(&desired, &first, &PlanOptions::default()).in_sync());
-            let before = conns.commands_run();
+            // The first Engine API observation lists, then inspects (two
+            // batches); from then on the listing and inspects go together.
+            assert_eq!(observe::observe(&desired, &conns, 64).await, first);
+            let (calls, batches) = (conns.commands_run(), conns.engine_batches());
             let mut times = Vec::new();
             for _ in 0..5 {
                 let t = Instant::now();
@@ -83,18 +93,26 @@ fn main() {
                 let p = plan::plan(&desired, &o, &PlanOptions::default());
                 times.push(t.elapsed());
                 assert!(p.in_sync());
+                // The Engine API path sees what the shell probe saw.
+                assert_eq!(o, first);
             }
-            let trips = (conns.commands_run() - before) as f64 / 5.0 / n as f64;
+            let per_host = |d: u64| d as f64 / 5.0 / n as f64;
+            let trips = (
+                per_host(conns.commands_run() - calls),
+                per_host(conns.engine_batches() - batches),
+            );
             conns.close().await;
             (median(times), trips)
         });
         println!(
-            "{n:>5} {:>13.0} ms {:>13.0} ms {:>13.0} ms {:>7.1}x {:>14.1}",
+            "{n:>5} {:>13.0} ms {:>13.0} ms {:>13.0} ms {:>7.1}x {:>7.1}x {:>9.1} + {:.1}",
             kamal.as_secs_f64() * 1000.0,
             cold.as_secs_f64() * 1000.0,
             warm.as_secs_f64() * 1000.0,
+            kamal.as_secs_f64() / cold.as_secs_f64(),
             kamal.as_secs_f64() / warm.as_secs_f64(),
-            trips
+            trips.0,
+            trips.1,
         );
         drop(fleet);
     }

@@ -306,8 +306,9 @@ fn bad_input_fails_cleanly_before_touching_any_host() {
     assert!(!nets.contains("kamal"));
 }
 
-/// Observe every host twice, via the Engine API (curl) and via the docker
-/// CLI, and require identical observations.
+/// Observe every host via the Engine API (curl on the host), via the docker
+/// CLI, and via the Engine API directly (the forwarded socket), and require
+/// identical observations.
 fn compare_probe_paths(fleet: &Fleet, project: &Path) {
     use berth::observe::{self, probe};
     use berth::remote::{Connections, SshOptions};
@@ -320,7 +321,7 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let conns = Connections::new(ssh);
+        let conns = std::sync::Arc::new(Connections::new(ssh.clone()));
         for h in &desired.hosts {
             let mut req = observe::probe_request(&desired, &h.host);
             let fast = conns
@@ -359,6 +360,38 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
             assert!(!a.containers.is_empty());
             assert_eq!(a, b, "{}", h.host);
         }
+
+        // Then the Engine API directly, through the forwarded socket, once a
+        // shell probe found it: the same observation, and really used.
+        let n = desired.hosts.len() as u64;
+        let by_shell = observe::observe(&desired, &conns, 8).await;
+        let before = conns.engine_batches();
+        assert_eq!(observe::observe(&desired, &conns, 8).await, by_shell);
+        let first = conns.engine_batches() - before;
+        assert_eq!(first, 2 * n, "listed, then inspected");
+        assert_eq!(observe::observe(&desired, &conns, 8).await, by_shell);
+        assert_eq!(
+            conns.engine_batches() - before - first,
+            n,
+            "listed and inspected together"
+        );
+        // Drift shows at once, as a fresh shell probe sees it.
+        fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
+        let drifted = observe::observe(&desired, &conns, 8).await;
+        assert_ne!(drifted, by_shell);
+        let fresh = std::sync::Arc::new(Connections::new(ssh.clone()));
+        assert_eq!(observe::observe(&desired, &fresh, 8).await, drifted);
+        fresh.close().await;
+        fleet.host(0).docker_ok(&["start", "demo-web-v1"]).unwrap();
+        // An Engine API that fails: the shell answers instead, alike.
+        let broken = std::sync::Arc::new(Connections::new(ssh.clone()));
+        for h in &desired.hosts {
+            broken.engine_found(&h.host, "/nonexistent/docker.sock");
+        }
+        let again = observe::observe(&desired, &broken, 8).await;
+        assert_eq!(again, observe::observe(&desired, &conns, 8).await);
+        assert!(broken.engine_batches() >= n);
+        broken.close().await;
         conns.close().await;
     });
 }

@@ -142,6 +142,58 @@ pub fn lock_dir(desired: &Desired) -> String {
     }
 }
 
+/// One host's state, in one round trip. Once the shell probe has found the
+/// host's Docker socket, the containers come from the Engine API directly
+/// while the shell, in the same trip, reports only the files, the lock and
+/// the proxy's routes: nothing is started on the host for the containers.
+/// If the Engine API fails, the whole probe runs in the shell, as at first.
+async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest) -> HostState {
+    if !req.force_cli && conns.has_engine(host) {
+        let lists = req.list_paths();
+        let engine_args = req.engine_args();
+        let (snapshot, shell) = tokio::join!(
+            conns.engine_snapshot(host, &lists),
+            conns.call(host, "berth_probe", probe::SCRIPT, &engine_args)
+        );
+        match (snapshot, shell) {
+            (Some(Ok(snapshot)), shell) => {
+                return from_probe(host, shell, |out| probe::parse_engine(snapshot, out, req));
+            }
+            // The host itself cannot be reached: asking again would not help.
+            (_, Err(e)) => return HostState::Unreachable(e.to_string()),
+            _ => {}
+        }
+    }
+    let shell = conns
+        .call(host, "berth_probe", probe::SCRIPT, &req.args())
+        .await;
+    from_probe(host, shell, |out| {
+        let observation = probe::parse(out, req)?;
+        if let Some(socket) = probe::socket(out) {
+            conns.engine_found(host, socket);
+        }
+        Ok(observation)
+    })
+}
+
+/// A host's state from the probe's answer.
+fn from_probe(
+    host: &str,
+    answer: Result<crate::remote::RemoteOutput, crate::remote::RemoteError>,
+    parse: impl FnOnce(&str) -> Result<HostObservation, probe::ProbeError>,
+) -> HostState {
+    match answer {
+        Err(e) => HostState::Unreachable(e.to_string()),
+        Ok(out) if !out.success() => {
+            HostState::Unreachable(format!("{host}: observation failed: {}", out.stderr.trim()))
+        }
+        Ok(out) => match parse(&out.stdout) {
+            Ok(o) => HostState::Reached(o),
+            Err(e) => HostState::Unreachable(format!("{host}: {e}")),
+        },
+    }
+}
+
 /// Observe every host of `desired` (at most `parallel` at once).
 pub async fn observe(desired: &Desired, conns: &Arc<Connections>, parallel: usize) -> Observed {
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
@@ -153,20 +205,7 @@ pub async fn observe(desired: &Desired, conns: &Arc<Connections>, parallel: usiz
         let sem = sem.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await;
-            let state = match conns
-                .call(&host, "berth_probe", probe::SCRIPT, &req.args())
-                .await
-            {
-                Err(e) => HostState::Unreachable(e.to_string()),
-                Ok(out) if !out.success() => HostState::Unreachable(format!(
-                    "{host}: observation failed: {}",
-                    out.stderr.trim()
-                )),
-                Ok(out) => match probe::parse(&out.stdout, &req) {
-                    Ok(o) => HostState::Reached(o),
-                    Err(e) => HostState::Unreachable(format!("{host}: {e}")),
-                },
-            };
+            let state = observe_host(&conns, &host, &req).await;
             ObservedHost { host, state }
         }));
     }

@@ -14,25 +14,33 @@ use sha2::{Digest, Sha256};
 
 use super::{EnvValue, HostObservation, ObservedContainer, ProxyRouteState};
 
-/// The remote script. Fast path, when the host has `curl` and a unix Docker
-/// socket: two `curl` calls to the Engine API (the service's containers by
-/// label, then every container and image inspected in one call). Otherwise
-/// two docker CLI calls (`ps`, then one `inspect` of containers *and* their
-/// images). Plus `kamal-proxy list` only where a proxy is wanted and running,
-/// one `sha256sum` for all env files, and the lock directory. Sections are
-/// introduced by `@@name` lines. A Docker engine that does not answer fails
-/// the probe (exit 3): such a host is unknown, never empty.
-pub const SCRIPT: &str = r#"want=" "; proxy_wanted=""; urls=""; force_cli=""
+/// The remote script. It reports the host's Docker socket (`@@socket`), for
+/// berth to use the Engine API directly from then on ([`crate::remote`]'s
+/// forwarded socket). With `E` (the Engine API is used directly) it skips the
+/// containers. Otherwise, when the host has `curl` and a unix Docker socket:
+/// two `curl` calls to the Engine API (the service's containers by label,
+/// then every container and image inspected in one call); else two docker
+/// CLI calls (`ps`, then one `inspect` of containers *and* their images).
+/// Plus `kamal-proxy list` only where a proxy is wanted and running (with
+/// `E`: wanted; the listing says whether it runs), one `sha256sum` for all
+/// env files, and the lock directory. Sections are introduced by `@@name`
+/// lines. A Docker engine that does not answer fails the probe (exit 3):
+/// such a host is unknown, never empty.
+pub const SCRIPT: &str = r#"want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""
 for a in "$@"; do case "$a" in
   L:*) want="$want${a#L:} "; urls="$urls http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D${a#L:}%22%5D%7D";;
   P) proxy_wanted=1;;
   C) force_cli=1;;
+  E) engine=1;;
 esac; done
 sock=""
 case "${DOCKER_HOST:-}" in unix://*) sock="${DOCKER_HOST#unix://}";; "") sock=/var/run/docker.sock;; esac
 proxy_running=""
+if [ -n "$engine" ]; then proxy_running=1
+elif [ -n "$sock" ] && [ -S "$sock" ]; then echo "@@socket $sock"; fi
 echo "@@inspect"
-if [ -z "$force_cli" ] && [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1; then
+if [ -n "$engine" ]; then :
+elif [ -z "$force_cli" ] && [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1; then
   urls="$urls http://d/containers/json?all=1&filters=%7B%22name%22%3A%5B%22%5Ekamal-proxy%24%22%5D%7D"
   list=$(curl -sSf --unix-socket "$sock" $urls) || exit 3
   case "$list" in *'"Names":["/kamal-proxy"]'*'"State":"running"'*) proxy_running=1;; esac
@@ -87,8 +95,8 @@ pub struct ProbeRequest {
     pub lock_dirs: Vec<String>,
     /// Ask kamal-proxy for its routes (the host runs a proxied role).
     pub proxy: bool,
-    /// Use the docker CLI even where the Engine API fast path is available
-    /// (tests compare the two).
+    /// Use the docker CLI even where `curl` or the Engine API directly
+    /// could be used (tests compare them).
     pub force_cli: bool,
     /// Env keys whose values may be kept in clear (the config's clear env);
     /// every other value is kept only as a hash.
@@ -111,6 +119,49 @@ impl ProbeRequest {
         }
         argv
     }
+
+    /// The arguments when the containers come from the Engine API directly.
+    pub fn engine_args(&self) -> Vec<String> {
+        let mut argv = self.args();
+        argv.push("E".into());
+        argv
+    }
+
+    /// The Engine API list paths: the service's containers by label, and
+    /// kamal-proxy by name. Filters are JSON, percent-encoded whole.
+    pub fn list_paths(&self) -> Vec<String> {
+        let filters = self
+            .service_labels
+            .iter()
+            .map(|l| serde_json::json!({ "label": [format!("service={l}")] }))
+            .chain([serde_json::json!({ "name": ["^kamal-proxy$"] })]);
+        filters
+            .map(|f| {
+                format!(
+                    "/containers/json?all=1&filters={}",
+                    percent_encode(&f.to_string())
+                )
+            })
+            .collect()
+    }
+}
+
+/// Everything but unreserved URL characters as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The host's Docker socket, as the probe reported it.
+pub fn socket(out: &str) -> Option<&str> {
+    out.lines().find_map(|l| l.strip_prefix("@@socket "))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +194,28 @@ pub fn hash(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 
+/// Parse the output of a probe run with [`ProbeRequest::engine_args`], with
+/// the containers the Engine API returned.
+pub fn parse_engine(
+    snapshot: crate::remote::Snapshot,
+    out: &str,
+    req: &ProbeRequest,
+) -> Result<HostObservation, ProbeError> {
+    let proxy_running = snapshot.listed.iter().any(|c| {
+        c.get("State").and_then(Value::as_str) == Some("running")
+            && strings_of(c.get("Names"))
+                .iter()
+                .any(|n| n == "/kamal-proxy")
+    });
+    let mut objects = snapshot.containers;
+    objects.extend(snapshot.images);
+    let mut observation = parse_with(objects, out, req)?;
+    if !proxy_running {
+        observation.proxy_routes = None;
+    }
+    Ok(observation)
+}
+
 /// Parse the probe's stdout.
 pub fn parse(out: &str, req: &ProbeRequest) -> Result<HostObservation, ProbeError> {
     // Either `docker inspect`'s array or the Engine API's one object per line;
@@ -163,6 +236,16 @@ pub fn parse(out: &str, req: &ProbeRequest) -> Result<HostObservation, ProbeErro
             .map(|l| serde_json::from_str(l).map_err(json_err))
             .collect::<Result<_, _>>()?
     };
+    parse_with(objects, out, req)
+}
+
+/// The observation from inspected containers and images (`objects`) and the
+/// probe's other sections.
+fn parse_with(
+    objects: Vec<Value>,
+    out: &str,
+    req: &ProbeRequest,
+) -> Result<HostObservation, ProbeError> {
     let image_config: BTreeMap<String, &Value> = objects
         .iter()
         .filter(|o| o.get("State").is_none())
@@ -356,6 +439,32 @@ fn decode_lock(b64: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_api_is_asked_what_the_script_asks_curl() {
+        let req = ProbeRequest {
+            service_labels: vec!["demo".into(), "demo-kv".into()],
+            ..Default::default()
+        };
+        let paths = req.list_paths();
+        for label in &req.service_labels {
+            let curl = format!(
+                "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D{label}%22%5D%7D"
+            );
+            assert!(SCRIPT.contains("filters=%7B%22label%22%3A%5B%22service%3D${a#L:}%22%5D%7D"));
+            assert!(paths.contains(&curl), "{paths:?}");
+        }
+        let proxy =
+            "/containers/json?all=1&filters=%7B%22name%22%3A%5B%22%5Ekamal-proxy%24%22%5D%7D";
+        assert!(SCRIPT.contains(proxy));
+        assert_eq!(paths.last().map(String::as_str), Some(proxy));
+        // Nothing but unreserved characters and escapes on a request line.
+        let hostile = ProbeRequest {
+            service_labels: vec!["x\" HTTP/1.1\r\nHost: y".into()],
+            ..Default::default()
+        };
+        assert!(!hostile.list_paths()[0].contains([' ', '\r', '\n', '"']));
+    }
 
     #[test]
     fn parses_a_probe_output() {

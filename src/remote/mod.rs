@@ -7,6 +7,10 @@
 //! known_hosts or `--known-hosts FILE`; accepting a new key on first contact
 //! must be asked for explicitly.
 
+mod engine;
+
+pub use engine::Snapshot;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -147,10 +151,14 @@ pub struct Connections {
     ssh_config: std::sync::OnceLock<Result<PathBuf, String>>,
     /// One persistent shell per host, for [`Connections::call`].
     workers: std::sync::Mutex<HashMap<String, WorkerSlot>>,
-    /// This set's own directory under `control_dir` (its ssh_config and
-    /// control sockets): app instances with different SSH settings in one
-    /// process never share a config file, and `close` removes it.
+    /// This set's own directory under `control_dir` (its ssh_config, control
+    /// sockets and forwarded Docker sockets; mode 0700): app instances with
+    /// different SSH settings in one process never share a config file, and
+    /// `close` removes it.
     dir: PathBuf,
+    /// Hosts' Docker Engine APIs, once the shell probe found their sockets.
+    engines: std::sync::Mutex<HashMap<String, engine::EngineSlot>>,
+    engine_batches: std::sync::atomic::AtomicU64,
 }
 
 impl Connections {
@@ -164,6 +172,8 @@ impl Connections {
             workers: std::sync::Mutex::new(HashMap::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
             ssh_config: std::sync::OnceLock::new(),
+            engines: std::sync::Mutex::new(HashMap::new()),
+            engine_batches: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -177,7 +187,12 @@ impl Connections {
     }
 
     fn ssh_config_file(&self) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        // Private: a forwarded Docker socket is root on its host.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
         let path = self.dir.join("ssh_config");
         let o = &self.opts;
         // Values become ssh_config lines: a newline or quote would smuggle in
@@ -434,6 +449,7 @@ impl Connections {
 
     /// Close every connection (the ControlMasters exit).
     pub async fn close(&self) {
+        self.forget_engines();
         // Persistent shells first: they hold their sessions.
         let workers: Vec<_> = {
             let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
