@@ -2,7 +2,9 @@
 //! `kamal details` on the same testbed, for 3, 10 and 30 hosts, after real
 //! Kamal deployed the demo app (proxy off). Prints both, the ratios (Kamal's
 //! time over berth's, cold and warm), and per host and warm observation:
-//! shell calls + Engine API batches, sent together, so one round trip.
+//! shell calls + Engine API batches, sent together, so one round trip; then
+//! the CPU the whole machine (all hosts, berth, its SSH clients) spent per
+//! host, and berth's own share.
 //! Targets (issue 4): ≥ 20× faster than `kamal details`; ≤ 150 ms for 30
 //! hosts with warm connections.
 
@@ -24,10 +26,50 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// CPU time the whole machine spent (every host of the testbed runs here),
+/// from /proc/stat (user, nice, system, irq, softirq, steal), in ms.
+fn machine_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| [0, 1, 2, 5, 6, 7].contains(i))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    ticks * 10
+}
+
+/// CPU time of this process (berth's side), in ms.
+fn own_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    // utime and stime: fields 14 and 15 of stat, 12th and 13th after the name.
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10
+}
+
 fn main() {
     println!(
-        "{:>5} {:>16} {:>16} {:>16} {:>8} {:>8} {:>15}",
-        "hosts", "kamal details", "berth cold CLI", "berth warm", "cold", "warm", "trips/host"
+        "{:>5} {:>16} {:>16} {:>16} {:>8} {:>8} {:>15} {:>11} {:>9}",
+        "hosts",
+        "kamal details",
+        "berth cold CLI",
+        "berth warm",
+        "cold",
+        "warm",
+        "trips/host",
+        "cpu/host",
+        "berth"
     );
     // `BERTH_BENCH_HOSTS=3,10` for fewer sizes.
     let sizes: Vec<usize> = std::env::var("BERTH_BENCH_HOSTS")
@@ -78,7 +120,7 @@ fn main() {
             .enable_all()
             .build()
             .unwrap();
-        let (warm, trips) = rt.block_on(async {
+        let (warm, trips, cpu) = rt.block_on(async {
             let conns = Arc::new(Connections::new(ssh));
             let first = observe::observe(&desired, &conns, 64).await;
             assert!(plan::plan(&desired, &first, &PlanOptions::default()).in_sync());
@@ -87,6 +129,7 @@ fn main() {
             assert_eq!(observe::observe(&desired, &conns, 64).await, first);
             let (calls, batches) = (conns.commands_run(), conns.engine_batches());
             let mut times = Vec::new();
+            let (cpu, own) = (machine_cpu_ms(), own_cpu_ms());
             for _ in 0..5 {
                 let t = Instant::now();
                 let o = observe::observe(&desired, &conns, 64).await;
@@ -97,15 +140,19 @@ fn main() {
                 assert_eq!(o, first);
             }
             let per_host = |d: u64| d as f64 / 5.0 / n as f64;
+            let cpu = (
+                per_host(machine_cpu_ms() - cpu),
+                per_host(own_cpu_ms() - own),
+            );
             let trips = (
                 per_host(conns.commands_run() - calls),
                 per_host(conns.engine_batches() - batches),
             );
             conns.close().await;
-            (median(times), trips)
+            (median(times), trips, cpu)
         });
         println!(
-            "{n:>5} {:>13.0} ms {:>13.0} ms {:>13.0} ms {:>7.1}x {:>7.1}x {:>9.1} + {:.1}",
+            "{n:>5} {:>13.0} ms {:>13.0} ms {:>13.0} ms {:>7.1}x {:>7.1}x {:>9.1} + {:.1} {:>8.1} ms {:>6.2} ms",
             kamal.as_secs_f64() * 1000.0,
             cold.as_secs_f64() * 1000.0,
             warm.as_secs_f64() * 1000.0,
@@ -113,6 +160,8 @@ fn main() {
             kamal.as_secs_f64() / warm.as_secs_f64(),
             trips.0,
             trips.1,
+            cpu.0,
+            cpu.1,
         );
         drop(fleet);
     }
