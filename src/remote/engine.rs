@@ -7,13 +7,15 @@
 //!
 //! [`Connections::engine_snapshot`] lists and inspects a host's containers
 //! and their images. It remembers what it found on each host and inspects
-//! those in the same trip as the listing, so an unchanged host costs one
-//! round trip; a changed one, two.
+//! those containers in the same trip as the listing, so an unchanged host
+//! costs one round trip; a changed one, two. Images are inspected once: an
+//! image id is the digest of its configuration, so what it says never
+//! changes.
 //!
 //! Request paths are built here, from validated ids only: nothing a host or a
 //! config says reaches a request line unchecked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -44,9 +46,10 @@ pub(super) struct Engine {
     forwarded_on: Option<Weak<Session>>,
     conn: Option<BufReader<UnixStream>>,
     failures: u32,
-    /// Container and image ids found last time: inspected with the listing.
+    /// Container ids found last time: inspected with the listing.
     last_containers: Vec<String>,
-    last_images: Vec<String>,
+    /// The inspects of the images in use last time, by id.
+    images: BTreeMap<String, Value>,
 }
 
 pub(super) type EngineSlot = Arc<tokio::sync::Mutex<Engine>>;
@@ -88,7 +91,7 @@ impl Connections {
                 conn: None,
                 failures: 0,
                 last_containers: Vec::new(),
-                last_images: Vec::new(),
+                images: BTreeMap::new(),
             })),
         );
     }
@@ -152,7 +155,6 @@ impl Connections {
     ) -> Result<Snapshot, String> {
         let mut paths: Vec<String> = lists.to_vec();
         paths.extend(engine.last_containers.iter().map(|id| container_path(id)));
-        paths.extend(engine.last_images.iter().map(|id| image_path(id)));
         let answers = self.batch(host, engine, &paths).await?;
 
         let mut listed = Vec::new();
@@ -183,6 +185,12 @@ impl Connections {
         let mut containers = Vec::new();
         let mut images = Vec::new();
         let mut found = BTreeSet::new();
+        for id in &image_ids {
+            if let Some(image) = engine.images.get(id) {
+                found.insert(id.clone());
+                images.push(image.clone());
+            }
+        }
         for r in answers.iter().skip(lists.len()) {
             keep(
                 r,
@@ -219,7 +227,10 @@ impl Connections {
             }
         }
         engine.last_containers = ids.into_iter().collect();
-        engine.last_images = image_ids.into_iter().collect();
+        engine.images = images
+            .iter()
+            .filter_map(|i| Some((i.get("Id")?.as_str()?.to_string(), i.clone())))
+            .collect();
         Ok(Snapshot {
             listed,
             containers,
