@@ -164,6 +164,8 @@ pub struct Connections {
 impl Connections {
     pub fn new(opts: SshOptions) -> Connections {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| sweep_dead_control_dirs(&opts.control_dir));
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Connections {
             dir: opts.control_dir.join(format!("c{n}")),
@@ -480,6 +482,36 @@ impl Connections {
     }
 }
 
+/// Remove the SSH directories (`berth-ssh-<pid>` beside `control_dir`) of
+/// berth processes that were killed and so never closed them: their sockets
+/// lead nowhere or to masters about to exit idle. A directory whose pid is
+/// alive (another berth, or a reused pid) is left alone.
+fn sweep_dead_control_dirs(control_dir: &std::path::Path) {
+    let (Some(parent), Some(own)) = (control_dir.parent(), control_dir.file_name()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to this process's user.
+    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("berth-ssh-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| Some(m.uid()) == uid);
+        if name != own && ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn classify(host: &str, e: &openssh::Error) -> RemoteError {
     let text = format!(
         "{e} {}",
@@ -634,4 +666,24 @@ pub fn random_hex(n: usize) -> String {
             .collect();
     }
     hex::encode(buf).chars().take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_berths_ssh_directory_is_swept_a_live_ones_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Above the kernel's largest pid: never alive.
+        let dead = tmp.path().join("berth-ssh-4194399");
+        let live = tmp.path().join(format!("berth-ssh-{}", std::process::id()));
+        let other = tmp.path().join("berth-ssh-notapid");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("c0")).unwrap();
+        }
+        sweep_dead_control_dirs(&tmp.path().join("berth-ssh-1"));
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
 }
