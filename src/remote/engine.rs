@@ -30,10 +30,12 @@ use super::{CALL_TIMEOUT, Connections, RemoteError};
 /// service's containers rarely more than a few hundred.
 const MAX_BODY: usize = 64 << 20;
 
-/// Failed batches in a row after which a host's Engine API is given up for
-/// this connection set (forwarding refused by sshd, say): observation falls
-/// back to the shell probe, which then costs no wasted trip.
+/// Failed batches in a row after which a host's Engine API is set aside
+/// (forwarding refused by sshd, say, or the host down a while): observation
+/// uses the shell probe alone, wasting no trip, and tries the Engine API
+/// again after [`RETRY_AFTER`].
 const GIVE_UP_AFTER: u32 = 3;
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// One host's Engine API, as far as it is known.
 pub(super) struct Engine {
@@ -46,10 +48,19 @@ pub(super) struct Engine {
     forwarded_on: Option<Weak<Session>>,
     conn: Option<BufReader<UnixStream>>,
     failures: u32,
+    /// Set aside until then (after [`GIVE_UP_AFTER`] failures).
+    resting_until: Option<std::time::Instant>,
     /// Container ids found last time: inspected with the listing.
     last_containers: Vec<String>,
     /// The inspects of the images in use last time, by id.
     images: BTreeMap<String, Value>,
+}
+
+impl Engine {
+    fn resting(&self) -> bool {
+        self.resting_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
 }
 
 pub(super) type EngineSlot = Arc<tokio::sync::Mutex<Engine>>;
@@ -90,17 +101,18 @@ impl Connections {
                 forwarded_on: None,
                 conn: None,
                 failures: 0,
+                resting_until: None,
                 last_containers: Vec::new(),
                 images: BTreeMap::new(),
             })),
         );
     }
 
-    /// Whether `host`'s Engine API is known and not given up.
+    /// Whether `host`'s Engine API is known and not set aside.
     pub fn has_engine(&self, host: &str) -> bool {
         let map = self.engines.lock().unwrap_or_else(|p| p.into_inner());
         map.get(host)
-            .is_some_and(|e| e.try_lock().map_or(true, |e| e.failures < GIVE_UP_AFTER))
+            .is_some_and(|e| e.try_lock().map_or(true, |e| !e.resting()))
     }
 
     /// Engine API batches sent so far (each one round trip).
@@ -124,7 +136,7 @@ impl Connections {
             map.get(host)?.clone()
         };
         let mut engine = slot.lock().await;
-        if engine.failures >= GIVE_UP_AFTER {
+        if engine.resting() {
             return None;
         }
         let result = tokio::time::timeout(CALL_TIMEOUT, self.snapshot(host, &mut engine, lists))
@@ -133,10 +145,14 @@ impl Connections {
         Some(match result {
             Ok(s) => {
                 engine.failures = 0;
+                engine.resting_until = None;
                 Ok(s)
             }
             Err(message) => {
                 engine.failures += 1;
+                if engine.failures >= GIVE_UP_AFTER {
+                    engine.resting_until = Some(std::time::Instant::now() + RETRY_AFTER);
+                }
                 engine.conn = None;
                 Err(RemoteError::Command {
                     host: host.to_string(),
