@@ -392,6 +392,22 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         assert_eq!(again, observe::observe(&desired, &conns, 8).await);
         assert!(broken.engine_batches() >= n);
         broken.close().await;
+        // A Docker engine that stops answering (its socket gone) once its
+        // socket is known: that host is unknown, never empty; the others are
+        // seen; then it is seen again.
+        let warm = std::sync::Arc::new(Connections::new(ssh.clone()));
+        assert_eq!(observe::observe(&desired, &warm, 8).await, again);
+        let sock = fleet.host(0).docker_socket();
+        let away = sock.with_extension("away");
+        std::fs::rename(&sock, &away).unwrap();
+        let down = observe::observe(&desired, &warm, 8).await;
+        std::fs::rename(&away, &sock).unwrap();
+        for h in &down.hosts {
+            let unknown = matches!(h.state, observe::HostState::Unreachable(_));
+            assert_eq!(unknown, h.host == fleet.addrs()[0], "{h:?}");
+        }
+        assert_eq!(observe::observe(&desired, &warm, 8).await, again);
+        warm.close().await;
         conns.close().await;
     });
 }

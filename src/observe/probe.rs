@@ -170,6 +170,9 @@ pub enum ProbeError {
     MissingSection(&'static str),
     #[error("cannot parse `docker {what}` output: {message}")]
     Json { what: &'static str, message: String },
+    /// The proxy's routes are unknown: planning would take them for none.
+    #[error("kamal-proxy is running but `kamal-proxy list` failed: {0}")]
+    ProxyList(String),
 }
 
 fn section<'a>(
@@ -209,11 +212,7 @@ pub fn parse_engine(
     });
     let mut objects = snapshot.containers;
     objects.extend(snapshot.images);
-    let mut observation = parse_with(objects, out, req)?;
-    if !proxy_running {
-        observation.proxy_routes = None;
-    }
-    Ok(observation)
+    parse_with(objects, out, req, Some(proxy_running))
 }
 
 /// Parse the probe's stdout.
@@ -236,15 +235,17 @@ pub fn parse(out: &str, req: &ProbeRequest) -> Result<HostObservation, ProbeErro
             .map(|l| serde_json::from_str(l).map_err(json_err))
             .collect::<Result<_, _>>()?
     };
-    parse_with(objects, out, req)
+    parse_with(objects, out, req, None)
 }
 
 /// The observation from inspected containers and images (`objects`) and the
-/// probe's other sections.
+/// probe's other sections. `proxy_running`: whether the Engine API listed
+/// kamal-proxy running (`None`: the script itself told).
 fn parse_with(
     objects: Vec<Value>,
     out: &str,
     req: &ProbeRequest,
+    proxy_running: Option<bool>,
 ) -> Result<HostObservation, ProbeError> {
     let image_config: BTreeMap<String, &Value> = objects
         .iter()
@@ -259,12 +260,17 @@ fn parse_with(
     containers.sort_by(|a, b| a.name.cmp(&b.name));
 
     let proxy_text = section(out, "proxy", "lock")?;
-    let proxy_routes =
-        if proxy_text.starts_with("@@proxy-absent") || proxy_text.starts_with("@@proxy-unasked") {
-            None
-        } else {
-            Some(parse_proxy_list(proxy_text))
-        };
+    let proxy_routes = if proxy_text.starts_with("@@proxy-absent")
+        || proxy_text.starts_with("@@proxy-unasked")
+        || proxy_running == Some(false)
+    {
+        None
+    } else if let Some(end) = proxy_text.find("@@proxy-error") {
+        let said: String = proxy_text[..end].trim().chars().take(300).collect();
+        return Err(ProbeError::ProxyList(said));
+    } else {
+        Some(parse_proxy_list(proxy_text))
+    };
 
     // `sha256sum` prints `<hash>  <path>` for the files that exist.
     let mut env_files: BTreeMap<String, Option<String>> =
@@ -439,6 +445,26 @@ fn decode_lock(b64: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_proxy_listing_is_an_error_unless_the_proxy_is_not_running() {
+        let out = "@@inspect\n@@proxy\nError response from daemon: not running\n@@proxy-error\n@@lock\n@@files\n@@end\n";
+        let req = ProbeRequest::default();
+        let err = parse(out, &req).unwrap_err().to_string();
+        assert!(
+            err.contains("`kamal-proxy list` failed: Error response from daemon"),
+            "{err}"
+        );
+        let listed = |state: &str| crate::remote::Snapshot {
+            listed: vec![
+                serde_json::json!({"Id": "ab", "Names": ["/kamal-proxy"], "State": state}),
+            ],
+            ..Default::default()
+        };
+        assert!(parse_engine(listed("running"), out, &req).is_err());
+        let o = parse_engine(listed("exited"), out, &req).unwrap();
+        assert_eq!(o.proxy_routes, None);
+    }
 
     #[test]
     fn the_engine_api_is_asked_what_the_script_asks_curl() {
