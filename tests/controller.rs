@@ -137,6 +137,27 @@ impl Drop for Berth {
     }
 }
 
+/// `docker events` processes running for this fleet's hosts (found by the
+/// `DOCKER_HOST` their SSH sessions get).
+fn docker_events_processes(fleet: &Fleet) -> Vec<u32> {
+    let marker = format!("/berth-testbed/{}/", fleet.tb.slot);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_events = args.first().is_some_and(|a| a.ends_with(b"docker"))
+            && args.get(1) == Some(&&b"events"[..]);
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if is_events && String::from_utf8_lossy(&environ).contains(&marker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 fn wait(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
     testbed::poll(Instant::now() + limit, what, cond).unwrap();
 }
@@ -249,8 +270,17 @@ fn berth_run_follows_the_repo_and_reports_drift() {
     wait(Duration::from_secs(10), "in sync", || {
         in_sync(&detect) == Some(1.0)
     });
-    // The event streams attach right after the first cycle; let them connect.
-    std::thread::sleep(Duration::from_millis(500));
+    // The event streams attach right after the first cycle: wait until
+    // every host's Docker engine has a listener.
+    wait(Duration::from_secs(10), "event streams attached", || {
+        fleet.tb.hosts.iter().all(|h| {
+            h.docker_ok(&["info", "--format", "{{.NEventsListener}}"])
+                .is_ok_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n >= 1))
+        })
+    });
+    // They come from the Engine API through the SSH connections: no
+    // `docker events` process runs on the hosts.
+    assert_eq!(docker_events_processes(&fleet), Vec::<u32>::new());
     fleet.host(1).docker_ok(&["stop", "demo-web-v2"]).unwrap();
     let t = Instant::now();
     wait(Duration::from_secs(10), "drift seen", || {

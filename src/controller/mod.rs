@@ -281,9 +281,11 @@ impl Controller {
         }
     }
 
-    /// One docker event stream per host (over the warm SSH connection): any
-    /// event of the app's containers wakes the loop, so drift made by hand
-    /// is seen within a second. A stream that ends is restarted.
+    /// One docker event stream per host (over the warm SSH connection: the
+    /// Engine API's `/events` once observation found the host's socket, else
+    /// `docker events`): any event of the app's containers wakes the loop,
+    /// so drift made by hand is seen within a second. A stream that ends is
+    /// restarted.
     fn ensure_watchers(
         self: &Arc<Self>,
         conns: &Arc<Connections>,
@@ -316,10 +318,19 @@ impl Controller {
             }
             argv.push("--filter".into());
             argv.push("type=container".into());
+            // The same, from the Engine API through the SSH connection: no
+            // `docker events` process kept running on the host.
+            let filters = serde_json::json!({
+                "type": ["container"],
+                "label": labels.iter().map(|l| format!("service={l}")).collect::<Vec<_>>(),
+            });
             let (me, c, h) = (self.clone(), conns.clone(), host.clone());
             let task = tokio::spawn(async move {
                 loop {
-                    let _ = c.stream_lines(&h, &argv, |_| me.wake.notify_one()).await;
+                    let wake = |_: &serde_json::Value| me.wake.notify_one();
+                    if c.engine_events(&h, &filters, wake).await.is_none() {
+                        let _ = c.stream_lines(&h, &argv, |_| me.wake.notify_one()).await;
+                    }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             });

@@ -139,24 +139,11 @@ impl ProbeRequest {
             .map(|f| {
                 format!(
                     "/containers/json?all=1&filters={}",
-                    percent_encode(&f.to_string())
+                    crate::remote::percent_encode(&f.to_string())
                 )
             })
             .collect()
     }
-}
-
-/// Everything but unreserved URL characters as `%XX`.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The host's Docker socket, as the probe reported it.

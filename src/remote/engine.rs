@@ -317,6 +317,78 @@ impl Connections {
         Ok(BufReader::new(stream))
     }
 
+    /// Follow `host`'s Docker events that match `filters` (Engine API
+    /// filters, e.g. `{"type": ["container"]}`), calling `on_event` with
+    /// each, until the stream ends, on a connection of its own. `None`: no
+    /// usable Engine API is known for the host.
+    pub async fn engine_events(
+        &self,
+        host: &str,
+        filters: &Value,
+        mut on_event: impl FnMut(&Value),
+    ) -> Option<Result<(), RemoteError>> {
+        let slot = {
+            let map = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(host)?.clone()
+        };
+        let conn = {
+            let mut engine = slot.lock().await;
+            if engine.resting() {
+                return None;
+            }
+            self.engine_connect(host, &mut engine).await
+        };
+        let follow = async {
+            let mut conn = conn?;
+            let request = format!(
+                "GET /events?filters={} HTTP/1.1\r\nHost: docker\r\n\r\n",
+                percent_encode(&filters.to_string())
+            );
+            let io = |e: std::io::Error| e.to_string();
+            conn.get_mut()
+                .write_all(request.as_bytes())
+                .await
+                .map_err(io)?;
+            let head = read_head(&mut conn).await.map_err(io)?;
+            if head.status != 200 {
+                return Err(format!("GET /events: HTTP {}", head.status));
+            }
+            // One JSON object per line; a chunk may end mid-line.
+            let mut pending = Vec::new();
+            loop {
+                let piece = if head.chunked {
+                    match read_chunk(&mut conn).await.map_err(io)? {
+                        Some(chunk) => chunk,
+                        None => return Ok(()),
+                    }
+                } else {
+                    let mut buf = vec![0; 8192];
+                    let n = conn.read(&mut buf).await.map_err(io)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.truncate(n);
+                    buf
+                };
+                pending.extend(piece);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Ok(event) = serde_json::from_slice::<Value>(&line) {
+                        on_event(&event);
+                    }
+                }
+                if pending.len() > MAX_BODY {
+                    return Err("over-long event".to_string());
+                }
+            }
+        };
+        Some(follow.await.map_err(|message| RemoteError::Command {
+            host: host.to_string(),
+            command: "Docker Engine API events".to_string(),
+            message,
+        }))
+    }
+
     /// Remove this set's forwarded sockets (their masters are closing).
     pub(super) fn forget_engines(&self) {
         let map = std::mem::take(&mut *self.engines.lock().unwrap_or_else(|p| p.into_inner()));
@@ -407,9 +479,15 @@ async fn read_line(conn: &mut BufReader<UnixStream>) -> std::io::Result<String> 
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-/// One HTTP/1.1 response: status, body (by Content-Length or chunked), and
-/// whether the connection stays open.
-async fn read_response(conn: &mut BufReader<UnixStream>) -> std::io::Result<(Response, bool)> {
+/// A response's status line and the headers berth needs.
+struct Head {
+    status: u16,
+    length: Option<usize>,
+    chunked: bool,
+    keep_alive: bool,
+}
+
+async fn read_head(conn: &mut BufReader<UnixStream>) -> std::io::Result<Head> {
     let status_line = read_line(conn).await?;
     let mut parts = status_line.split(' ');
     let status = match (parts.next(), parts.next()) {
@@ -418,13 +496,16 @@ async fn read_response(conn: &mut BufReader<UnixStream>) -> std::io::Result<(Res
         }
         _ => return Err(bad(format!("not an HTTP response: {status_line:?}"))),
     };
-    let mut length = None;
-    let mut chunked = false;
-    let mut keep_alive = true;
+    let mut head = Head {
+        status,
+        length: None,
+        chunked: false,
+        keep_alive: true,
+    };
     loop {
         let line = read_line(conn).await?;
         if line.is_empty() {
-            break;
+            return Ok(head);
         }
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -432,43 +513,58 @@ async fn read_response(conn: &mut BufReader<UnixStream>) -> std::io::Result<(Res
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => {
-                length = Some(
+                head.length = Some(
                     value
                         .parse::<usize>()
                         .map_err(|_| bad("bad Content-Length"))?,
                 )
             }
-            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-            "connection" => keep_alive = !value.eq_ignore_ascii_case("close"),
+            "transfer-encoding" => head.chunked = value.eq_ignore_ascii_case("chunked"),
+            "connection" => head.keep_alive = !value.eq_ignore_ascii_case("close"),
             _ => {}
         }
     }
+}
+
+/// The next chunk of a chunked body; `None` at its end.
+async fn read_chunk(conn: &mut BufReader<UnixStream>) -> std::io::Result<Option<Vec<u8>>> {
+    let size = read_line(conn).await?;
+    let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+        .map_err(|_| bad("bad chunk size"))?;
+    if size == 0 {
+        // Trailers, then the empty line.
+        while !read_line(conn).await?.is_empty() {}
+        return Ok(None);
+    }
+    if size > MAX_BODY {
+        return Err(bad("response too large"));
+    }
+    let mut chunk = vec![0; size];
+    conn.read_exact(&mut chunk).await?;
+    read_line(conn).await?;
+    Ok(Some(chunk))
+}
+
+/// One HTTP/1.1 response: status, body (by Content-Length or chunked), and
+/// whether the connection stays open.
+async fn read_response(conn: &mut BufReader<UnixStream>) -> std::io::Result<(Response, bool)> {
+    let head = read_head(conn).await?;
+    let mut keep_alive = head.keep_alive;
     let mut body = Vec::new();
-    if chunked {
-        loop {
-            let size = read_line(conn).await?;
-            let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                // Trailers, then the empty line.
-                while !read_line(conn).await?.is_empty() {}
-                break;
-            }
-            if body.len() + size > MAX_BODY {
+    if head.chunked {
+        while let Some(chunk) = read_chunk(conn).await? {
+            if body.len() + chunk.len() > MAX_BODY {
                 return Err(bad("response too large"));
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            conn.read_exact(&mut body[start..]).await?;
-            read_line(conn).await?;
+            body.extend(chunk);
         }
-    } else if let Some(n) = length {
+    } else if let Some(n) = head.length {
         if n > MAX_BODY {
             return Err(bad("response too large"));
         }
         body.resize(n, 0);
         conn.read_exact(&mut body).await?;
-    } else if status != 204 && status != 304 {
+    } else if head.status != 204 && head.status != 304 {
         // Delimited by the connection's end.
         (&mut *conn)
             .take(MAX_BODY as u64)
@@ -476,7 +572,26 @@ async fn read_response(conn: &mut BufReader<UnixStream>) -> std::io::Result<(Res
             .await?;
         keep_alive = false;
     }
-    Ok((Response { status, body }, keep_alive))
+    Ok((
+        Response {
+            status: head.status,
+            body,
+        },
+        keep_alive,
+    ))
+}
+
+/// Everything but unreserved URL characters as `%XX` (a query value).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

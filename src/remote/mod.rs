@@ -9,7 +9,7 @@
 
 mod engine;
 
-pub use engine::Snapshot;
+pub use engine::{Snapshot, percent_encode};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
