@@ -303,7 +303,19 @@ fn berth_run_follows_the_repo_and_reports_drift() {
             )
         ) == Some(1.0)
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // A cycle more (asked for), and still not healed.
+    let drifted = detect.reconciles("demo", "drifted");
+    let sync = request(
+        detect.port,
+        "POST",
+        "/api/v1/apps/demo/sync",
+        &[("Authorization", "Bearer api-token".into())],
+        "",
+    );
+    assert_eq!(sync.0, 202);
+    wait(Duration::from_secs(15), "another cycle", || {
+        detect.reconciles("demo", "drifted") > drifted
+    });
     assert!(
         fleet
             .host(1)
