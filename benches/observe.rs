@@ -1,6 +1,6 @@
 //! `cargo bench --bench observe` (root): berth's no-op dry-run against
 //! `kamal details` on the same testbed, for 3, 10 and 30 hosts, after real
-//! Kamal deployed the demo app (proxy off). Prints both, the ratios (Kamal's
+//! Kamal deployed the demo app (proxy off; `BERTH_BENCH_PROXY=1` for on). Prints both, the ratios (Kamal's
 //! time over berth's, cold and warm), and per host and warm observation:
 //! shell calls + Engine API batches, sent together, so one round trip; then
 //! the CPU the whole machine (all hosts, berth, its SSH clients) spent per
@@ -76,13 +76,24 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![3, 10, 30]);
+    // `BERTH_BENCH_PROXY=1`: web behind kamal-proxy (the stand-in), so every
+    // observation also lists the proxy's routes (`docker exec`).
+    let with_proxy = std::env::var("BERTH_BENCH_PROXY").is_ok_and(|v| v == "1");
     for n in sizes {
         let fleet = Fleet::up(n);
+        let proxy = if with_proxy {
+            "proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n"
+        } else {
+            "    proxy: false\n"
+        };
         let project = fleet.project(
-            &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
+            &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n{proxy}readiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
             "KAMAL_REGISTRY_PASSWORD=unused\n",
         );
         let p = project.path();
+        if with_proxy {
+            fleet.kamal_use_stand_in_proxy(p);
+        }
         fleet.kamal_ok(p, &["deploy", "--skip-push", "--version", "v1"]);
 
         let mut kamal = Vec::new();
