@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
     about = "A local fleet of real hosts: netns + sshd + dockerd, a registry, a Git repo"
 )]
 struct Cli {
-    /// Testbed slot (subnet 10.210.<slot>.0/24); tests use slots from 1 up.
+    /// Testbed slot (subnet `10.210.<slot>.0/24`); tests use slots from 1 up.
     #[arg(long, global = true, default_value_t = 0)]
     slot: u8,
     #[command(subcommand)]

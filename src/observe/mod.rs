@@ -1,6 +1,9 @@
 //! `observe`: what actually runs on every host, in one SSH round trip per
-//! host ([`probe`]). A host that cannot be reached is [`HostState::Unreachable`]
-//! — never mistaken for an empty host.
+//! host: the shell [`probe`], and once it has found the host's Docker socket,
+//! the Engine API through the SSH connection ([`crate::remote`]) for the
+//! containers, sent together with the probe for the rest. A host that cannot
+//! be reached is [`HostState::Unreachable`] — never mistaken for an empty
+//! host.
 
 pub mod probe;
 

@@ -6,6 +6,9 @@
 //! Host keys are verified: `StrictHostKeyChecking=yes` against the user's
 //! known_hosts or `--known-hosts FILE`; accepting a new key on first contact
 //! must be asked for explicitly.
+//!
+//! `engine`: a host's Docker Engine API through the same connection
+//! ([`Connections::engine_snapshot`], [`Connections::engine_events`]).
 
 mod engine;
 
