@@ -199,14 +199,13 @@ impl Connections {
         });
 
         let mut containers = Vec::new();
+        // Inspected for the first time (the others are remembered).
         let mut images = Vec::new();
-        let mut found = BTreeSet::new();
-        for id in &image_ids {
-            if let Some(image) = engine.images.get(id) {
-                found.insert(id.clone());
-                images.push(image.clone());
-            }
-        }
+        let mut found: BTreeSet<String> = image_ids
+            .iter()
+            .filter(|id| engine.images.contains_key(*id))
+            .cloned()
+            .collect();
         for r in answers.iter().skip(lists.len()) {
             keep(
                 r,
@@ -243,10 +242,13 @@ impl Connections {
             }
         }
         engine.last_containers = ids.into_iter().collect();
-        engine.images = images
-            .iter()
-            .filter_map(|i| Some((i.get("Id")?.as_str()?.to_string(), i.clone())))
-            .collect();
+        for image in images {
+            if let Some(id) = image.get("Id").and_then(Value::as_str) {
+                engine.images.insert(id.to_string(), image);
+            }
+        }
+        engine.images.retain(|id, _| image_ids.contains(id));
+        let images = engine.images.values().cloned().collect();
         Ok(Snapshot {
             listed,
             containers,
