@@ -106,6 +106,18 @@ impl Berth {
         request(self.port, "GET", "/api/v1/apps", &[], "").1
     }
 
+    /// Ask for a sync of `app` with the API token; the HTTP status.
+    fn sync(&self, app: &str) -> u16 {
+        request(
+            self.port,
+            "POST",
+            &format!("/api/v1/apps/{app}/sync"),
+            &[("Authorization", "Bearer api-token".into())],
+            "",
+        )
+        .0
+    }
+
     /// Cycles of `app` (no destination) that ended with `result`.
     fn reconciles(&self, app: &str, result: &str) -> f64 {
         metric(
@@ -239,17 +251,7 @@ fn berth_run_follows_the_repo_and_reports_drift() {
         request(berth.port, "POST", "/api/v1/apps/demo/sync", &[], "").0,
         401
     );
-    assert_eq!(
-        request(
-            berth.port,
-            "POST",
-            "/api/v1/apps/demo/sync",
-            &[("Authorization", "Bearer api-token".into())],
-            ""
-        )
-        .0,
-        202
-    );
+    assert_eq!(berth.sync("demo"), 202);
     assert_eq!(berth.stop(), Some(0));
     // The lock is free after a clean stop.
     assert!(!fleet.host(0).home().join(".kamal/lock-demo").exists());
@@ -305,14 +307,7 @@ fn berth_run_follows_the_repo_and_reports_drift() {
     );
     // A cycle more (asked for), and still not healed.
     let drifted = detect.reconciles("demo", "drifted");
-    let sync = request(
-        detect.port,
-        "POST",
-        "/api/v1/apps/demo/sync",
-        &[("Authorization", "Bearer api-token".into())],
-        "",
-    );
-    assert_eq!(sync.0, 202);
+    assert_eq!(detect.sync("demo"), 202);
     wait(Duration::from_secs(15), "another cycle", || {
         detect.reconciles("demo", "drifted") > drifted
     });
@@ -689,17 +684,7 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
     assert_eq!(boots(), 1, "the failed revision was retried");
     assert!(serves(&fleet, "demo v1\n"));
     // A manual sync retries it on purpose.
-    assert_eq!(
-        request(
-            berth.port,
-            "POST",
-            "/api/v1/apps/demo/sync",
-            &[("Authorization", "Bearer api-token".into())],
-            ""
-        )
-        .0,
-        202
-    );
+    assert_eq!(berth.sync("demo"), 202);
     wait(Duration::from_secs(60), "retried on request", || {
         boots() == 2
     });

