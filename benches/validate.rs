@@ -63,6 +63,7 @@ fn main() {
         config_file: &file,
         destination: None,
         env: &env,
+        files: &berth::checkout::Checkout::unconfined(),
     };
 
     let mut load_times = Vec::new();
@@ -75,7 +76,8 @@ fn main() {
             &dir.join(".kamal/secrets"),
             &SecretsOptions {
                 destination: None,
-                allow_commands: false,
+                commands: berth::config::secrets::Commands::Refuse,
+                files: &berth::checkout::Checkout::unconfined(),
                 env: &env,
             },
         )

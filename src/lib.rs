@@ -5,6 +5,7 @@
 //! and exposed by `server`. Each module owns one stage; see ARCHITECTURE.md.
 
 pub mod apply;
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod controller;

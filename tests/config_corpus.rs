@@ -55,6 +55,7 @@ fn load(file: &Path, text: &str) -> Result<config::Config, LoadError> {
         config_file: file,
         destination: destination.as_deref(),
         env: &env,
+        files: &berth::checkout::Checkout::unconfined(),
     })
 }
 

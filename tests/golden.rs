@@ -43,13 +43,15 @@ fn render(dir: &Path) -> Rendered {
         config_file: &dir.join("config/deploy.yml"),
         destination: destination.as_deref(),
         env: &env,
+        files: &berth::checkout::Checkout::unconfined(),
     })
     .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let secrets = Secrets::load(
         &dir.join(".kamal/secrets"),
         &SecretsOptions {
             destination: destination.as_deref(),
-            allow_commands: false,
+            commands: berth::config::secrets::Commands::Refuse,
+            files: &berth::checkout::Checkout::unconfined(),
             env: &env,
         },
     )

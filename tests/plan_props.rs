@@ -42,6 +42,7 @@ fn desired_for(
         config_file: &file,
         destination: None,
         env: &env,
+        files: &berth::checkout::Checkout::unconfined(),
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let secrets = Secrets::from_pairs([("PW", "x"), ("DB_PASSWORD", "s3cret")]);

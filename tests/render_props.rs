@@ -150,6 +150,7 @@ fn check(field: Field, value: &str) -> Result<(), TestCaseError> {
         config_file: &file,
         destination: None,
         env: &env,
+        files: &berth::checkout::Checkout::unconfined(),
     }) else {
         return Ok(()); // rejected with an error: allowed
     };
@@ -157,7 +158,8 @@ fn check(field: Field, value: &str) -> Result<(), TestCaseError> {
         Path::new(&dir.path().join(".kamal/secrets")),
         &berth::config::secrets::SecretsOptions {
             destination: None,
-            allow_commands: false,
+            commands: berth::config::secrets::Commands::Refuse,
+            files: &berth::checkout::Checkout::unconfined(),
             env: &env,
         },
     )

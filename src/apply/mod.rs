@@ -21,7 +21,7 @@
 pub mod hooks;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+
 use std::time::Duration;
 
 use crate::config::secrets::Secret;
@@ -51,11 +51,6 @@ pub struct ApplyContext<'a> {
     pub conns: &'a Connections,
     pub policy: Policy,
     pub registry: Option<RegistryLogin>,
-    /// Where accessory `files:` are read from (the project root).
-    pub project_root: PathBuf,
-    /// Refuse accessory `files:` outside `project_root` (`berth run`: a
-    /// commit must not make berth copy its own keys or tokens to a host).
-    pub confine_files: bool,
     /// Progress lines, one per step.
     pub progress: &'a (dyn Fn(&str) + Sync),
     /// Kamal hooks (`None`: `--skip-hooks`).
@@ -511,11 +506,29 @@ pub async fn release_stale_lock(
 }
 
 /// Execute `plan`. Returns after the lock is released, whatever happened.
+/// What must hold before the first host is touched: a step that could
+/// refuse later would do so with the old accessory already stopped.
+fn preflight(desired: &Desired) -> Result<(), ApplyError> {
+    for h in &desired.hosts {
+        for acc in &h.accessories {
+            if let Some(f) = acc.files.iter().find(|f| f.contents.is_none()) {
+                return Err(ApplyError::Step {
+                    host: h.host.clone(),
+                    what: format!("accessory {}", acc.name),
+                    message: format!("file {} was not loaded", f.local),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn apply(ctx: &ApplyContext<'_>, plan: &Plan) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     if plan.actions.is_empty() {
         return Ok(report);
     }
+    preflight(ctx.desired)?;
     let before = ctx.conns.commands_run();
     let Some(lock_host) = primary_host(ctx.desired) else {
         return Ok(report);
@@ -863,28 +876,23 @@ async fn boot_accessory(
         )
         .await?;
     }
-    for (local, remote, mode) in &acc.files {
-        let path = ctx.project_root.join(local);
-        let step = |message: String| ApplyError::Step {
-            host: h.to_string(),
-            what: format!("reading accessory file {}", path.display()),
-            message,
+    for file in &acc.files {
+        // Read (and confined) when the desired state was loaded; checked
+        // before the lock (`preflight`), so this cannot fail half-way.
+        let Some(contents) = &file.contents else {
+            return Err(ApplyError::Step {
+                host: h.to_string(),
+                what: format!("writing accessory file {}", file.local),
+                message: "the file was not loaded".into(),
+            });
         };
-        if ctx.confine_files {
-            // Resolved, so neither `..` nor a symlink in the repo escapes.
-            let inside = match (path.canonicalize(), ctx.project_root.canonicalize()) {
-                (Ok(p), Ok(root)) => p.starts_with(root),
-                _ => false,
-            };
-            if !inside {
-                return Err(step(
-                    "outside the project: berth run only copies files from the repository".into(),
-                ));
-            }
-        }
-        let contents = std::fs::read(&path).map_err(|e| step(e.to_string()))?;
-        ctx.write_file(h, remote, mode.as_deref().unwrap_or("755"), &contents)
-            .await?;
+        ctx.write_file(
+            h,
+            &file.remote,
+            file.mode.as_deref().unwrap_or("755"),
+            contents,
+        )
+        .await?;
     }
     ctx.write_env_file(h, &acc.env_file).await?;
     ctx.run_ok(h, "running the accessory", acc.run_argv.clone())

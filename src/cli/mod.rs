@@ -48,6 +48,39 @@ pub struct ConfigArgs {
     /// Allow `$(command)` substitution in `.kamal/secrets*` (runs the commands locally).
     #[arg(long)]
     pub allow_secret_commands: bool,
+    /// Read files the config names outside the project directory (secrets_path,
+    /// accessory files). By default every read stays inside it.
+    #[arg(long, conflicts_with = "untrusted")]
+    pub allow_outside_reads: bool,
+    /// Treat the repository as hostile, as `berth run` does (a CI job on pull
+    /// requests): nothing it names runs here — no `$(…)` secrets, hooks or
+    /// ssh.proxy_command — and no read leaves the project directory.
+    #[arg(long, conflicts_with = "allow_secret_commands")]
+    pub untrusted: bool,
+}
+
+impl ConfigArgs {
+    /// Where the config's files may be read from, and whether it is trusted.
+    pub fn checkout(&self) -> anyhow::Result<crate::checkout::Checkout> {
+        use crate::checkout::Checkout;
+        let root = crate::config::project_root(&self.config_file);
+        Ok(if self.allow_outside_reads {
+            Checkout::unconfined()
+        } else if self.untrusted {
+            Checkout::untrusted(&root)?
+        } else {
+            Checkout::confined(&root)?
+        })
+    }
+
+    pub fn secret_commands(&self) -> crate::config::secrets::Commands {
+        use crate::config::secrets::Commands;
+        if self.allow_secret_commands {
+            Commands::Run
+        } else {
+            Commands::Refuse
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,7 +132,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", printable(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -107,10 +140,44 @@ pub fn main() -> ExitCode {
 
 pub(crate) use crate::config::process_env;
 
+/// A `--known-hosts` file that cannot be read would make every host fail
+/// with "host key verification failed": say what is wrong instead.
+pub(crate) fn check_known_hosts(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("--known-hosts {}: cannot read: {e}", path.display())),
+        Ok(_) => anyhow::bail!("--known-hosts {}: not a regular file", path.display()),
+        Err(e) => anyhow::bail!("--known-hosts {}: {e}", path.display()),
+    }
+}
+
+/// Text from a repository made safe for a terminal: control characters
+/// other than line breaks and tabs (an ESC starting a terminal escape
+/// sequence, a carriage return rewriting a line) are shown as `\u{1b}`.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Write to stdout. A closed pipe (`berth render | head`) is the reader's
 /// choice, not an error: no panic, and an apply in progress goes on.
 pub(crate) fn out(text: &str) {
     use std::io::Write;
+    let text = printable(text);
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(text.as_bytes())
@@ -128,6 +195,8 @@ pub fn load_desired_for(
             config_file: config_file.to_path_buf(),
             destination: destination.map(str::to_string),
             allow_secret_commands: false,
+            allow_outside_reads: false,
+            untrusted: false,
         },
         None,
         None,

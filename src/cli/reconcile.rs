@@ -85,6 +85,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         }
     }
     let desired = filter(desired, &args.hosts, &args.roles);
+    if let Some(kh) = &args.known_hosts {
+        super::check_known_hosts(kh)?;
+    }
     let mut ssh = SshOptions::from_config(&cfg.ssh, std::env::var_os("HOME").map(PathBuf::from));
     ssh.known_hosts = args.known_hosts.clone();
     ssh.accept_new_host_keys = args.accept_new_host_keys;
@@ -139,10 +142,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     retain_containers: cfg.retain_containers,
                 },
                 registry: registry.clone(),
-                project_root: root.clone(),
-                confine_files: false,
                 progress: &progress,
-                hooks: (!args.skip_hooks).then(|| apply::hooks::Hooks {
+                // An untrusted repository's hooks are code it names: never run.
+                hooks: (!args.skip_hooks && !args.config.untrusted).then(|| apply::hooks::Hooks {
                     dir: root.join(&cfg.hooks_path),
                     cwd: root.clone(),
                 }),

@@ -36,13 +36,15 @@ pub fn load_all(
     app_version: Option<&str>,
     home: Option<&str>,
 ) -> anyhow::Result<(config::Config, Secrets, Desired)> {
+    let files = cfg_args.checkout()?;
     Ok(desired::load::load_app(&desired::load::AppLoad {
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
-        allow_secret_commands: cfg_args.allow_secret_commands,
+        secret_commands: cfg_args.secret_commands(),
         app_version,
         home,
         env: &process_env,
+        files: &files,
     })?)
 }
 

@@ -114,11 +114,19 @@ fn init_logging(format: LogFormat) {
 
 /// The config's `service`, the app's name when `--app` is not given
 /// (`app` if the config cannot be read yet: the cycles report why).
-fn service_name(config_file: &std::path::Path, destination: Option<&str>) -> String {
+fn service_name(
+    checkout: &std::path::Path,
+    config_file: &std::path::Path,
+    destination: Option<&str>,
+) -> String {
+    let Ok(files) = crate::checkout::Checkout::untrusted(checkout) else {
+        return "app".into();
+    };
     crate::config::load(&crate::config::LoadOptions {
-        config_file,
+        config_file: &checkout.join(config_file),
         destination,
         env: &super::process_env,
+        files: &files,
     })
     .map(|c| c.service)
     .unwrap_or_else(|_| "app".into())
@@ -159,6 +167,12 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         (None, Some(d)) => Source::Dir(d.clone()),
         (None, None) => anyhow::bail!("give --repo URL or --dir PATH"),
     };
+    for kh in [&args.known_hosts, &args.git_known_hosts]
+        .into_iter()
+        .flatten()
+    {
+        super::check_known_hosts(kh)?;
+    }
     let ssh = SshOptionsTemplate {
         known_hosts: args.known_hosts.clone(),
         accept_new_host_keys: args.accept_new_host_keys,
@@ -174,10 +188,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     match index {
         None => controllers.push(Controller::new(AppSpec {
             name: args.app.clone().unwrap_or_else(|| {
-                service_name(
-                    &first.dir.join(&args.config_file),
-                    args.destination.as_deref(),
-                )
+                service_name(&first.dir, &args.config_file, args.destination.as_deref())
             }),
             source,
             config_file: args.config_file.clone(),

@@ -1,24 +1,131 @@
-//! `berth validate`: load and check a config; exit 0 valid, 1 invalid.
+//! `berth validate`: everything `reconcile` could refuse about a repository
+//! (config, secrets syntax, missing secrets, accessory files, what only a
+//! shell could run), without touching a host or running a secret command;
+//! exit 0 valid, 1 invalid.
 
 use super::{ConfigArgs, Output, process_env};
-use crate::config::{self, LoadError, LoadOptions};
+use crate::config::secrets::{Commands, SecretsError};
+use crate::desired::load::{AppLoad, AppLoadError, check_app};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The version `reconcile` would be given (`--app-version`), if the
+    /// config declares none.
+    #[arg(long)]
+    pub app_version: Option<String>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
 
+/// One refusal, located as far as its source allows.
+struct Problem {
+    file: String,
+    line: Option<usize>,
+    column: Option<usize>,
+    key: String,
+    message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(c) = self.column {
+            write!(f, ":{c}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
+    match e {
+        AppLoadError::Config(e) if !e.errors().is_empty() => e
+            .errors()
+            .iter()
+            .map(|e| Problem {
+                file: e.mark.file.display().to_string(),
+                line: Some(e.mark.line),
+                column: Some(e.mark.col),
+                key: e.path.clone(),
+                message: e.message.clone(),
+            })
+            .collect(),
+        AppLoadError::Secrets(
+            SecretsError::Syntax {
+                file,
+                line,
+                message,
+            }
+            | SecretsError::Command {
+                file,
+                line,
+                message,
+                ..
+            },
+        ) => vec![Problem {
+            file: file.display().to_string(),
+            line: Some(*line),
+            column: None,
+            key: String::new(),
+            message: message.clone(),
+        }],
+        other => {
+            // Messages that already name their file (I/O, a refused command).
+            let text = other.to_string();
+            let file = match other {
+                AppLoadError::Secrets(SecretsError::CommandNotAllowed { file, .. }) => {
+                    file.display().to_string()
+                }
+                _ => String::new(),
+            };
+            vec![Problem {
+                message: match text.strip_prefix(&format!("{file}:")) {
+                    Some(rest) if !file.is_empty() => rest.trim_start().to_string(),
+                    _ => text.clone(),
+                },
+                file: if file.is_empty() {
+                    config_file.display().to_string()
+                } else {
+                    file
+                },
+                line: None,
+                column: None,
+                key: String::new(),
+            }]
+        }
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let opts = LoadOptions {
+    let files = args.config.checkout()?;
+    let checked = check_app(&AppLoad {
         config_file: &args.config.config_file,
         destination: args.config.destination.as_deref(),
+        // Checked, never run: validating must not execute the repository.
+        secret_commands: if args.config.allow_secret_commands {
+            Commands::Skip
+        } else {
+            Commands::Refuse
+        },
+        app_version: args.app_version.as_deref(),
+        home: None,
         env: &process_env,
-    };
-    match config::load(&opts) {
-        Ok(cfg) => {
+        files: &files,
+    });
+    match checked {
+        Ok((cfg, version)) => {
+            if version.is_none() {
+                eprintln!(
+                    "note: no x-berth.version: reconcile and berth run need one (or --app-version)"
+                );
+            }
             match args.output {
                 Output::Text => super::out(&format!(
                     "{}: valid ({} role(s), {} accessory(ies), {} host(s))\n",
@@ -34,25 +141,25 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Err(e @ LoadError::Io { .. }) => Err(e.into()),
-        Err(LoadError::Invalid(errors)) => {
+        Err(e) => {
+            let list = problems(&e, &args.config.config_file);
             match args.output {
                 Output::Text => {
-                    for e in &errors {
-                        eprintln!("{e}");
+                    for p in &list {
+                        eprintln!("{}", super::printable(&p.to_string()));
                     }
-                    eprintln!("{} error(s)", errors.len());
+                    eprintln!("{} error(s)", list.len());
                 }
                 Output::Json => {
-                    let list: Vec<_> = errors
+                    let list: Vec<_> = list
                         .iter()
-                        .map(|e| {
+                        .map(|p| {
                             serde_json::json!({
-                                "file": e.mark.file.display().to_string(),
-                                "line": e.mark.line,
-                                "column": e.mark.col,
-                                "key": e.path,
-                                "message": e.message,
+                                "file": p.file,
+                                "line": p.line,
+                                "column": p.column,
+                                "key": p.key,
+                                "message": p.message,
                             })
                         })
                         .collect();

@@ -6,8 +6,15 @@
 //! fixing a config sees all of its problems in one run.
 
 use crate::config::ConfigError;
+use crate::config::grammar;
 use crate::config::model::*;
 use crate::config::yaml::{Key, Mark, Node, Scalar, Value, deep_merge};
+
+/// The ceiling of every duration in seconds a config sets (delays,
+/// timeouts, intervals): an hour. Kamal's defaults are 7 to 30 seconds.
+pub const MAX_SECONDS: u64 = 3600;
+/// The ceiling of `retain_containers`.
+pub const MAX_RETAINED: u32 = 100;
 
 /// The Kamal version berth is compatible with (for `minimum_version`).
 pub const KAMAL_COMPAT_VERSION: &str = "2.11.0";
@@ -160,6 +167,11 @@ const RESERVED_LABELS: &[&str] = &["destination", "role", "service"];
 pub struct Decoder {
     pub errors: Vec<ConfigError>,
     root_mark: Mark,
+    /// The repository is hostile (`berth run`, `--untrusted`): refuse what
+    /// would execute on berth's machine.
+    pub untrusted: bool,
+    /// Every secret the config names, where it names it.
+    secret_refs: Vec<SecretRef>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -175,6 +187,8 @@ impl Decoder {
         Decoder {
             errors: Vec::new(),
             root_mark,
+            untrusted: false,
+            secret_refs: Vec::new(),
         }
     }
 
@@ -247,6 +261,16 @@ impl Decoder {
         }
     }
 
+    /// A `cmd:`: a string berth can split into words without a shell (the
+    /// check render would otherwise make, here with its position).
+    fn cmd(&mut self, node: &Node, path: &str) -> Option<String> {
+        let cmd = self.string(node, path)?;
+        if let Err(e) = crate::config::words::split(&cmd) {
+            self.error(&node.mark, path, e.to_string());
+        }
+        Some(cmd)
+    }
+
     fn opt_string(&mut self, map: &[(Key, Node)], key: &str, path: &str) -> Option<String> {
         let node = get(map, key)?;
         self.string(node, &join(path, key))
@@ -279,6 +303,23 @@ impl Decoder {
             return None;
         }
         Some(value as u64)
+    }
+
+    /// A non-negative integer at most `max`: every duration and count from
+    /// a repository has a ceiling, so none can park an apply for years.
+    fn bounded(&mut self, map: &[(Key, Node)], key: &str, path: &str, max: u64) -> Option<u64> {
+        let value = self.non_negative(map, key, path)?;
+        if value > max {
+            if let Some(node) = get(map, key) {
+                self.error(
+                    &node.mark,
+                    &join(path, key),
+                    format!("must be at most {max}"),
+                );
+            }
+            return None;
+        }
+        Some(value)
     }
 
     fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
@@ -483,6 +524,12 @@ impl Decoder {
                                 &join(&p, &i.to_string()),
                                 "a secret entry is NAME or NAME:SECRET_KEY",
                             );
+                        } else {
+                            self.secret_refs.push(SecretRef {
+                                key: alias.to_string(),
+                                mark: item.mark.clone(),
+                                path: join(&p, &i.to_string()),
+                            });
                         }
                     }
                 }
@@ -523,7 +570,14 @@ impl Decoder {
                 Some(n) => {
                     match &n.value {
                         Value::Seq(items) if items.len() == 1 => match &items[0].value {
-                            Value::Scalar(Scalar::Str(s)) => Some(Credential::Secret(s.clone())),
+                            Value::Scalar(Scalar::Str(s)) => {
+                                self.secret_refs.push(SecretRef {
+                                    key: s.clone(),
+                                    mark: items[0].mark.clone(),
+                                    path: join(&p, "0"),
+                                });
+                                Some(Credential::Secret(s.clone()))
+                            }
                             _ => {
                                 self.error(&n.mark, &p, "should be a string or an array with one string (for secret lookup)");
                                 None
@@ -587,10 +641,8 @@ impl Decoder {
             }
         }
         for (i, h) in hosts.iter().enumerate() {
-            if h.host.trim().is_empty()
-                || h.host.starts_with('-')
-                || h.host.contains(char::is_whitespace)
-            {
+            // Hosts reach ssh (and a ProxyJump's `/bin/sh`) as `%h`.
+            if !grammar::is_host(&h.host) {
                 let (mark, host) = (h.mark.clone(), h.host.clone());
                 self.error(
                     &mark,
@@ -693,7 +745,7 @@ impl Decoder {
             ssl_redirect: self.opt_bool(map, "ssl_redirect", path),
             forward_headers: self.opt_bool(map, "forward_headers", path),
             response_timeout: self
-                .opt_integer(map, "response_timeout", path)
+                .bounded(map, "response_timeout", path, MAX_SECONDS)
                 .map(|i| i.to_string()),
             path_prefixes,
             strip_path_prefix: self.opt_bool(map, "strip_path_prefix", path),
@@ -725,10 +777,12 @@ impl Decoder {
         if let Some(hc) = get(map, "healthcheck") {
             let hp = join(path, "healthcheck");
             if let Some(hm) = self.map(hc, &hp, &["interval", "path", "timeout"], false) {
-                spec.healthcheck_interval =
-                    self.opt_integer(hm, "interval", &hp).map(|i| i.to_string());
-                spec.healthcheck_timeout =
-                    self.opt_integer(hm, "timeout", &hp).map(|i| i.to_string());
+                spec.healthcheck_interval = self
+                    .bounded(hm, "interval", &hp, MAX_SECONDS)
+                    .map(|i| i.to_string());
+                spec.healthcheck_timeout = self
+                    .bounded(hm, "timeout", &hp, MAX_SECONDS)
+                    .map(|i| i.to_string());
                 spec.healthcheck_path = self.opt_string(hm, "path", &hp);
             }
         }
@@ -832,6 +886,7 @@ impl Decoder {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let p = join(path, &i.to_string());
+            let before = out.len();
             match &item.value {
                 Value::Map(_) => {
                     let keys = ["local", "remote", "mode", "owner", "options"];
@@ -845,6 +900,8 @@ impl Decoder {
                         continue;
                     };
                     out.push(PathSpec {
+                        mark: item.mark.clone(),
+                        path: p.clone(),
                         local,
                         remote,
                         mode: self.opt_string(m, "mode", &p),
@@ -860,6 +917,8 @@ impl Decoder {
                         continue;
                     };
                     out.push(PathSpec {
+                        mark: item.mark.clone(),
+                        path: p.clone(),
                         local,
                         remote,
                         mode: None,
@@ -868,6 +927,17 @@ impl Decoder {
                     });
                 }
                 _ => self.type_error(item, &p, "a string or a hash"),
+            }
+            // The remote side becomes a path under the accessory's
+            // directory on the host: `..` would write anywhere there.
+            if let Some(last) = out.last().filter(|_| out.len() > before)
+                && !grammar::is_contained_path(&last.remote)
+            {
+                self.error(
+                    &item.mark,
+                    &p,
+                    "the remote path must not contain `..` or control characters",
+                );
             }
         }
         out
@@ -1001,6 +1071,16 @@ impl Decoder {
                 );
                 5
             }
+            Some(n) if n > MAX_RETAINED as i64 => {
+                let mark = get(map, "retain_containers")
+                    .map_or(self.root_mark.clone(), |n| n.mark.clone());
+                self.error(
+                    &mark,
+                    "retain_containers",
+                    format!("must be at most {MAX_RETAINED}"),
+                );
+                5
+            }
             Some(n) => n as u32,
         };
 
@@ -1050,6 +1130,7 @@ impl Decoder {
             .unwrap_or_default();
 
         let config = Config {
+            secret_refs: std::mem::take(&mut self.secret_refs),
             service: service?,
             image: image?,
             destination: destination.map(str::to_string),
@@ -1072,9 +1153,15 @@ impl Decoder {
             allow_empty_roles,
             retain_containers,
             minimum_version,
-            readiness_delay: self.non_negative(map, "readiness_delay", "").unwrap_or(7),
-            deploy_timeout: self.non_negative(map, "deploy_timeout", "").unwrap_or(30),
-            drain_timeout: self.non_negative(map, "drain_timeout", "").unwrap_or(30),
+            readiness_delay: self
+                .bounded(map, "readiness_delay", "", MAX_SECONDS)
+                .unwrap_or(7),
+            deploy_timeout: self
+                .bounded(map, "deploy_timeout", "", MAX_SECONDS)
+                .unwrap_or(30),
+            drain_timeout: self
+                .bounded(map, "drain_timeout", "", MAX_SECONDS)
+                .unwrap_or(30),
             run_directory: self.opt_string(map, "run_directory", ""),
             ssh,
             builder,
@@ -1271,7 +1358,7 @@ impl Decoder {
                 (None, Some(o)) => d.logging(o, &join(&path, "logging")),
                 _ => root_logging.clone(),
             };
-            let cmd = get_spec("cmd").and_then(|n| d.string(n, &join(&path, "cmd")));
+            let cmd = get_spec("cmd").and_then(|n| d.cmd(n, &join(&path, "cmd")));
             let options = get_spec("options")
                 .map(|n| d.docker_options(n, &join(&path, "options")))
                 .unwrap_or_default();
@@ -1360,6 +1447,14 @@ impl Decoder {
             let Some(m) = self.map(acc, &path, ACCESSORY_KEYS, false) else {
                 continue;
             };
+            // The name is a path component on the hosts (its env file).
+            if !grammar::is_container_name(&key.name) {
+                self.error(
+                    &key.mark,
+                    &path,
+                    "accessory names can only include alphanumeric characters, `_`, `.` and `-`, and start with a letter or digit",
+                );
+            }
             let selectors: Vec<&str> = ["host", "hosts", "role", "roles", "tag", "tags"]
                 .into_iter()
                 .filter(|k| get(m, k).is_some())
@@ -1390,6 +1485,15 @@ impl Decoder {
             let service_name = self
                 .opt_string(m, "service", &path)
                 .unwrap_or_else(|| format!("{}-{}", service.clone().unwrap_or_default(), key.name));
+            if let Some(n) = get(m, "service")
+                && !grammar::is_container_name(&service_name)
+            {
+                self.error(
+                    &n.mark,
+                    &join(&path, "service"),
+                    "is the accessory's container name: alphanumeric characters, `_`, `.` and `-`, starting with a letter or digit",
+                );
+            }
             let port = self.opt_string(m, "port", &path).map(|p| {
                 if p.contains(':') {
                     p
@@ -1406,7 +1510,7 @@ impl Decoder {
                 image,
                 registry,
                 hosts,
-                cmd: self.opt_string(m, "cmd", &path),
+                cmd: get(m, "cmd").and_then(|n| self.cmd(n, &join(&path, "cmd"))),
                 port,
                 labels: get(m, "labels")
                     .map(|n| self.labels(n, &join(&path, "labels"), true))
@@ -1524,6 +1628,15 @@ impl Decoder {
             return ssh;
         };
         if let Some(u) = self.opt_string(m, "user", "ssh") {
+            if !grammar::is_user(&u)
+                && let Some(n) = get(m, "user")
+            {
+                self.error(
+                    &n.mark,
+                    "ssh.user",
+                    "should be a login name (letters, digits, `_`, `.` and `-`)",
+                );
+            }
             ssh.user = u;
         }
         if let Some(p) = self.opt_string(m, "port", "ssh") {
@@ -1534,6 +1647,15 @@ impl Decoder {
             ssh.port = p;
         }
         ssh.proxy = self.opt_string(m, "proxy", "ssh").map(|p| {
+            if !grammar::is_jump(&p)
+                && let Some(n) = get(m, "proxy")
+            {
+                self.error(
+                    &n.mark,
+                    "ssh.proxy",
+                    "should be a jump host, `[user@]host[:port]`",
+                );
+            }
             if p.contains('@') {
                 p
             } else {
@@ -1541,9 +1663,30 @@ impl Decoder {
             }
         });
         ssh.proxy_command = self.opt_string(m, "proxy_command", "ssh");
+        if self.untrusted
+            && ssh.proxy_command.is_some()
+            && let Some(n) = get(m, "proxy_command")
+        {
+            self.error(
+                &n.mark,
+                "ssh.proxy_command",
+                "runs a command on berth's machine, which berth refuses for an untrusted repository (berth run, --untrusted); use ssh.proxy (a jump host)",
+            );
+        }
+        if let Some(c) = &ssh.proxy_command
+            && c.chars().any(char::is_control)
+            && let Some(n) = get(m, "proxy_command")
+        {
+            self.error(
+                &n.mark,
+                "ssh.proxy_command",
+                "must be one line without control characters",
+            );
+        }
         ssh.log_level = self.opt_string(m, "log_level", "ssh");
         ssh.keys_only = self.opt_bool(m, "keys_only", "ssh");
         ssh.keys = self.opt_string_list(m, "keys", "ssh").unwrap_or_default();
+        self.config_words(m, "keys", &ssh.keys);
         ssh.key_data = self
             .opt_string_list(m, "key_data", "ssh")
             .unwrap_or_default();
@@ -1553,7 +1696,9 @@ impl Decoder {
                 Value::Scalar(Scalar::Bool(false)) => SshConfigFiles::Ignore,
                 Value::Scalar(Scalar::Str(s)) => SshConfigFiles::Files(vec![s.clone()]),
                 Value::Seq(_) => {
-                    SshConfigFiles::Files(self.string_list(c, "ssh.config").unwrap_or_default())
+                    let files = self.string_list(c, "ssh.config").unwrap_or_default();
+                    self.config_words(m, "config", &files);
+                    SshConfigFiles::Files(files)
                 }
                 _ => {
                     self.type_error(c, "ssh.config", "a boolean, a string or an array");
@@ -1562,6 +1707,26 @@ impl Decoder {
             };
         }
         ssh
+    }
+
+    /// `ssh.keys` / `ssh.config` entries become quoted ssh_config words.
+    fn config_words(&mut self, m: &[(Key, Node)], key: &str, values: &[String]) {
+        for (i, v) in values.iter().enumerate() {
+            if grammar::is_config_word(v) {
+                continue;
+            }
+            let mark = match get(m, key).map(|n| &n.value) {
+                Some(Value::Seq(items)) => items.get(i).map(|n| n.mark.clone()),
+                _ => get(m, key).map(|n| n.mark.clone()),
+            };
+            if let Some(mark) = mark {
+                self.error(
+                    &mark,
+                    &format!("ssh.{key}.{i}"),
+                    "a path without quotes or control characters",
+                );
+            }
+        }
     }
 
     fn builder(&mut self, node: &Node, registry: &Registry) -> Builder {
@@ -1644,9 +1809,15 @@ impl Decoder {
             return Sshkit::default();
         };
         Sshkit {
-            max_concurrent_starts: self.opt_integer(m, "max_concurrent_starts", "sshkit"),
-            pool_idle_timeout: self.opt_integer(m, "pool_idle_timeout", "sshkit"),
-            dns_retries: self.opt_integer(m, "dns_retries", "sshkit"),
+            max_concurrent_starts: self
+                .bounded(m, "max_concurrent_starts", "sshkit", 10_000)
+                .map(|n| n as i64),
+            pool_idle_timeout: self
+                .bounded(m, "pool_idle_timeout", "sshkit", MAX_SECONDS)
+                .map(|n| n as i64),
+            dns_retries: self
+                .bounded(m, "dns_retries", "sshkit", 100)
+                .map(|n| n as i64),
         }
     }
 
@@ -1682,7 +1853,7 @@ impl Decoder {
                 }
             };
         }
-        boot.wait = self.non_negative(m, "wait", "boot");
+        boot.wait = self.bounded(m, "wait", "boot", MAX_SECONDS);
         boot.parallel_roles = self.opt_bool(m, "parallel_roles", "boot").unwrap_or(false);
         boot
     }

@@ -9,11 +9,15 @@
 
 pub mod decode;
 pub mod erb;
+pub mod grammar;
 pub mod model;
 pub mod secrets;
+pub mod words;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
+
+use crate::checkout::{Checkout, FileError};
 
 pub use model::*;
 use yaml::Mark;
@@ -40,13 +44,10 @@ impl std::fmt::Display for ConfigError {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    // The I/O error is in the message, so it is not also a `source`:
-    // `{e:#}` would print it twice.
-    #[error("{}: cannot read configuration: {error}", file.display())]
-    Io {
-        file: PathBuf,
-        error: std::io::Error,
-    },
+    /// A file that cannot be read (missing, outside the repository, not a
+    /// regular file, too large, not UTF-8).
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigError>),
 }
@@ -64,7 +65,7 @@ impl LoadError {
     pub fn errors(&self) -> &[ConfigError] {
         match self {
             LoadError::Invalid(errors) => errors,
-            LoadError::Io { .. } => &[],
+            LoadError::File(_) => &[],
         }
     }
 }
@@ -75,6 +76,8 @@ pub struct LoadOptions<'a> {
     pub config_file: &'a Path,
     pub destination: Option<&'a str>,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Where the config's files may be read from (the repository).
+    pub files: &'a Checkout,
 }
 
 /// berth's own environment, for ERB `ENV[...]` and secrets interpolation.
@@ -98,11 +101,9 @@ pub fn project_root(config_file: &Path) -> PathBuf {
     }
 }
 
-fn read_tree(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<yaml::Node, LoadError> {
-    let text = std::fs::read_to_string(file).map_err(|error| LoadError::Io {
-        file: file.to_path_buf(),
-        error,
-    })?;
+fn read_tree(file: &Path, opts: &LoadOptions<'_>) -> Result<yaml::Node, LoadError> {
+    let text = opts.files.read_text(file)?;
+    let env = opts.env;
     let rendered = erb::render(&text, env).map_err(|e| {
         let (line, col) = e.position();
         LoadError::one(
@@ -121,7 +122,7 @@ fn read_tree(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<yaml::
 /// Load, merge and validate a configuration. Nothing is executed: secrets
 /// are not read here.
 pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
-    let base = read_tree(opts.config_file, opts.env)?;
+    let base = read_tree(opts.config_file, opts)?;
     let root_mark = Mark {
         file: opts.config_file.into(),
         line: 1,
@@ -142,14 +143,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
                 ));
             }
             let dest_file = destination_file(opts.config_file, dest);
-            if !dest_file.exists() {
+            if !opts.files.is_file(&dest_file)? {
                 return Err(LoadError::one(
                     root_mark,
                     "destination",
                     format!("Configuration file not found in {}", dest_file.display()),
                 ));
             }
-            let over = read_tree(&dest_file, opts.env)?;
+            let over = read_tree(&dest_file, opts)?;
             if !matches!(
                 over.value,
                 yaml::Value::Map(_) | yaml::Value::Scalar(yaml::Scalar::Null)
@@ -164,6 +165,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         }
     };
     let mut decoder = decode::Decoder::new(root_mark);
+    decoder.untrusted = opts.files.is_untrusted();
     let config = decoder.config(&merged, opts.destination);
     match config {
         Some(config) if decoder.errors.is_empty() => Ok(config),

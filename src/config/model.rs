@@ -80,6 +80,18 @@ pub struct Config {
     pub aliases: Vec<(String, String)>,
     /// berth's own settings from the top-level `x-berth:` block.
     pub berth: BerthSettings,
+    /// Every secret key the config names (env `secret:` entries, registry
+    /// credentials), with its position: checked against the secrets
+    /// before anything is rendered.
+    pub secret_refs: Vec<SecretRef>,
+}
+
+/// A secret key named by the config, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    pub key: String,
+    pub mark: Mark,
+    pub path: String,
 }
 
 /// `x-berth:` — berth's per-app settings, ignored by real Kamal.
@@ -251,6 +263,9 @@ pub struct ProxyRun {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathSpec {
+    /// Where the entry is written, for errors about the file it names.
+    pub mark: Mark,
+    pub path: String,
     pub local: String,
     pub remote: String,
     pub mode: Option<String>,

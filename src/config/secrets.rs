@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use indexmap::IndexMap;
+
+use crate::checkout::{Checkout, FileError};
 use sha2::{Digest, Sha256};
 
 /// A secret value. `Debug` and `Display` print `(sensitive)`; only
@@ -51,23 +53,39 @@ impl fmt::Display for Secret {
     }
 }
 
+/// What `$(command)` in a secrets file does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commands {
+    /// An error (the default; always so for an untrusted repository).
+    Refuse,
+    /// Run with `sh -c` on this machine (`--allow-secret-commands`).
+    Run,
+    /// Accepted but not run, the value left empty: `validate
+    /// --allow-secret-commands` checks a file without executing it.
+    Skip,
+}
+
 /// How to read the secrets files.
 pub struct SecretsOptions<'a> {
     pub destination: Option<&'a str>,
-    /// Allow `$(command)` substitution (runs `sh -c` on this machine).
-    pub allow_commands: bool,
+    /// What `$(command)` substitution does.
+    pub commands: Commands,
     /// berth's environment, for `$VAR` substitution.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Where the secrets files may be read from (the repository).
+    pub files: &'a Checkout,
 }
 
+/// The most text one secret value may expand to (`$A$A` doubles at every
+/// line otherwise: forty lines would exhaust any machine).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// Why the secrets could not be read. No variant carries a secret value or
+/// a quote of the file: these messages reach logs and the public API.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("{}: cannot read: {error}", path.display())]
-    // The I/O error is in the message, not also a `source` (printed twice).
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{}:{line}: {message}", file.display())]
     Syntax {
         file: PathBuf,
@@ -119,10 +137,10 @@ impl Secrets {
             ..Secrets::default()
         };
         for file in candidates {
-            let text = match std::fs::read_to_string(&file) {
+            let text = match opts.files.read_text(&file) {
                 Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(SecretsError::Io { path: file, error }),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
             };
             let parsed = parse(&text, &file, opts)?;
             secrets.values.extend(parsed);
@@ -215,7 +233,7 @@ fn parse(
         if p.i == key_start {
             return Err(syntax(
                 line,
-                format!("expected KEY=value, found {:?}", p.line_text()),
+                format!("column {}: expected KEY=value", p.column()),
             ));
         }
         let key = String::from_utf8_lossy(&p.s[key_start..p.i]).into_owned();
@@ -238,12 +256,20 @@ fn parse(
         match p.peek() {
             None | Some(b'\n') => {}
             Some(b'#') => p.skip_line(),
+            Some(_) if raw.is_none() => {
+                // No separator: the "key" may be a stray secret; not quoted.
+                return Err(syntax(
+                    p.line,
+                    format!("column {}: expected KEY=value", p.column()),
+                ));
+            }
             Some(_) => {
+                // Never quoted: the rest of the line may be the secret.
                 return Err(syntax(
                     p.line,
                     format!(
-                        "{key}: unexpected text after the value: {:?}",
-                        p.line_text()
+                        "{key}: column {}: unexpected text after the value (quote a value that has spaces or quotes)",
+                        p.column()
                     ),
                 ));
             }
@@ -307,13 +333,15 @@ impl Cursor<'_> {
             self.i += 1;
         }
     }
-    fn line_text(&self) -> String {
-        let end = self
-            .rest()
+    /// 1-based column of the cursor, in characters.
+    fn column(&self) -> usize {
+        let start = self.s[..self.i]
             .iter()
-            .position(|&c| c == b'\n')
-            .map_or(self.s.len(), |n| self.i + n);
-        String::from_utf8_lossy(&self.s[self.i..end]).into_owned()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |n| n + 1);
+        1 + String::from_utf8_lossy(&self.s[start..self.i])
+            .chars()
+            .count()
     }
     /// A value after the separator: quoted (may span lines) or bare up to `#`
     /// or end of line. Returns the quote used and the text inside it.
@@ -427,21 +455,31 @@ fn substitute(
                 out.push_str(&v[i..=end]);
             } else {
                 out.push_str(&v[last..i]);
-                if !opts.allow_commands {
-                    return Err(SecretsError::CommandNotAllowed {
-                        file: file.to_path_buf(),
-                        line,
-                        key: key.to_string(),
-                    });
-                }
-                out.push_str(&run_command(&v[i + 2..end]).map_err(|message| {
-                    SecretsError::Command {
-                        file: file.to_path_buf(),
-                        line,
-                        key: key.to_string(),
-                        message,
+                let commands = if opts.files.is_untrusted() {
+                    Commands::Refuse
+                } else {
+                    opts.commands
+                };
+                match commands {
+                    Commands::Refuse => {
+                        return Err(SecretsError::CommandNotAllowed {
+                            file: file.to_path_buf(),
+                            line,
+                            key: key.to_string(),
+                        });
                     }
-                })?);
+                    Commands::Skip => {}
+                    Commands::Run => {
+                        out.push_str(&run_command(&v[i + 2..end]).map_err(|message| {
+                            SecretsError::Command {
+                                file: file.to_path_buf(),
+                                line,
+                                key: key.to_string(),
+                                message,
+                            }
+                        })?);
+                    }
+                }
             }
             i = end + 1;
             last = i;
@@ -474,11 +512,22 @@ fn substitute(
                 Some(s) => out.push_str(s.expose()),
                 None => out.push_str(&(opts.env)(name).unwrap_or_default()),
             }
+            // Checked at each expansion, so `$A$A$A…` stops at the bound.
+            if out.len() > MAX_VALUE_BYTES {
+                break;
+            }
         }
         i = j;
         last = j;
     }
     out.push_str(&v[last..]);
+    if out.len() > MAX_VALUE_BYTES {
+        return Err(SecretsError::Syntax {
+            file: file.to_path_buf(),
+            line,
+            message: format!("{key}: the value expands to more than {MAX_VALUE_BYTES} bytes"),
+        });
+    }
     Ok(out)
 }
 
@@ -519,10 +568,16 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let files = Checkout::unconfined();
         let opts = SecretsOptions {
             destination: None,
-            allow_commands: allow,
+            commands: if allow {
+                Commands::Run
+            } else {
+                Commands::Refuse
+            },
             env: &lookup,
+            files: &files,
         };
         Ok(parse(text, Path::new(".kamal/secrets"), &opts)?
             .into_iter()
@@ -585,7 +640,7 @@ mod tests {
         let err = parse_with("A=1\n!!\n", &[], false).unwrap_err();
         assert_eq!(
             err.to_string(),
-            ".kamal/secrets:2: expected KEY=value, found \"!!\""
+            ".kamal/secrets:2: column 1: expected KEY=value"
         );
         let err = parse_with("A=1\nB=\"open\n", &[], false).unwrap_err();
         assert_eq!(
@@ -595,9 +650,37 @@ mod tests {
         let err = parse_with("A='x' y", &[], false).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with(".kamal/secrets:1: A: unexpected text"),
+                .starts_with(".kamal/secrets:1: A: column 7: unexpected text"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn errors_never_quote_a_value() {
+        // The finding: the rest of the line after a stray quote is the key.
+        for text in [
+            "API='sk-live-1234' -KEY=sk-live-1234\n",
+            "A=1\n-sk-live-1234=x\n",
+            "A=\"sk-live-1234\" sk-live-1234\n",
+            "DB=x\n  sk-live-1234\n",
+            "DB=x\nsklive1234 tail\n",
+        ] {
+            let err = parse_with(text, &[], false).unwrap_err().to_string();
+            assert!(!err.contains("sk-live"), "{text:?} → {err}");
+        }
+    }
+
+    #[test]
+    fn doubling_substitutions_stop_at_the_bound() {
+        let mut text = String::from("A0=xxxxxxxxxxxxxxxx\n");
+        for i in 1..40 {
+            text.push_str(&format!("A{i}=${{A{}}}${{A{}}}\n", i - 1, i - 1));
+        }
+        let err = parse_with(&text, &[], false).unwrap_err().to_string();
+        assert!(err.contains("expands to more than"), "{err}");
+        let many = format!("A=yyyyyyyyyyyyyyyy\nB={}\n", "$A".repeat(200_000));
+        let err = parse_with(&many, &[], false).unwrap_err().to_string();
+        assert!(err.contains(":2: B: the value expands"), "{err}");
     }
 
     #[test]
@@ -611,8 +694,9 @@ mod tests {
             &base,
             &SecretsOptions {
                 destination: Some("prod"),
-                allow_commands: false,
+                commands: Commands::Refuse,
                 env: &env,
+                files: &Checkout::confined(dir.path()).unwrap(),
             },
         )
         .unwrap();
@@ -623,8 +707,9 @@ mod tests {
             &dir.path().join("nothing"),
             &SecretsOptions {
                 destination: None,
-                allow_commands: false,
+                commands: Commands::Refuse,
                 env: &env,
+                files: &Checkout::confined(dir.path()).unwrap(),
             },
         )
         .unwrap();

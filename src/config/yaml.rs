@@ -143,7 +143,21 @@ fn ruby_float(f: f64) -> String {
     if s.contains('.') { s } else { format!("{s}.0") }
 }
 
+/// The most nodes a document may expand to, aliases counted at every use.
+/// A real Kamal config has a few hundred; a 1.4 KB alias bomb has billions.
+pub const MAX_NODES: usize = 100_000;
+/// The most scalar text a document may expand to, aliases counted at every use.
+pub const MAX_SCALAR_BYTES: usize = 4 << 20;
+/// The deepest nesting of sequences and mappings (the tree is walked
+/// recursively, so depth is also stack).
+pub const MAX_DEPTH: usize = 64;
+
 /// Parse one YAML document. An empty document is a null node.
+///
+/// Hardened like the loaders that faced alias bombs (go-yaml, SnakeYAML):
+/// the expansion is bounded by [`MAX_NODES`] and [`MAX_SCALAR_BYTES`], counted
+/// as the tree grows, so memory stays proportional to those bounds whatever
+/// the document; nesting is bounded by [`MAX_DEPTH`].
 pub fn parse(text: &str, file: &Path) -> Result<Node, YamlError> {
     let file: Arc<Path> = Arc::from(file);
     let mut builder = Builder {
@@ -152,6 +166,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Node, YamlError> {
         stack: Vec::new(),
         root: None,
         documents: 0,
+        nodes: 0,
+        bytes: 0,
     };
     let mut parser = Parser::new_from_str(text);
     while let Some(event) = parser.next_event() {
@@ -180,21 +196,35 @@ enum Frame {
         anchor: usize,
         mark: Mark,
         items: Vec<Node>,
+        /// The expansion counters when the collection began.
+        start: Size,
     },
     Map {
         anchor: usize,
         mark: Mark,
         entries: Vec<(Node, Node)>,
         pending_key: Option<Node>,
+        start: Size,
     },
+}
+
+/// What a subtree costs once expanded: nodes and scalar bytes.
+#[derive(Clone, Copy)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
 }
 
 struct Builder {
     file: Arc<Path>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their expanded size, charged again at each alias.
+    anchors: HashMap<usize, (Node, Size)>,
     stack: Vec<Frame>,
     root: Option<Node>,
     documents: usize,
+    /// Nodes and scalar bytes materialised so far, aliases included.
+    nodes: usize,
+    bytes: usize,
 }
 
 impl Builder {
@@ -213,6 +243,54 @@ impl Builder {
         }
     }
 
+    fn size(&self) -> Size {
+        Size {
+            nodes: self.nodes,
+            bytes: self.bytes,
+        }
+    }
+
+    fn since(&self, start: Size) -> Size {
+        Size {
+            nodes: self.nodes - start.nodes,
+            bytes: self.bytes - start.bytes,
+        }
+    }
+
+    /// Charge `size` to the document; past a bound the parse stops.
+    fn charge(&mut self, size: Size, span: &Span) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(size.nodes);
+        self.bytes = self.bytes.saturating_add(size.bytes);
+        if self.nodes > MAX_NODES {
+            return Err(self.error(
+                self.mark(span),
+                format!(
+                    "the document expands to more than {MAX_NODES} nodes (aliases counted at each use); berth refuses it"
+                ),
+            ));
+        }
+        if self.bytes > MAX_SCALAR_BYTES {
+            return Err(self.error(
+                self.mark(span),
+                format!(
+                    "the document expands to more than {MAX_SCALAR_BYTES} bytes of values (aliases counted at each use); berth refuses it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, span: &Span) -> Result<Size, YamlError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(self.error(
+                self.mark(span),
+                format!("nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        self.charge(Size { nodes: 1, bytes: 0 }, span)?;
+        Ok(self.size())
+    }
+
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), YamlError> {
         match event {
             Event::DocumentStart(_) => {
@@ -226,6 +304,11 @@ impl Builder {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let mark = self.mark(&span);
+                let size = Size {
+                    nodes: 1,
+                    bytes: text.len(),
+                };
+                self.charge(size, &span)?;
                 let scalar = match tag {
                     Some(tag) if tag.handle == "!!" && tag.suffix == "str" => {
                         Scalar::Str(text.into_owned())
@@ -243,32 +326,41 @@ impl Builder {
                     mark,
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), size));
                 }
                 self.push(node)?;
             }
             Event::Alias(id) => {
                 let mark = self.mark(&span);
-                let Some(node) = self.anchors.get(&id).cloned() else {
+                let Some(&(_, size)) = self.anchors.get(&id) else {
                     return Err(self.error(mark, "alias refers to an unknown anchor"));
                 };
-                self.push(node)?;
+                // Charged before the copy is made, so a bomb never allocates.
+                self.charge(size, &span)?;
+                let node = self.anchors.get(&id).map(|(n, _)| n.clone());
+                if let Some(node) = node {
+                    self.push(node)?;
+                }
             }
             Event::SequenceStart(anchor, _) => {
                 let mark = self.mark(&span);
+                let start = self.open(&span)?;
                 self.stack.push(Frame::Seq {
                     anchor,
                     mark,
                     items: Vec::new(),
+                    start,
                 });
             }
             Event::MappingStart(anchor, _) => {
                 let mark = self.mark(&span);
+                let start = self.open(&span)?;
                 self.stack.push(Frame::Map {
                     anchor,
                     mark,
                     entries: Vec::new(),
                     pending_key: None,
+                    start,
                 });
             }
             Event::SequenceEnd => {
@@ -276,6 +368,7 @@ impl Builder {
                     anchor,
                     mark,
                     items,
+                    start,
                 }) = self.stack.pop()
                 {
                     let node = Node {
@@ -283,7 +376,10 @@ impl Builder {
                         mark,
                     };
                     if anchor > 0 {
-                        self.anchors.insert(anchor, node.clone());
+                        // The collection's own node was charged before `start`.
+                        let mut size = self.since(start);
+                        size.nodes += 1;
+                        self.anchors.insert(anchor, (node.clone(), size));
                     }
                     self.push(node)?;
                 }
@@ -293,6 +389,7 @@ impl Builder {
                     anchor,
                     mark,
                     entries,
+                    start,
                     ..
                 }) = self.stack.pop()
                 {
@@ -301,7 +398,9 @@ impl Builder {
                         mark,
                     };
                     if anchor > 0 {
-                        self.anchors.insert(anchor, node.clone());
+                        let mut size = self.since(start);
+                        size.nodes += 1;
+                        self.anchors.insert(anchor, (node.clone(), size));
                     }
                     self.push(node)?;
                 }
@@ -558,6 +657,49 @@ mod tests {
             panic!()
         };
         assert_eq!((items[0].mark.line, items[0].mark.col), (3, 5));
+    }
+
+    /// The "billion laughs" of YAML: 9 levels of 9 aliases each.
+    fn alias_bomb(levels: usize) -> String {
+        let mut s = String::from("x-a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..=levels {
+            let p = i - 1;
+            let refs = vec![format!("*a{p}"); 9].join(", ");
+            s.push_str(&format!("x-a{i}: &a{i} [{refs}]\n"));
+        }
+        s
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let started = std::time::Instant::now();
+        let e = parse(&alias_bomb(9), Path::new("t.yml")).unwrap_err();
+        assert!(e.message.contains("expands to more than"), "{e}");
+        // Refused at the alias that crossed the bound, named by its line.
+        assert_eq!(e.mark.line, 6, "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A few levels are an ordinary document.
+        let n = p(&alias_bomb(3));
+        assert!(matches!(n.get("x-a3").unwrap().value, Value::Seq(ref v) if v.len() == 9));
+    }
+
+    #[test]
+    fn aliased_long_scalars_count_their_bytes() {
+        let big = "v".repeat(100_000);
+        let mut s = format!("a: &a {big}\nb: [");
+        s.push_str(&vec!["*a"; 100].join(", "));
+        s.push_str("]\n");
+        let e = parse(&s, Path::new("t.yml")).unwrap_err();
+        assert!(e.message.contains("bytes of values"), "{e}");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        let e = parse(&deep, Path::new("t.yml")).unwrap_err();
+        assert!(e.message.contains("nested deeper"), "{e}");
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&ok, Path::new("t.yml")).is_ok());
     }
 
     #[test]

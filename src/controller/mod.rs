@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use crate::apply::{self, ApplyContext, Policy};
+use crate::checkout::Checkout;
 use crate::config;
+use crate::config::secrets::Commands;
 use crate::desired::load::{AppLoad, AppLoadError, load_app};
 use crate::observe::{self, HostState};
 use crate::plan::{self, PlanOptions};
@@ -352,13 +354,17 @@ impl Controller {
             .map_err(|e| e.to_string())?;
         self.lock().revision = Some(rev.id.clone());
         let config_file = rev.dir.join(&spec.config_file);
+        // The whole checkout is the repository: confined to it, trusted with nothing.
+        let files = Checkout::untrusted(&rev.dir)
+            .map_err(|e| format!("revision {}: {e}", short(&rev.id)))?;
         let (cfg, secrets, desired) = load_app(&AppLoad {
             config_file: &config_file,
             destination: spec.destination.as_deref(),
-            allow_secret_commands: false,
+            secret_commands: Commands::Refuse,
             app_version: None,
             home: None,
             env: &config::process_env,
+            files: &files,
         })
         .map_err(|e| match e {
             AppLoadError::Config(e) => format!("revision {}: {e}", short(&rev.id)),
@@ -367,14 +373,7 @@ impl Controller {
             }
             other => other.to_string(),
         })?;
-        // A command from the repository would run on berth's machine with
-        // berth's credentials; a jump host (`ssh.proxy`) does the same job.
-        if cfg.ssh.proxy_command.is_some() {
-            return Err(format!(
-                "revision {}: ssh.proxy_command runs a command on berth's machine, which berth run refuses; use ssh.proxy (a jump host) instead",
-                short(&rev.id)
-            ));
-        }
+        // `ssh.proxy_command` was refused by the untrusted load.
         let version = desired.version.clone();
         self.lock().version = Some(version.clone());
 
@@ -486,8 +485,6 @@ impl Controller {
                 retain_containers: cfg.retain_containers,
             },
             registry: apply::registry_login(&cfg, &secrets)?,
-            project_root: config::project_root(&config_file),
-            confine_files: true,
             progress: &progress,
             hooks: None,
         };

@@ -10,7 +10,7 @@
 //! a shell.
 
 pub mod load;
-mod words;
+use crate::config::words;
 
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::{
@@ -144,11 +144,23 @@ pub struct AccessoryUnit {
     pub clear_env: Vec<(String, String)>,
     pub env_file: EnvFile,
     pub run_argv: Vec<String>,
-    /// Files to upload (local path relative to the project root → path
-    /// relative to home) and directories to create, before boot.
-    pub files: Vec<(String, String, Option<String>)>,
+    /// Files to upload and directories to create, before boot.
+    pub files: Vec<AccessoryFile>,
     pub directories: Vec<(String, Option<String>)>,
     pub proxy: Option<ProxyRoute>,
+}
+
+/// A file an accessory mounts: read from the repository when the desired
+/// state is loaded (`desired::load`), written on the host before boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessoryFile {
+    /// Relative to the project root.
+    pub local: String,
+    /// Relative to the SSH user's home on the host.
+    pub remote: String,
+    pub mode: Option<String>,
+    /// `None` until loaded (a bare `render` reads no files).
+    pub contents: Option<std::sync::Arc<[u8]>>,
 }
 
 /// The kamal-proxy container on a host that runs any proxied role.
@@ -648,11 +660,12 @@ fn accessory_unit(
         }
         argv.push("--volume".into());
         argv.push(volume);
-        files.push((
-            f.local.clone(),
-            remote_rel,
-            Some(f.mode.clone().unwrap_or_else(|| "755".into())),
-        ));
+        files.push(AccessoryFile {
+            local: f.local.clone(),
+            remote: remote_rel,
+            mode: Some(f.mode.clone().unwrap_or_else(|| "755".into())),
+            contents: None,
+        });
     }
     let mut directories = Vec::new();
     for d in &acc.directories {

@@ -79,9 +79,13 @@ pub enum RemoteError {
     #[error("{host}: cannot connect: {message}")]
     Connect { host: String, message: String },
     #[error(
-        "{host}: host key verification failed: its key is not in known_hosts or has changed (pass --known-hosts FILE, or --accept-new-host-keys to trust a first contact)"
+        "{host}: host key verification failed: its key is not in known_hosts (pass --known-hosts FILE, or --accept-new-host-keys to trust a first contact)"
     )]
     HostKey { host: String },
+    #[error(
+        "{host}: host key verification failed: the host's key has CHANGED since it was recorded in known_hosts (a reinstalled host, or someone in the middle); berth will not connect until the entry is corrected"
+    )]
+    HostKeyChanged { host: String },
     #[error("{host}: `{command}` failed: {message}")]
     Command {
         host: String,
@@ -201,22 +205,34 @@ impl Connections {
         let path = self.dir.join("ssh_config");
         let o = &self.opts;
         // Values become ssh_config lines: a newline or quote would smuggle in
-        // other options.
+        // other options. `config::decode` refuses them with their position;
+        // this is the last line of defence for values from elsewhere.
         let values = o
             .keys
             .iter()
+            .chain(&o.known_hosts)
             .map(|k| k.to_string_lossy().into_owned())
-            .chain(o.jump.clone())
             .chain(o.proxy_command.clone());
         for v in values {
-            if v.contains(['\n', '\r', '"']) {
-                return Err(std::io::Error::other(format!(
-                    "ssh setting {v:?} contains a newline or quote"
-                )));
+            if v.chars().any(|c| c.is_control() || c == '"') {
+                return Err(std::io::Error::other(
+                    "an ssh setting contains a control character or a quote",
+                ));
             }
         }
         let mut cfg =
             String::from("BatchMode yes\nServerAliveInterval 15\nServerAliveCountMax 3\n");
+        // Here, not only as `-o` options of the master: a jump host's ssh
+        // (`-J`) reads this file and none of the master's options, and its
+        // key must be checked as strictly.
+        cfg.push_str(if o.accept_new_host_keys {
+            "StrictHostKeyChecking accept-new\n"
+        } else {
+            "StrictHostKeyChecking yes\n"
+        });
+        if let Some(kh) = &o.known_hosts {
+            cfg.push_str(&format!("UserKnownHostsFile \"{}\"\n", kh.display()));
+        }
         if let Some(kex) = kex_preference() {
             cfg.push_str(&format!("KexAlgorithms {kex}\n"));
         }
@@ -225,9 +241,6 @@ impl Connections {
         }
         if o.keys_only {
             cfg.push_str("IdentitiesOnly yes\n");
-        }
-        if let Some(j) = &o.jump {
-            cfg.push_str(&format!("ProxyJump {j}\n"));
         }
         if let Some(c) = &o.proxy_command {
             cfg.push_str(&format!("ProxyCommand {c}\n"));
@@ -280,6 +293,22 @@ impl Connections {
             });
         if let Some(kh) = &o.known_hosts {
             b.user_known_hosts_file(kh);
+        }
+        // Per fleet host on the command line (`-J`), never in the shared
+        // config: the jump host's own ssh reads that config, and a global
+        // ProxyJump would route the jump host through itself. OpenSSH runs
+        // a ProxyJump through `/bin/sh`, so only a value of the strict
+        // `[user@]host[:port]` grammar is passed.
+        if let Some(j) = &o.jump
+            && !is_jump_host(j, host)
+        {
+            if !crate::config::grammar::is_jump(j) {
+                return Err(RemoteError::Connect {
+                    host: host.to_string(),
+                    message: "ssh.proxy is not of the form [user@]host[:port]".into(),
+                });
+            }
+            b.jump_hosts([j]);
         }
         let session = Arc::new(b.connect_mux(host).await.map_err(|e| classify(host, &e))?);
         *guard = Some(session.clone());
@@ -515,6 +544,16 @@ fn sweep_dead_control_dirs(control_dir: &std::path::Path) {
     }
 }
 
+/// Whether `host` is the jump host itself (`user@host:port` names it).
+fn is_jump_host(jump: &str, host: &str) -> bool {
+    let rest = jump.rsplit_once('@').map_or(jump, |(_, r)| r);
+    let name = match rest.strip_prefix('[') {
+        Some(r) => r.split_once(']').map_or(r, |(h, _)| h),
+        None => rest.split_once(':').map_or(rest, |(h, _)| h),
+    };
+    name == host.trim_matches(['[', ']'])
+}
+
 fn classify(host: &str, e: &openssh::Error) -> RemoteError {
     let text = format!(
         "{e} {}",
@@ -522,8 +561,13 @@ fn classify(host: &str, e: &openssh::Error) -> RemoteError {
             .map(|s| s.to_string())
             .unwrap_or_default()
     );
-    if text.contains("Host key verification failed") || text.contains("REMOTE HOST IDENTIFICATION")
+    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || text.contains("Host key for") && text.contains("has changed")
     {
+        RemoteError::HostKeyChanged {
+            host: host.to_string(),
+        }
+    } else if text.contains("Host key verification failed") {
         RemoteError::HostKey {
             host: host.to_string(),
         }

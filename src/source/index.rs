@@ -59,20 +59,25 @@ fn boolean(node: &Node) -> Option<bool> {
 }
 
 /// Read `<root>/berth.yml`; `Ok(None)` when there is none.
+/// Read `<root>/berth.yml` from the checkout (confined, capped: it is
+/// repository content like any other); `Ok(None)` when there is none.
 pub fn load(root: &Path) -> Result<Option<Vec<IndexApp>>, IndexError> {
     let file = root.join("berth.yml");
-    match std::fs::read_to_string(&file) {
+    let read = crate::checkout::Checkout::untrusted(root).and_then(|c| c.read_text(&file));
+    match read {
         Ok(text) => parse(&text, &file).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(IndexError(vec![format!("{}: {e}", file.display())])),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(IndexError(vec![e.to_string()])),
     }
 }
 
 /// An index kept outside the repository (`berth run --apps-file`, e.g. a
 /// Kubernetes ConfigMap): it must exist.
 pub fn load_file(file: &Path) -> Result<Vec<IndexApp>, IndexError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| IndexError(vec![format!("{}: {e}", file.display())]))?;
+    // The operator's own file, not the repository's: regular and capped all the same.
+    let text = crate::checkout::Checkout::unconfined()
+        .read_text(file)
+        .map_err(|e| IndexError(vec![e.to_string()]))?;
     parse(&text, file)
 }
 

@@ -15,6 +15,10 @@ pub enum WordsError {
         "`{0}` outside quotes needs a shell; berth runs cmd without one (quote it, or wrap the command in `sh -c '...'`)"
     )]
     NeedsShell(char),
+    #[error(
+        "a line break outside quotes starts another command in a shell; berth runs cmd without one (put the command on one line, or wrap it in `sh -c '...'`)"
+    )]
+    LineBreak,
 }
 
 /// Split like `sh` would, without any expansion.
@@ -25,6 +29,11 @@ pub fn split(input: &str) -> Result<Vec<String>, WordsError> {
     let mut chars = input.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
+            '\n' if chars.clone().any(|c| !c.is_whitespace()) => {
+                // `sh` would run what follows as a second command; a
+                // trailing line break (YAML `|`) is harmless.
+                return Err(WordsError::LineBreak);
+            }
             ' ' | '\t' | '\n' => {
                 if in_word {
                     words.push(std::mem::take(&mut word));
@@ -61,14 +70,18 @@ pub fn split(input: &str) -> Result<Vec<String>, WordsError> {
                     }
                 }
             }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some('\n') => {}
-                    Some(ch) => word.push(ch),
-                    None => word.push('\\'),
+            '\\' => match chars.next() {
+                // A line continuation: removed, as `sh` does, starting no word.
+                Some('\n') => {}
+                Some(ch) => {
+                    in_word = true;
+                    word.push(ch);
                 }
-            }
+                None => {
+                    in_word = true;
+                    word.push('\\');
+                }
+            },
             '$' | '`' | ';' | '&' | '|' | '<' | '>' | '(' | ')' | '*' | '?' | '[' => {
                 return Err(WordsError::NeedsShell(c));
             }
@@ -114,5 +127,19 @@ mod tests {
         assert_eq!(split("echo \"$X\""), Err(WordsError::NeedsShell('$')));
         assert_eq!(split("ls *.rb"), Err(WordsError::NeedsShell('*')));
         assert_eq!(split("'open"), Err(WordsError::Unterminated("single")));
+    }
+
+    #[test]
+    fn a_line_break_between_words_is_refused() {
+        // `sh` would run `rm -rf /data` as a command of its own.
+        assert_eq!(split("bin/jobs\nrm -rf /data"), Err(WordsError::LineBreak));
+        assert_eq!(split("bin/jobs \n  --queue x"), Err(WordsError::LineBreak));
+        // A trailing one (YAML `|` blocks) and one inside quotes are words.
+        assert_eq!(
+            split("bin/jobs --queue x\n").unwrap(),
+            ["bin/jobs", "--queue", "x"]
+        );
+        assert_eq!(split("echo 'a\nb'").unwrap(), ["echo", "a\nb"]);
+        assert_eq!(split("a \\\n b").unwrap(), ["a", "b"]);
     }
 }
