@@ -51,6 +51,38 @@ impl FileError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, FileError::NotFound { .. })
     }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            FileError::NotFound { path }
+            | FileError::Outside { path, .. }
+            | FileError::NotRegular { path, .. }
+            | FileError::TooLarge { path, .. }
+            | FileError::NotUtf8 { path, .. }
+            | FileError::Io { path, .. } => path,
+        }
+    }
+
+    /// The line, where the error has one (invalid UTF-8).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            FileError::NotUtf8 { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+
+    /// The message without the leading `path[:line]: `.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        let mut prefix = self.path().display().to_string();
+        if let Some(l) = self.line() {
+            prefix.push_str(&format!(":{l}"));
+        }
+        prefix.push_str(": ");
+        text.strip_prefix(&prefix)
+            .map_or(text.clone(), str::to_string)
+    }
 }
 
 /// Where repository files may be read from.

@@ -4,6 +4,7 @@
 //! exit 0 valid, 1 invalid.
 
 use super::{ConfigArgs, Output, process_env};
+use crate::config::LoadError;
 use crate::config::secrets::{Commands, SecretsError};
 use crate::desired::load::{AppLoad, AppLoadError, check_app};
 
@@ -57,6 +58,15 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
                 message: e.message.clone(),
             })
             .collect(),
+        AppLoadError::Config(LoadError::File(e)) | AppLoadError::Secrets(SecretsError::File(e)) => {
+            vec![Problem {
+                file: e.path().display().to_string(),
+                line: e.line(),
+                column: None,
+                key: String::new(),
+                message: e.reason(),
+            }]
+        }
         AppLoadError::Secrets(
             SecretsError::Syntax {
                 file,
