@@ -429,3 +429,97 @@ fn old_containers_and_their_images_are_pruned_beyond_retain_containers() {
     );
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+/// `ssh.proxy` works: the target host's sshd admits only connections coming
+/// from the jump host, and berth deploys to it (its ProxyJump is set for the
+/// fleet host, not for the jump host itself, which would loop).
+#[test]
+fn berth_deploys_through_a_jump_host() {
+    let fleet = Fleet::up(2);
+    let (jump, target) = (fleet.host(0), fleet.host(1));
+    // Only the jump host may reach the target now.
+    let cfg = target.dir.join("sshd_config");
+    let mut sshd = std::fs::read_to_string(&cfg).unwrap();
+    sshd.push_str(&format!("AllowUsers root@{}\n", jump.addr));
+    std::fs::write(&cfg, sshd).unwrap();
+    target.kill_sshd().unwrap();
+    target.start_sshd().unwrap();
+    let yml = |proxy: &str| {
+        format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{}{proxy}",
+            target.addr,
+            KAMAL_COMMON
+                .replace("{registry}", &fleet.tb.registry())
+                .replace("{key}", &fleet.tb.ssh_key().to_string_lossy())
+        )
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    // Directly, the target refuses berth.
+    set_config(p, &yml(""));
+    let direct = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(direct.status.code(), Some(1), "{}", text(&direct));
+    assert!(
+        text(&direct).contains("cannot connect"),
+        "{}",
+        text(&direct)
+    );
+    // Through the jump host it deploys.
+    set_config(p, &yml(&format!("  proxy: root@{}\n", jump.addr)));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let running = target.docker_ok(&["ps", "--format", "{{.Names}}"]).unwrap();
+    assert_eq!(running.trim(), "demo-web-v1");
+    let again = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+/// A revision whose accessory file cannot be read is refused before any host
+/// is touched: the running accessory stays up (it used to be removed, then
+/// the file refused).
+#[test]
+fn a_refused_accessory_file_leaves_the_running_accessory_alone() {
+    let fleet = Fleet::up(1);
+    let host = fleet.addrs()[0].clone();
+    let yml = |mode: &str| {
+        format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\n\
+             accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {host}\n    env:\n      clear:\n        KV_MODE: {mode}\n    files: [config/kv.conf:/etc/kv.conf]\n\
+             x-berth:\n  version: v1\n{}",
+            KAMAL_COMMON
+                .replace("{registry}", &fleet.tb.registry())
+                .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+            reg = fleet.tb.registry(),
+        )
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    std::fs::write(p.join("config/kv.conf"), "mode=one\n").unwrap();
+    set_config(p, &yml("one"));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let h = fleet.host(0);
+    let id = || {
+        h.docker_ok(&["ps", "-q", "--filter", "name=^demo-kv$"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = id();
+    assert!(!before.is_empty());
+    // The next revision changes the accessory (a reboot) and links its file
+    // outside the repository.
+    std::fs::remove_file(p.join("config/kv.conf")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", p.join("config/kv.conf")).unwrap();
+    set_config(p, &yml("two"));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("accessories.kv.files.0: config/kv.conf: resolves outside"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(id(), before, "the accessory kept running, untouched");
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
