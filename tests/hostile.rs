@@ -697,3 +697,51 @@ fn hostile_repositories_are_refused_or_harmless() {
         failures.join("\n\n")
     );
 }
+
+/// `berth run` on a hostile repository: the cycle fails with a clear
+/// `last_error`, served by the unauthenticated API, that quotes neither the
+/// secret nor the file it refused; nothing runs; the server stays up.
+#[test]
+fn berth_run_reports_a_hostile_revision_without_leaking_it() {
+    let repo = Repo::new(&base("secrets_path: /etc/passwd\n", ""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["run", "--app", "evil", "--interval", "10m", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dir")
+        .arg(repo.project())
+        .env("HOME", &repo.markers)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /api/v1/apps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + MAX_CASE;
+    let body = loop {
+        if let Some(b) = get().filter(|b| b.contains("\"last_error\":\"")) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "no last_error: {:?}", get());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.contains("resolves outside the repository"), "{body}");
+    assert!(
+        !body.contains("root:x:0:0") && !body.contains(SECRET),
+        "{body}"
+    );
+    assert!(repo.markers().is_empty());
+}
