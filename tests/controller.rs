@@ -745,11 +745,16 @@ fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_command
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
     );
     support::push_project(&work, &yml, "exfiltrate");
-    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    // Refused when the revision is loaded, before any host is observed (so
+    // the app is never ready).
+    let berth = Berth::spawn(&fleet, dir.path(), &["--interval", "1s"]);
     let refused = testbed::poll(
         Instant::now() + Duration::from_secs(60),
         "the refusal reported",
-        || berth.apps().contains("outside the project"),
+        || {
+            berth.apps().contains("accessories.kv.files.0")
+                && berth.apps().contains("resolves outside the repository")
+        },
     );
     assert!(refused.is_ok(), "{}", berth.apps());
     let copied = fleet.host(0).home().join("demo-kv/data/key").exists();
@@ -770,7 +775,7 @@ fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_command
     let refused = testbed::poll(
         Instant::now() + Duration::from_secs(60),
         "the proxy_command refused",
-        || berth.apps().contains("ssh.proxy_command runs a command"),
+        || berth.apps().contains("ssh.proxy_command: runs a command"),
     );
     assert!(refused.is_ok(), "{}", berth.apps());
     assert!(!marker.exists(), "the repository's command ran");
