@@ -12,6 +12,7 @@ pub mod controller;
 pub mod desired;
 pub mod observe;
 pub mod plan;
+pub mod policy;
 pub mod remote;
 pub mod server;
 pub mod shell;

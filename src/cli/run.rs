@@ -302,7 +302,7 @@ fn watch_dir(
             {}
             tracing::info!("configuration directory changed");
             for a in &apps {
-                a.trigger(false);
+                a.trigger_by(crate::controller::Trigger::Files);
             }
         }
     });

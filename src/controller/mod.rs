@@ -16,6 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
+use tracing::Instrument;
+
+mod requeue;
+
+/// Event wakes are debounced: the cycle runs once the hosts have been quiet
+/// this long (a rollout by hand emits a burst of events)…
+const EVENT_QUIET: Duration = Duration::from_millis(250);
+/// …or this long after the first event, if they never go quiet.
+const EVENT_MAX_DELAY: Duration = Duration::from_secs(2);
 
 use crate::apply::{self, ApplyContext, Policy};
 use crate::checkout::Checkout;
@@ -24,18 +33,12 @@ use crate::config::secrets::Commands;
 use crate::desired::load::{AppLoad, AppLoadError, load_app};
 use crate::observe::{self, HostState};
 use crate::plan::{self, PlanOptions};
+use crate::policy::{Decision, Outcome, Situation, decide};
 use crate::remote::{Connections, SshOptions};
 use crate::source::Source;
 
-/// What the controller may do about a difference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Apply: new revisions always; hand-made drift too when `self_heal`.
-    Auto,
-    /// Plan only: report drift (metrics, API), never touch a host.
-    Detect,
-}
+pub use crate::policy::Mode;
+pub use requeue::{CycleError, Requeue, Trigger};
 
 #[derive(Clone, Debug)]
 pub struct AppSpec {
@@ -156,6 +159,10 @@ pub struct Controller {
     /// Hosts and `service` labels to watch docker events for (set by a cycle).
     watch: Mutex<(Vec<String>, Vec<String>)>,
     wake: Notify,
+    /// Docker events from the hosts (debounced before a cycle runs).
+    events: Notify,
+    /// Why `wake` was notified (the latest reason wins).
+    woken_by: Mutex<Option<Trigger>>,
     /// A manual sync: retry even a revision that failed.
     forced: std::sync::atomic::AtomicBool,
 }
@@ -175,15 +182,28 @@ impl Controller {
             status: Mutex::new(status),
             watch: Mutex::new((Vec::new(), Vec::new())),
             wake: Notify::new(),
+            events: Notify::new(),
+            woken_by: Mutex::new(None),
             forced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Run a cycle now (webhook, manual sync). `force` retries a failed revision.
     pub fn trigger(&self, force: bool) {
-        if force {
+        self.trigger_by(if force {
+            Trigger::Sync
+        } else {
+            Trigger::Webhook
+        });
+    }
+
+    /// Run a cycle now, for `why` (a [`Trigger::Sync`] retries a failed
+    /// revision).
+    pub fn trigger_by(&self, why: Trigger) {
+        if why == Trigger::Sync {
             self.forced.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        *self.woken_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         self.wake.notify_one();
     }
 
@@ -202,17 +222,23 @@ impl Controller {
     /// The loop; returns once `shutdown` turns true (after the current cycle).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut revisions = Revisions::default();
-        let mut backoff = Duration::ZERO;
+        let mut requeue = Requeue::default();
         let mut conns: Option<(String, Arc<Connections>)> = None;
-        // After an apply, observe again at once to confirm (and publish) the
-        // result; a few applies in a row without reaching sync fall back to
-        // the interval, so nothing loops hot.
-        let mut applies_in_a_row = 0u32;
         let mut watchers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        let mut trigger = Trigger::Start;
         loop {
             let started = Instant::now();
             let before = conns.clone();
-            let result = self.cycle(&mut revisions, &mut conns).await;
+            let span = tracing::info_span!(
+                "cycle",
+                app = %self.spec.name,
+                destination = self.spec.destination.as_deref().unwrap_or(""),
+                trigger = trigger.as_str(),
+            );
+            let result = self
+                .cycle(&mut revisions, &mut conns)
+                .instrument(span)
+                .await;
             // New SSH settings: the watchers of the old connections stop
             // before those close (a master in use cannot be shut down).
             if let Some((old_key, old)) = before
@@ -224,63 +250,65 @@ impl Controller {
             if let Some((_, c)) = &conns {
                 self.ensure_watchers(c, &mut watchers);
             }
-            let secs = started.elapsed().as_secs_f64();
-            let wait = {
-                let mut st = self.lock();
-                st.durations.observe(secs);
-                let key = match &result {
-                    Ok(k) => k.to_string(),
-                    Err(_) => "error".into(),
-                };
-                let dest = self.spec.destination.as_deref().unwrap_or("");
-                match &result {
-                    Ok(k) => {
-                        tracing::info!(app = %self.spec.name, destination = dest, result = %k, seconds = secs, "reconciled")
-                    }
-                    Err(e) => {
-                        tracing::warn!(app = %self.spec.name, destination = dest, seconds = secs, error = %e, "reconcile failed")
-                    }
-                }
-                *st.reconciles.entry(key).or_default() += 1;
-                if result.is_ok() {
-                    st.last_success_unix = Some(unix_now());
-                }
-                match result {
-                    Ok("applied") if applies_in_a_row < 3 => {
-                        applies_in_a_row += 1;
-                        st.last_error = None;
-                        backoff = Duration::ZERO;
-                        Duration::ZERO
-                    }
-                    Ok(_) => {
-                        applies_in_a_row = 0;
-                        st.last_error = None;
-                        backoff = Duration::ZERO;
-                        self.spec.interval
-                    }
-                    Err(e) => {
-                        applies_in_a_row = 0;
-                        st.last_error = Some(e);
-                        backoff =
-                            (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
-                        backoff.min(self.spec.interval)
-                    }
-                }
-            };
+            self.publish(&result, trigger, started.elapsed().as_secs_f64());
+            let (wait, next) = requeue.next(&result, self.spec.interval);
             let wait = jitter(wait);
             if *shutdown.borrow() {
                 break;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+            trigger = tokio::select! {
+                _ = tokio::time::sleep(wait) => next,
+                _ = self.wake.notified() => self
+                    .woken_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or(Trigger::Webhook),
+                _ = self.events.notified() => {
+                    self.debounce_events().await;
+                    Trigger::Event
+                }
                 _ = shutdown.changed() => break,
-            }
+            };
         }
         stop_watchers(&mut watchers).await;
         if let Some((_, c)) = conns {
             c.close().await;
         }
+    }
+
+    /// Wait until the hosts' events go quiet (trailing debounce), at most
+    /// [`EVENT_MAX_DELAY`]; a webhook or sync meanwhile ends it at once.
+    async fn debounce_events(&self) {
+        let deadline = tokio::time::Instant::now() + EVENT_MAX_DELAY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(EVENT_QUIET) => return,
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.events.notified() => {}
+            }
+        }
+    }
+
+    /// Record a cycle's result in the status, the metrics and the log.
+    fn publish(&self, result: &Result<Outcome, CycleError>, trigger: Trigger, secs: f64) {
+        let mut st = self.lock();
+        st.durations.observe(secs);
+        let dest = self.spec.destination.as_deref().unwrap_or("");
+        let key = match result {
+            Ok(outcome) => {
+                tracing::info!(app = %self.spec.name, destination = dest, trigger = trigger.as_str(), result = %outcome, seconds = secs, "reconciled");
+                st.last_success_unix = Some(unix_now());
+                st.last_error = None;
+                outcome.as_str()
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.spec.name, destination = dest, trigger = trigger.as_str(), seconds = secs, error = %e, "reconcile failed");
+                st.last_error = Some(e.to_string());
+                "error"
+            }
+        };
+        *st.reconciles.entry(key.to_string()).or_default() += 1;
     }
 
     /// One docker event stream per host (over the warm SSH connection: the
@@ -329,9 +357,9 @@ impl Controller {
             let (me, c, h) = (self.clone(), conns.clone(), host.clone());
             let task = tokio::spawn(async move {
                 loop {
-                    let wake = |_: &serde_json::Value| me.wake.notify_one();
+                    let wake = |_: &serde_json::Value| me.events.notify_one();
                     if c.engine_events(&h, &filters, wake).await.is_none() {
-                        let _ = c.stream_lines(&h, &argv, |_| me.wake.notify_one()).await;
+                        let _ = c.stream_lines(&h, &argv, |_| me.events.notify_one()).await;
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
@@ -340,23 +368,26 @@ impl Controller {
         }
     }
 
-    /// One reconcile. `Ok(result)`: `in_sync`, `drifted`, `applied`, `suspended`.
+    /// One reconcile: fetch, load, observe, plan, then what [`decide`] says.
     async fn cycle(
         &self,
         revisions: &mut Revisions,
         conns: &mut Option<(String, Arc<Connections>)>,
-    ) -> Result<&'static str, String> {
+    ) -> Result<Outcome, CycleError> {
         let spec = &self.spec;
         let source = spec.source.clone();
         let rev = tokio::task::spawn_blocking(move || source.fetch())
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CycleError::Internal(e.to_string()))?
+            .map_err(|e| CycleError::Source(e.to_string()))?;
         self.lock().revision = Some(rev.id.clone());
+        let refused = |message: String| CycleError::Revision {
+            revision: short(&rev.id).to_string(),
+            message,
+        };
         let config_file = rev.dir.join(&spec.config_file);
         // The whole checkout is the repository: confined to it, trusted with nothing.
-        let files = Checkout::untrusted(&rev.dir)
-            .map_err(|e| format!("revision {}: {e}", short(&rev.id)))?;
+        let files = Checkout::untrusted(&rev.dir).map_err(|e| refused(e.to_string()))?;
         let (cfg, secrets, desired) = load_app(&AppLoad {
             config_file: &config_file,
             destination: spec.destination.as_deref(),
@@ -367,11 +398,8 @@ impl Controller {
             files: &files,
         })
         .map_err(|e| match e {
-            AppLoadError::Config(e) => format!("revision {}: {e}", short(&rev.id)),
-            AppLoadError::NoVersion(_) => {
-                format!("revision {}: x-berth.version is not set", short(&rev.id))
-            }
-            other => other.to_string(),
+            AppLoadError::NoVersion(_) => refused("x-berth.version is not set".into()),
+            other => refused(other.to_string()),
         })?;
         // `ssh.proxy_command` was refused by the untrusted load.
         let version = desired.version.clone();
@@ -388,7 +416,7 @@ impl Controller {
             *conns = Some((key, Arc::new(Connections::new(ssh))));
         }
         let Some((_, c)) = conns.as_ref() else {
-            return Err("no connections".into());
+            return Err(CycleError::Internal("no connections".into()));
         };
         {
             let mut labels = vec![desired.service.clone()];
@@ -444,34 +472,26 @@ impl Controller {
                 .collect();
             st.units = unit_states(&desired, &st.hosts, &st.drift);
         }
-        if plan.actions.is_empty() {
-            if plan.unknown_hosts.is_empty() {
-                revisions.settled = Some(rev.id.clone());
-            }
-            return Ok(if plan.unknown_hosts.is_empty() {
-                "in_sync"
-            } else {
-                "drifted"
-            });
-        }
         let suspended = self.lock().suspended;
         let forced = self.forced.swap(false, std::sync::atomic::Ordering::SeqCst);
-        // Hand-made drift is reverted only with `self_heal`; a revision the
-        // fleet never converged to is always applied (once, if it fails).
-        let new_revision = revisions.settled.as_deref() != Some(rev.id.as_str())
-            && revisions.failed.as_deref() != Some(rev.id.as_str());
-        let allowed = match spec.mode {
-            Mode::Detect => false,
-            Mode::Auto => spec.self_heal || forced || new_revision,
-        };
+        let decision = decide(&Situation {
+            mode: spec.mode,
+            self_heal: spec.self_heal,
+            suspended,
+            forced,
+            revision: &rev.id,
+            settled: revisions.settled.as_deref(),
+            failed: revisions.failed.as_deref(),
+            has_actions: !plan.actions.is_empty(),
+            unknown_hosts: !plan.unknown_hosts.is_empty(),
+        });
         // Unreachable hosts have no actions: the others keep converging (the
         // lock's host must answer, or the apply fails and backs off).
-        if suspended || !allowed {
-            return Ok(if suspended { "suspended" } else { "drifted" });
-        }
-        if revisions.failed.as_deref() == Some(rev.id.as_str()) && !forced {
-            // Same revision failed before: wait for a new one or a manual sync.
-            return Ok("drifted");
+        if let Decision::Report { outcome, settle } = decision {
+            if settle {
+                revisions.settled = Some(rev.id.clone());
+            }
+            return Ok(outcome);
         }
         let revision = short(&rev.id).to_string();
         let progress = |line: &str| tracing::info!(app = %spec.name, destination = spec.destination.as_deref().unwrap_or(""), revision = %revision, "{line}");
@@ -484,7 +504,7 @@ impl Controller {
                 drain_timeout: cfg.drain_timeout,
                 retain_containers: cfg.retain_containers,
             },
-            registry: apply::registry_login(&cfg, &secrets)?,
+            registry: apply::registry_login(&cfg, &secrets).map_err(CycleError::Internal)?,
             progress: &progress,
             hooks: None,
         };
@@ -493,17 +513,21 @@ impl Controller {
                 revisions.failed = None;
                 revisions.settled = Some(rev.id.clone());
                 self.lock().last_apply_unix = Some(unix_now());
-                Ok("applied")
+                Ok(Outcome::Applied)
             }
             // A lock someone else holds (`kamal lock`, a deploy in
             // progress) says nothing about the revision: retry it with the
             // backoff instead of parking it as failed.
-            Err(e @ apply::ApplyError::Locked { .. }) => {
-                Err(format!("revision {}: waiting: {e}", short(&rev.id)))
-            }
+            Err(e @ apply::ApplyError::Locked { .. }) => Err(CycleError::Locked {
+                revision: short(&rev.id).to_string(),
+                message: e.to_string(),
+            }),
             Err(e) => {
                 revisions.failed = Some(rev.id.clone());
-                Err(format!("revision {}: {e}", short(&rev.id)))
+                Err(CycleError::Apply {
+                    revision: short(&rev.id).to_string(),
+                    message: e.to_string(),
+                })
             }
         }
     }

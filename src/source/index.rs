@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::yaml::{self, Node, Scalar, Value};
-use crate::controller::Mode;
+use crate::policy::Mode;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexApp {
