@@ -1,6 +1,9 @@
 //! `berth run`: the controller for one app, with the HTTP server (metrics,
 //! health, status API, webhooks). Stops on SIGTERM/SIGINT after the current
 //! cycle (an apply in progress finishes and releases the lock).
+//!
+//! At start the soft fd limit is raised to the hard one (sockets, SSH masters
+//! and Git share it) and the HTTP connection cap is kept to half of it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +93,19 @@ pub struct Args {
     /// `RUST_LOG` (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Time a client has to send a request's head (default 10s). Hidden: for
+    /// tests; the defaults are documented in docs/security.md.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Option<std::time::Duration>,
+    /// Close a connection on which nothing moved this long (default 30s).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Option<std::time::Duration>,
+    /// Time a handler, request body included, may take (default 30s).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub http_request_timeout: Option<std::time::Duration>,
+    /// Concurrent HTTP connections (default 512, at most half the fd limit).
+    #[arg(long, hide = true)]
+    pub http_max_connections: Option<usize>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -132,18 +148,52 @@ fn service_name(
     .unwrap_or_else(|_| "app".into())
 }
 
+/// A secret file's content, trimmed. Empty is refused: an empty token or an
+/// HMAC under the empty key is what anyone can send. The error names the
+/// file, never its content.
 fn read_secret(p: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
-    p.as_ref()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|s| Secret::new(s.trim().to_string()))
-                .with_context(|| format!("cannot read {}", p.display()))
-        })
-        .transpose()
+    let Some(p) = p else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let value = text.trim();
+    if value.is_empty() {
+        anyhow::bail!(
+            "secret file {} is empty (or only whitespace); refusing to start",
+            p.display()
+        );
+    }
+    Ok(Some(Secret::new(value)))
+}
+
+fn http_limits(args: &Args, fd_limit: Option<u64>) -> server::serve::Limits {
+    let d = server::serve::Limits::default();
+    server::serve::Limits {
+        header_read_timeout: args
+            .http_header_read_timeout
+            .unwrap_or(d.header_read_timeout),
+        idle_timeout: args.http_idle_timeout.unwrap_or(d.idle_timeout),
+        request_timeout: args.http_request_timeout.unwrap_or(d.request_timeout),
+        max_connections: server::serve::cap_for_fd_limit(
+            args.http_max_connections.unwrap_or(d.max_connections),
+            fd_limit,
+        ),
+    }
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     init_logging(args.log_format);
+    // Before anything is fetched: a bad secret file is a start-up error.
+    let git_token = read_secret(&args.git_token_file)?;
+    let api_token = read_secret(&args.api_token_file)?;
+    let webhook_secret = read_secret(&args.webhook_secret_file)?;
+    let fd_limit = match server::serve::raise_fd_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the fd limit");
+            rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+        }
+    };
+    let limits = http_limits(args, fd_limit);
     let source = match (&args.repo, &args.dir) {
         // `<checkout>/index` holds the first fetch (and a single app);
         // `<checkout>/apps/<name>[-<dest>]` one checkout per app instance.
@@ -161,7 +211,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     .git_known_hosts
                     .clone()
                     .or_else(|| args.known_hosts.clone()),
-                token: read_secret(&args.git_token_file)?,
+                token: git_token,
             },
         },
         (None, Some(d)) => Source::Dir(d.clone()),
@@ -237,17 +287,22 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     }
     let state = Arc::new(ServerState {
         apps: controllers.clone(),
-        api_token: read_secret(&args.api_token_file)?,
-        webhook_secret: read_secret(&args.webhook_secret_file)?,
+        api_token,
+        webhook_secret,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = server::serve::bind(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(address = %listener.local_addr()?, apps = controllers.len(), "serving");
+        tracing::info!(
+            address = %listener.local_addr()?,
+            apps = controllers.len(),
+            max_connections = limits.max_connections,
+            fd_limit,
+            "serving"
+        );
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         // Directory mode: file changes trigger a cycle (debounced), no polling wait.
         let _watcher = match &args.dir {
@@ -258,16 +313,22 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             .iter()
             .map(|c| tokio::spawn(c.clone().run(shutdown.clone())))
             .collect();
-        let server = axum::serve(listener, server::router(state));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let server = tokio::spawn(server::serve::serve(
+            listener,
+            server::router(state),
+            limits,
+            shutdown.clone(),
+        ));
         tokio::select! {
-            r = server => r.context("server")?,
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down after the current cycle");
-        // Every loop stops after its current cycle.
+        // Every loop stops after its current cycle; the server stops
+        // accepting, open connections finish their request.
         let _ = stop.send(true);
+        let _ = server.await;
         for l in loops {
             let _ = l.await;
         }

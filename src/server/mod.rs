@@ -2,9 +2,13 @@
 //! `/readyz` (ready once every app was observed), `/api/v1/apps` (status
 //! JSON), token-protected `POST /api/v1/apps/{app}/sync|suspend|resume`, and
 //! webhook receivers (GitHub and Gitea/Forgejo HMAC-SHA256, GitLab token),
-//! compared in constant time, bodies capped at 1 MiB.
+//! compared in constant time, bodies capped at 1 MiB. An empty token or
+//! secret never authenticates (`berth run` refuses one at start).
 //!
-//! Metrics:
+//! [`serve`] puts the router on the network: header-read, idle and request
+//! timeouts, and a connection cap that sheds idle connections so the health
+//! endpoints keep answering.
+//!
 //! Metrics (every series also has `app` and `destination`):
 //! - `berth_app_in_sync` 1/0
 //! - `berth_drift_units{host,role,reason}` units to change
@@ -29,6 +33,8 @@ use subtle::ConstantTimeEq;
 
 use crate::config::secrets::Secret;
 use crate::controller::{AppStatus, BUCKETS, Controller};
+
+pub mod serve;
 
 pub struct ServerState {
     pub apps: Vec<Arc<Controller>>,
@@ -85,8 +91,16 @@ async fn apps(State(s): State<Arc<ServerState>>) -> Response {
     axum::Json(serde_json::json!({ "schema": "berth.apps/v1", "apps": all })).into_response()
 }
 
+/// A secret that can authenticate: not empty, not only whitespace (the
+/// empty string is what a forged request sends most easily).
+fn usable(secret: &Secret) -> bool {
+    !secret.expose().trim().is_empty()
+}
+
 fn bearer_ok(headers: &HeaderMap, token: &Option<Secret>) -> bool {
-    let Some(token) = token else { return false };
+    let Some(token) = token.as_ref().filter(|t| usable(t)) else {
+        return false;
+    };
     let Some(given) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -138,6 +152,9 @@ pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
 
 /// Does this webhook request carry a valid signature (or token)?
 pub fn webhook_authentic(kind: &str, headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
+    if !usable(secret) {
+        return false;
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let expected = hmac_hex(secret.expose().as_bytes(), body);
     let given = match kind {
@@ -362,6 +379,47 @@ mod tests {
             body,
             &secret
         ));
+        let mut gl = HeaderMap::new();
+        gl.insert("x-gitlab-token", "s3cret".parse().unwrap());
+        assert!(webhook_authentic("gitlab", &gl, body, &secret));
+    }
+
+    #[test]
+    fn an_empty_secret_never_authenticates() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        for empty in ["", " ", "\n\t "] {
+            let secret = Secret::new(empty);
+            // What a forger sends for an empty key: the empty token, the HMAC
+            // under the empty (or that whitespace) key.
+            let mut gl = HeaderMap::new();
+            gl.insert("x-gitlab-token", empty.trim().parse().unwrap());
+            assert!(!webhook_authentic("gitlab", &gl, body, &secret));
+            for key in [empty.as_bytes(), b""] {
+                let sig = hmac_hex(key, body);
+                let mut gh = HeaderMap::new();
+                gh.insert(
+                    "x-hub-signature-256",
+                    format!("sha256={sig}").parse().unwrap(),
+                );
+                assert!(!webhook_authentic("github", &gh, body, &secret));
+                let mut gt = HeaderMap::new();
+                gt.insert("x-gitea-signature", sig.parse().unwrap());
+                assert!(!webhook_authentic("gitea", &gt, body, &secret));
+            }
+            // A header value holds no newline; spaces and tabs it can.
+            let mut auth = HeaderMap::new();
+            auth.insert(
+                "authorization",
+                axum::http::HeaderValue::from_str(&format!("Bearer {}", empty.replace('\n', "")))
+                    .unwrap(),
+            );
+            assert!(!bearer_ok(&auth, &Some(secret)));
+        }
+        // The same requests under a real secret do authenticate.
+        let secret = Secret::new("s3cret");
+        let mut auth = HeaderMap::new();
+        auth.insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert!(bearer_ok(&auth, &Some(secret.clone())));
         let mut gl = HeaderMap::new();
         gl.insert("x-gitlab-token", "s3cret".parse().unwrap());
         assert!(webhook_authentic("gitlab", &gl, body, &secret));
