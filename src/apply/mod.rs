@@ -24,10 +24,10 @@ use std::collections::BTreeSet;
 
 use std::time::Duration;
 
-use crate::config::secrets::Secret;
 use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits, PROXY_CONTAINER};
 use crate::plan::{Action, ActionKind, Plan, Unit};
 use crate::remote::{Connections, RemoteError, RemoteOutput};
+use crate::secret::Secret;
 
 /// Timings and policies from the config.
 #[derive(Clone, Debug)]

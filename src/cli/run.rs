@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::secrets::Secret;
 use crate::controller::{AppSpec, Controller, Mode, SshOptionsTemplate};
+use crate::secret::Secret;
 use crate::server::{self, ServerState};
 use crate::source::{GitAuth, GitRef, Source};
 

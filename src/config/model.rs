@@ -398,10 +398,7 @@ impl Config {
 
     /// `<service>[-<destination>]`: names the env dir, lock and audit log.
     pub fn service_and_destination(&self) -> String {
-        match &self.destination {
-            Some(d) => format!("{}-{}", self.service, d),
-            None => self.service.clone(),
-        }
+        crate::kamal::service_and_destination(&self.service, self.destination.as_deref())
     }
 
     /// `registry/image`, as Kamal's `repository`.

@@ -10,48 +10,14 @@
 //! vanished silently is worse than a refused config. `$(command)` runs only
 //! with an explicit opt-in, because it executes code from the repository.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use indexmap::IndexMap;
 
 use crate::checkout::{Checkout, FileError};
-use sha2::{Digest, Sha256};
 
-/// A secret value. `Debug` and `Display` print `(sensitive)`; only
-/// [`Secret::expose`] gives the value, so every place that leaks it is greppable.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for writing it where it belongs (an env file on a host).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// A SHA-256 of the value, hex: lets berth tell whether a secret changed
-    /// without ever storing or printing it.
-    pub fn fingerprint(&self) -> String {
-        hex::encode(Sha256::digest(self.0.as_bytes()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("(sensitive)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("(sensitive)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// What `$(command)` in a secrets file does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -714,12 +680,5 @@ mod tests {
         )
         .unwrap();
         assert!(none.describe_files().starts_with("no secret files ("));
-    }
-
-    #[test]
-    fn secret_never_prints() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s} {s:?}"), "(sensitive) (sensitive)");
-        assert_eq!(s.fingerprint().len(), 64);
     }
 }

@@ -461,11 +461,11 @@ impl Controller {
                         plan::Unit::Orphan => "orphan".into(),
                     },
                     container: a.container.clone(),
-                    action: format!("{:?}", a.kind).to_lowercase(),
+                    action: a.kind.as_str().to_string(),
                     reason: a
                         .reasons
                         .first()
-                        .map(reason_name)
+                        .map(plan::Change::kind)
                         .unwrap_or("unknown")
                         .to_string(),
                 })
@@ -537,21 +537,6 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-fn reason_name(c: &plan::Change) -> &'static str {
-    match c {
-        plan::Change::Missing => "missing",
-        plan::Change::State { .. } => "state",
-        plan::Change::Version { .. } => "version",
-        plan::Change::Image { .. } => "image",
-        plan::Change::Label { .. } => "label",
-        plan::Change::Env { .. } => "env",
-        plan::Change::Field { .. } => "field",
-        plan::Change::EnvFile { .. } => "env_file",
-        plan::Change::Route { .. } => "route",
-        plan::Change::Orphan => "orphan",
-    }
-}
-
 /// ±10 %, so many berths polling one repo do not fall in step.
 fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now()
@@ -590,11 +575,12 @@ fn unit_states(
                     .iter()
                     .map(|a| (format!("accessory:{}", a.name), a.container_name.clone())),
             )
-            .chain(
-                h.proxy
-                    .as_ref()
-                    .map(|_| ("proxy".to_string(), "kamal-proxy".to_string())),
-            );
+            .chain(h.proxy.as_ref().map(|_| {
+                (
+                    "proxy".to_string(),
+                    crate::kamal::PROXY_CONTAINER.to_string(),
+                )
+            }));
         for (unit, container) in units {
             let hit = drift
                 .iter()

@@ -11,17 +11,16 @@
 
 pub mod load;
 use crate::config::words;
+use crate::kamal;
 
-use crate::config::secrets::{Secret, Secrets};
+use crate::config::secrets::Secrets;
 use crate::config::{
     Accessory, ArgValue, Config, DockerOptions, EnvSpec, Logging, OptValue, ProxyRun, ProxySpec,
     Role, RoleProxy, Ssl,
 };
+use crate::secret::Secret;
 
-/// kamal-proxy's container name on every host.
-pub const PROXY_CONTAINER: &str = "kamal-proxy";
-/// The Docker network Kamal puts every container on.
-pub const NETWORK: &str = "kamal";
+pub use crate::kamal::{NETWORK, PROXY_CONTAINER};
 /// Kamal's default request headers logged by kamal-proxy.
 const DEFAULT_LOG_REQUEST_HEADERS: &[&str] = &["Cache-Control", "Last-Modified", "User-Agent"];
 /// Kamal 2.11's minimum kamal-proxy version, the default image tag.
@@ -486,7 +485,7 @@ fn app_unit(
     let container_name = format!("{container_prefix}-{version}");
     let sd = config.service_and_destination();
     let env = role_env(config, role, tags);
-    let env_path = format!(".kamal/apps/{sd}/env/roles/{}.env", role.name);
+    let env_path = kamal::role_env_file(&config.service, config.destination.as_deref(), &role.name);
     let env_file = env_file(
         env_path.clone(),
         &env,
@@ -619,8 +618,8 @@ fn accessory_unit(
     host: &str,
     opts: &RenderOptions<'_>,
 ) -> Result<AccessoryUnit, RenderError> {
-    let sd = config.service_and_destination();
-    let env_path = format!(".kamal/apps/{sd}/env/accessories/{}.env", acc.name);
+    let env_path =
+        kamal::accessory_env_file(&config.service, config.destination.as_deref(), &acc.name);
     let env_file = env_file(
         env_path.clone(),
         &acc.env,

@@ -139,10 +139,7 @@ pub fn probe_request(desired: &Desired, host: &str) -> probe::ProbeRequest {
 
 /// Kamal's lock directory, relative to the SSH user's home.
 pub fn lock_dir(desired: &Desired) -> String {
-    match &desired.destination {
-        Some(d) => format!(".kamal/lock-{}-{d}", desired.service),
-        None => format!(".kamal/lock-{}", desired.service),
-    }
+    crate::kamal::lock_dir(&desired.service, desired.destination.as_deref())
 }
 
 /// One host's state, in one round trip. Once the shell probe has found the

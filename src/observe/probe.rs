@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::{EnvValue, HostObservation, ObservedContainer, ProxyRouteState};
 
@@ -180,9 +179,7 @@ fn section<'a>(
     Ok(&out[start..end])
 }
 
-pub fn hash(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
-}
+pub use crate::secret::fingerprint as hash;
 
 /// Parse the output of a probe run with [`ProbeRequest::engine_args`], with
 /// the containers the Engine API returned.

@@ -14,8 +14,8 @@ pub mod output;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits};
-use crate::observe::probe::hash;
 use crate::observe::{EnvValue, HostObservation, HostState, Observed, ObservedContainer};
+use crate::secret::fingerprint as hash;
 
 /// The config-determined part of a container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -278,6 +278,25 @@ pub enum Change {
     Orphan,
 }
 
+impl Change {
+    /// The reason's name: its `kind` in `berth.plan/v1` JSON, the `reason`
+    /// label of `berth_drift_units`, the API's drift `reason`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Missing => "missing",
+            Change::State { .. } => "state",
+            Change::Version { .. } => "version",
+            Change::Image { .. } => "image",
+            Change::Label { .. } => "label",
+            Change::Env { .. } => "env",
+            Change::Field { .. } => "field",
+            Change::EnvFile { .. } => "env_file",
+            Change::Route { .. } => "route",
+            Change::Orphan => "orphan",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
@@ -301,6 +320,40 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
+    pub const ALL: [ActionKind; 8] = [
+        ActionKind::Create,
+        ActionKind::Start,
+        ActionKind::Replace,
+        ActionKind::Reboot,
+        ActionKind::WriteEnvFile,
+        ActionKind::Route,
+        ActionKind::Remove,
+        ActionKind::Stop,
+    ];
+
+    /// The name machines read: `berth.plan/v1` JSON (`kind`), the API's
+    /// drift `action`, metrics. The same as its serde name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Create => "create",
+            ActionKind::Start => "start",
+            ActionKind::Replace => "replace",
+            ActionKind::Reboot => "reboot",
+            ActionKind::WriteEnvFile => "write_env_file",
+            ActionKind::Route => "route",
+            ActionKind::Remove => "remove",
+            ActionKind::Stop => "stop",
+        }
+    }
+
+    /// The words the text plan uses.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ActionKind::WriteEnvFile => "rewrite env file",
+            k => k.as_str(),
+        }
+    }
+
     pub fn symbol(self) -> char {
         match self {
             ActionKind::Create => '+',
@@ -929,4 +982,31 @@ pub fn observed_from_desired(desired: &Desired) -> Observed {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One name per kind, whichever output shows it (JSON is serde's).
+    #[test]
+    fn names_are_one_contract() {
+        for k in ActionKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        let changes = [
+            Change::Missing,
+            Change::State {
+                status: "exited".into(),
+            },
+            Change::Orphan,
+            Change::EnvFile {
+                path: "p".into(),
+                missing: true,
+            },
+        ];
+        for c in changes {
+            assert_eq!(serde_json::to_value(&c).unwrap()["kind"], c.kind());
+        }
+    }
 }

@@ -49,19 +49,6 @@ fn unit_label(a: &Action) -> String {
     }
 }
 
-fn verb(k: ActionKind) -> &'static str {
-    match k {
-        ActionKind::Create => "create",
-        ActionKind::Start => "start",
-        ActionKind::Replace => "replace",
-        ActionKind::Reboot => "reboot",
-        ActionKind::WriteEnvFile => "rewrite env file",
-        ActionKind::Route => "route",
-        ActionKind::Remove => "remove",
-        ActionKind::Stop => "stop",
-    }
-}
-
 fn opt(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("(none)")
 }
@@ -155,7 +142,7 @@ pub fn text(plan: &Plan) -> String {
             "  {} {} ({})",
             a.kind.symbol(),
             unit_label(a),
-            verb(a.kind)
+            a.kind.describe()
         );
         if let Some(old) = &a.replaces
             && *old != a.container

@@ -31,8 +31,8 @@ use axum::routing::{get, post};
 use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
-use crate::config::secrets::Secret;
 use crate::controller::{AppStatus, BUCKETS, Controller};
+use crate::secret::Secret;
 
 pub mod serve;
 

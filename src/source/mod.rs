@@ -10,7 +10,7 @@ pub mod index;
 
 use std::path::PathBuf;
 
-use crate::config::secrets::Secret;
+use crate::secret::Secret;
 
 #[derive(Clone, Debug)]
 pub enum Source {
