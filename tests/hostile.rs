@@ -467,6 +467,51 @@ fn findings() -> Vec<Case> {
             Verdict::Refused("expands to more than"),
         ));
     }
+    {
+        // Each value under the bound, but every copy of it another MiB.
+        let r = Repo::new(&base("", ""));
+        let mut text = String::from("A0=xxxxxxxxxxxxxxxx\n");
+        for i in 1..16 {
+            text.push_str(&format!("A{i}=${{A{}}}${{A{}}}\n", i - 1, i - 1));
+        }
+        for i in 0..2000 {
+            text.push_str(&format!("B{i}=$A15\n"));
+        }
+        text.push_str(&format!(
+            "DB_PASSWORD={SECRET}\nREGISTRY_PASSWORD={SECRET}\n"
+        ));
+        r.write(".kamal/secrets", &text);
+        cases.push(case(
+            "secrets copies of a large value",
+            r,
+            Verdict::Refused("expands to more than"),
+        ));
+    }
+    {
+        // Nested anchored collections each keep a copy of all below them.
+        let mut nest = format!("x-s: &s \"{}\"\nx-n: ", "y".repeat(30_000));
+        for i in 0..60 {
+            nest.push_str(&format!("&n{i} [*s, *s, "));
+        }
+        nest.push_str(&format!("z{}\n", "]".repeat(60)));
+        cases.push(case(
+            "nested anchors over aliases",
+            Repo::new(&base(&nest, "")),
+            Verdict::Refused("bytes of values"),
+        ));
+    }
+    {
+        // Under MAX_NODES, but each key was searched for linearly: 3.5 s.
+        let mut many = String::from("x-many:\n");
+        for i in 0..45_000 {
+            many.push_str(&format!("  k{i}: {i}\n"));
+        }
+        cases.push(case(
+            "45 000 mapping entries",
+            Repo::new(&base(&many, "")),
+            Verdict::Accepted,
+        ));
+    }
     // 4. Secret values in error messages.
     for bad in [
         format!("DB_PASSWORD='{SECRET}' -KEY={SECRET}\n"),

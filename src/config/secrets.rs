@@ -43,7 +43,8 @@ pub struct SecretsOptions<'a> {
 }
 
 /// The most text one secret value may expand to (`$A$A` doubles at every
-/// line otherwise: forty lines would exhaust any machine).
+/// line otherwise: forty lines would exhaust any machine), and the values of
+/// one file together (else `B1=$A`, `B2=$A`… each copies a 1 MiB value).
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// Why the secrets could not be read. No variant carries a secret value or
@@ -165,6 +166,8 @@ fn parse(
 ) -> Result<IndexMap<String, Secret>, SecretsError> {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut out: IndexMap<String, Secret> = IndexMap::new();
+    // Bytes of values produced so far, replaced ones included.
+    let mut total = 0usize;
     let mut p = Cursor {
         s: text.as_bytes(),
         i: 0,
@@ -266,6 +269,13 @@ fn parse(
             )?,
             None => substitute(&unescape(&raw), &out, file, line, &key, opts)?,
         };
+        total = total.saturating_add(value.len());
+        if total > MAX_VALUE_BYTES {
+            return Err(syntax(
+                line,
+                format!("{key}: the file expands to more than {MAX_VALUE_BYTES} bytes of values"),
+            ));
+        }
         out.insert(key, Secret::new(value));
     }
     Ok(out)
@@ -647,6 +657,25 @@ mod tests {
         let many = format!("A=yyyyyyyyyyyyyyyy\nB={}\n", "$A".repeat(200_000));
         let err = parse_with(&many, &[], false).unwrap_err().to_string();
         assert!(err.contains(":2: B: the value expands"), "{err}");
+    }
+
+    #[test]
+    fn copies_of_a_large_value_stop_at_the_bound() {
+        // Each value under the bound, but 200 copies were 200 MiB.
+        let mut text = String::from("A0=xxxxxxxxxxxxxxxx\n");
+        for i in 1..16 {
+            text.push_str(&format!("A{i}=${{A{}}}${{A{}}}\n", i - 1, i - 1));
+        }
+        let one = parse_with(&text, &[], false).unwrap();
+        assert_eq!(one[15].1.len(), 512 << 10);
+        for i in 0..200 {
+            text.push_str(&format!("B{i}=$A15\n"));
+        }
+        let err = parse_with(&text, &[], false).unwrap_err().to_string();
+        assert!(
+            err.starts_with(".kamal/secrets:17: B0: the file expands to more than"),
+            "{err}"
+        );
     }
 
     #[test]
