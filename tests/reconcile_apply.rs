@@ -354,11 +354,34 @@ fn berth_killed_mid_rollout_converges_on_the_next_run_and_hosts_serve_throughout
         // Every kill point is after the lock was taken: the next run must
         // recognise berth's own stale lock (and say so), not fail on it.
         assert!(t.contains("stale deploy lock left by berth"), "{t}");
+        // berth returned 0 only after every host's proxy switched, so the
+        // new version must be served now; the bound is for a loaded machine.
         let deadline = Instant::now() + Duration::from_secs(10);
-        testbed::poll(deadline, "new version served", || {
+        let served = testbed::poll(deadline, "new version served", || {
             serves(&fleet, &format!("demo {version}\n"))
-        })
-        .unwrap();
+        });
+        if served.is_err() {
+            // What each host serves and runs, to tell a berth that reported
+            // convergence too early from a slow machine.
+            let hosts: Vec<String> = fleet
+                .tb
+                .hosts
+                .iter()
+                .map(|h| {
+                    let addr = h.addr.to_string();
+                    format!(
+                        "{addr}: {:?}; {:?}; route: {:?}",
+                        http_get(&format!("{addr}:80"), "/", Some("demo.test")),
+                        h.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]),
+                        h.docker_ok(&["exec", "kamal-proxy", "kamal-proxy", "list"]),
+                    )
+                })
+                .collect();
+            panic!(
+                "after kill at {point:?}, {version} not served:\n{}\nthe rerun said:\n{t}",
+                hosts.join("\n")
+            );
+        }
         assert_eq!(berth(&fleet, p, &["--dry-run"]).status.code(), Some(0));
     }
     let (ok, failures) = load.finish();
