@@ -275,36 +275,58 @@ impl FinishExit {
 mod tests {
     use super::*;
 
-    /// The `$n` each script reads, in the order its first lines name them:
-    /// a field added to one side only shows up here.
+    /// The names a script gives its positional arguments, in order, from
+    /// the `name=$n` assignments on its first lines.
     fn names(script: &str, first: &str) -> Vec<String> {
-        let body = script
+        script
             .lines()
             .skip_while(|l| !l.starts_with(first))
-            .take_while(|l| {
-                !l.starts_with("umask") && !l.starts_with("api ") && !l.starts_with("mkdir")
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        body.split("; ")
-            .filter_map(|a| a.split_once('='))
-            .map(|(k, _)| k.trim().to_string())
+            .take_while(|l| l.contains("=$"))
+            .flat_map(|l| l.split("; "))
+            .filter_map(|a| a.split_once("=$"))
+            .map(|(k, _)| k.to_string())
             .collect()
     }
 
+    /// A field added to a struct but not to its script (or the reverse)
+    /// shows up here; the names are the ones the fields' docs give.
     #[test]
-    fn each_script_reads_as_many_arguments_as_its_struct_writes() {
-        assert_eq!(
-            names(PREP, "server=").len(),
-            PrepArgs::default().argv().len() - 4
-        );
-        assert_eq!(
-            names(BOOT, "f=").len(),
-            BootArgs::default().argv().len() - 4
-        );
-        assert_eq!(
-            names(FINISH, "log=").len(),
-            FinishArgs::default().argv().len() - 4
-        );
+    fn each_script_reads_the_arguments_its_struct_writes() {
+        let cases = [
+            (
+                names(PREP, "server="),
+                PrepArgs::default().argv(),
+                &["server", "user", "image", "service", "log", "line"][..],
+            ),
+            (
+                names(BOOT, "f="),
+                BootArgs::default().argv(),
+                &[
+                    "f",
+                    "name",
+                    "renamed",
+                    "log",
+                    "booted",
+                    "renamedline",
+                    "timeout",
+                    "delay",
+                    "run",
+                    "old",
+                    "stop_t",
+                ][..],
+            ),
+            (
+                names(FINISH, "log="),
+                FinishArgs::default().argv(),
+                &[
+                    "log", "line", "image", "latest", "retain", "service", "pruned",
+                ][..],
+            ),
+        ];
+        for (read, argv, expected) in cases {
+            assert_eq!(read, expected);
+            // `sh -c <script> <$0>`, then one word per name.
+            assert_eq!(argv.len() - 4, read.len(), "{read:?}");
+        }
     }
 }

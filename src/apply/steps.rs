@@ -457,9 +457,11 @@ pub(super) async fn orphan(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), App
 
 #[cfg(test)]
 mod tests {
+    use super::super::UnknownHosts;
     use super::super::scripts::BOOT;
     use super::*;
     use crate::config::secrets::Secrets;
+    use crate::remote::Connections;
 
     fn web(desired: &Desired) -> &AppUnit {
         desired
@@ -617,5 +619,61 @@ mod tests {
             assert!(BOOT.contains(&format!("exit {code}")), "exit {code}");
             assert_ne!(BootExit::from_code(Some(code)), BootExit::Other);
         }
+    }
+
+    /// The reconcile rule refuses before the lock or any other remote
+    /// command; the controller's applies to the hosts that answered.
+    #[test]
+    fn unknown_hosts_are_one_rule_checked_before_any_host_is_touched() {
+        let (cfg, desired) = rich();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ssh = crate::remote::SshOptions::from_config(&cfg.ssh, None);
+        ssh.control_dir = dir.path().to_path_buf();
+        let conns = Connections::new(ssh);
+        let progress = |_: &str| {};
+        let ctx = ApplyContext::new(
+            &cfg,
+            &desired,
+            &conns,
+            None,
+            &progress,
+            None,
+            UnknownHosts::Refuse,
+        );
+        let mut plan = crate::plan::plan(
+            &desired,
+            &crate::plan::observed_from_desired(&desired),
+            &crate::plan::PlanOptions::default(),
+        );
+        plan.unknown_hosts
+            .push(("10.9.0.3".into(), "unreachable".into()));
+        plan.actions.push(Action {
+            host: "10.9.0.1".into(),
+            unit: Unit::App { role: "web".into() },
+            container: "demo-web-v2".into(),
+            kind: ActionKind::Route,
+            replaces: None,
+            reasons: Vec::new(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let err = runtime
+            .block_on(super::super::apply(&ctx, &plan))
+            .expect_err("refused");
+        assert!(
+            matches!(&err, ApplyError::UnknownHosts { hosts } if hosts == &["10.9.0.3"]),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "not applying while hosts are unknown");
+        let err = runtime
+            .block_on(super::super::release_stale_lock(&ctx, &plan))
+            .expect_err("refused");
+        assert!(matches!(err, ApplyError::UnknownHosts { .. }), "{err:?}");
+        assert_eq!(conns.commands_run(), 0);
+
+        assert!(UnknownHosts::ApplyToReachable.admit(&plan).is_ok());
+        plan.unknown_hosts.clear();
+        assert!(UnknownHosts::Refuse.admit(&plan).is_ok());
     }
 }
