@@ -229,3 +229,53 @@ fn an_env_change_replaces_only_that_roles_units_and_names_the_key_never_a_secret
     let json = plan::output::json(&p);
     assert!(!json.contains("s3cret"));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// `apply::schedule` over real plans of drifted fleets: every action
+    /// once, stages in rollout order (roles as `desired.roles` ranks them),
+    /// no batch over the limit, each host's actions in plan order.
+    #[test]
+    fn a_schedule_walks_every_planned_action_once_in_rollout_order(
+        hosts in 1..5usize, workers: bool, proxy: bool, accessory: bool, prune: bool,
+        drifts in proptest::collection::vec(drift(), 0..8), batch in 1..4usize,
+    ) {
+        use berth::apply::schedule::{schedule, Stage};
+        use berth::plan::Unit;
+        let d = desired_for(hosts, workers, proxy, accessory, "v2");
+        let mut observed = plan::observed_from_desired(&d);
+        for x in &drifts {
+            apply_drift(&mut observed, x);
+        }
+        let p = plan::plan(&d, &observed, &PlanOptions { prune, orphans: true });
+        let s = schedule(&p, batch);
+        let index = |a: &plan::Action| p.actions.iter().position(|x| std::ptr::eq(x, a)).unwrap();
+        let order: Vec<usize> = s.stages.iter().flat_map(|st| st.actions()).map(index).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        prop_assert_eq!(sorted, (0..p.actions.len()).collect::<Vec<_>>());
+        let rank = |st: &Stage| match st {
+            Stage::Prep { .. } => (0, 0),
+            Stage::Accessory(_) => (1, 0),
+            Stage::Proxy(_) => (2, 0),
+            Stage::Batch { role, .. } => (3, d.roles.iter().position(|r| r == role).unwrap()),
+            Stage::Orphan(_) => (4, 0),
+            Stage::Finish { .. } => (5, 0),
+        };
+        let ranks: Vec<_> = s.stages.iter().map(rank).collect();
+        prop_assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{:?}", ranks);
+        for st in &s.stages {
+            if let Stage::Batch { role, actions } = st {
+                prop_assert!(!actions.is_empty() && actions.len() <= batch);
+                let of_role = Unit::App { role: role.to_string() };
+                prop_assert!(actions.iter().all(|a| a.unit == of_role));
+            }
+        }
+        for h in &s.hosts {
+            let planned: Vec<usize> = (0..p.actions.len()).filter(|&i| p.actions[i].host == *h).collect();
+            let run: Vec<usize> = order.iter().copied().filter(|&i| p.actions[i].host == *h).collect();
+            prop_assert_eq!(planned, run, "host {}", h);
+        }
+    }
+}

@@ -9,10 +9,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use std::time::Duration;
-
 use super::{ConfigArgs, Output};
-use crate::apply::{self, ApplyContext, Policy};
+use crate::apply::{self, ApplyContext, UnknownHosts};
 use crate::desired::Desired;
 use crate::observe;
 use crate::plan::{self, PlanOptions, output};
@@ -109,18 +107,19 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             Output::Text => super::out(&output::text(&plan)),
             Output::Json => super::out(&format!("{}\n", output::json(&plan))),
         }
-        let code = if !plan.unknown_hosts.is_empty() {
-            for (_, why) in &plan.unknown_hosts {
-                eprintln!("error: {why}");
+        for (_, why) in &plan.unknown_hosts {
+            eprintln!("error: {why}");
+        }
+        let code = if args.dry_run {
+            if !plan.unknown_hosts.is_empty() {
+                1
+            } else if plan.actions.is_empty() {
+                0
+            } else {
+                2
             }
-            if !args.dry_run {
-                eprintln!("error: not applying while hosts are unknown");
-            }
-            1
-        } else if plan.actions.is_empty() && (args.dry_run || plan.locks.is_empty()) {
+        } else if plan.in_sync() && plan.locks.is_empty() {
             0
-        } else if args.dry_run {
-            2
         } else {
             let live = super::progress::Progress::new(args.output == Output::Json);
             let progress = |line: &str| live.line(line);
@@ -132,23 +131,21 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 &root
             })
             .unwrap_or(root.clone());
-            let ctx = ApplyContext {
-                desired: &desired,
-                conns: &conns,
-                policy: Policy {
-                    readiness_delay: Duration::from_secs(cfg.readiness_delay),
-                    deploy_timeout: Duration::from_secs(cfg.deploy_timeout),
-                    drain_timeout: cfg.drain_timeout,
-                    retain_containers: cfg.retain_containers,
-                },
-                registry: registry.clone(),
-                progress: &progress,
-                // An untrusted repository's hooks are code it names: never run.
-                hooks: (!args.skip_hooks && !args.config.untrusted).then(|| apply::hooks::Hooks {
-                    dir: root.join(&cfg.hooks_path),
-                    cwd: root.clone(),
-                }),
-            };
+            // An untrusted repository's hooks are code it names: never run.
+            let hooks = (!args.skip_hooks && !args.config.untrusted).then(|| apply::hooks::Hooks {
+                dir: root.join(&cfg.hooks_path),
+                cwd: root.clone(),
+            });
+            // One run converges the whole fleet or touches nothing.
+            let ctx = ApplyContext::new(
+                &cfg,
+                &desired,
+                &conns,
+                registry.clone(),
+                &progress,
+                hooks,
+                UnknownHosts::Refuse,
+            );
             if plan.actions.is_empty() {
                 return_code(apply::release_stale_lock(&ctx, &plan).await.map(|_| ()))
             } else {

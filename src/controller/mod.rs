@@ -26,7 +26,7 @@ const EVENT_QUIET: Duration = Duration::from_millis(250);
 /// …or this long after the first event, if they never go quiet.
 const EVENT_MAX_DELAY: Duration = Duration::from_secs(2);
 
-use crate::apply::{self, ApplyContext, Policy};
+use crate::apply::{self, ApplyContext, UnknownHosts};
 use crate::checkout::Checkout;
 use crate::config;
 use crate::config::secrets::Commands;
@@ -495,19 +495,15 @@ impl Controller {
         }
         let revision = short(&rev.id).to_string();
         let progress = |line: &str| tracing::info!(app = %spec.name, destination = spec.destination.as_deref().unwrap_or(""), revision = %revision, "{line}");
-        let ctx = ApplyContext {
-            desired: &desired,
-            conns: c,
-            policy: Policy {
-                readiness_delay: Duration::from_secs(cfg.readiness_delay),
-                deploy_timeout: Duration::from_secs(cfg.deploy_timeout),
-                drain_timeout: cfg.drain_timeout,
-                retain_containers: cfg.retain_containers,
-            },
-            registry: apply::registry_login(&cfg, &secrets).map_err(CycleError::Internal)?,
-            progress: &progress,
-            hooks: None,
-        };
+        let ctx = ApplyContext::new(
+            &cfg,
+            &desired,
+            c,
+            apply::registry_login(&cfg, &secrets).map_err(CycleError::Internal)?,
+            &progress,
+            None,
+            UnknownHosts::ApplyToReachable,
+        );
         match apply::apply(&ctx, &plan).await {
             Ok(_) => {
                 revisions.failed = None;
