@@ -106,12 +106,12 @@ fn stdout(bytes: &[u8]) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
-pub fn completions(args: &CompletionsArgs) -> anyhow::Result<u8> {
+pub fn completions(args: &CompletionsArgs) -> anyhow::Result<super::ExitStatus> {
     stdout(&completion_script(args.shell))?;
-    Ok(0)
+    Ok(super::ExitStatus::Success)
 }
 
-pub fn man(args: &ManArgs) -> anyhow::Result<u8> {
+pub fn man(args: &ManArgs) -> anyhow::Result<super::ExitStatus> {
     match &args.dir {
         None => stdout(&man_page()?)?,
         Some(dir) => {
@@ -122,5 +122,5 @@ pub fn man(args: &ManArgs) -> anyhow::Result<u8> {
             stdout(list.as_bytes())?;
         }
     }
-    Ok(0)
+    Ok(super::ExitStatus::Success)
 }

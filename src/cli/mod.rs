@@ -108,8 +108,35 @@ enum Command {
     Man(generate::ManArgs),
 }
 
-/// An error that has already been reported to the user, with its exit code.
-pub struct Exit(pub u8);
+/// How a command ended, as its exit code: the one place the codes are
+/// defined (documented in `--help`, README and docs/exit-codes.md). An
+/// `Err` from a command is [`ExitStatus::Failure`], printed by `main`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: valid, rendered, in sync, applied.
+    Success,
+    /// 1: an error — invalid config, unreachable host, failed apply, bad
+    /// usage (clap's own 2 would read as "changes pending").
+    Failure,
+    /// 2: `reconcile --dry-run` found changes to make.
+    ChangesPending,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::ChangesPending => 2,
+        }
+    }
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(s: ExitStatus) -> ExitCode {
+        ExitCode::from(s.code())
+    }
+}
 
 pub fn main() -> ExitCode {
     // clap exits 2 on a usage error; 2 means "changes pending" here, so a
@@ -118,7 +145,12 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+            return if e.use_stderr() {
+                ExitStatus::Failure
+            } else {
+                ExitStatus::Success
+            }
+            .into();
         }
     };
     let result = match cli.command {
@@ -130,10 +162,10 @@ pub fn main() -> ExitCode {
         Command::Man(args) => generate::man(&args),
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(status) => status.into(),
         Err(e) => {
             eprintln!("error: {}", printable(&format!("{e:#}")));
-            ExitCode::from(1)
+            ExitStatus::Failure.into()
         }
     }
 }

@@ -6,6 +6,7 @@
 //! 0 once the fleet converged, 1 on any failure; nothing is applied while a
 //! host is unknown.
 
+use super::ExitStatus;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -69,7 +70,7 @@ pub fn filter(mut desired: Desired, hosts: &[String], roles: &[String]) -> Desir
     desired
 }
 
-pub fn run(args: &Args) -> anyhow::Result<u8> {
+pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let (cfg, secrets, desired) =
         super::render::load_all(&args.config, args.app_version.as_deref(), None)?;
     for h in &args.hosts {
@@ -112,14 +113,14 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         }
         let code = if args.dry_run {
             if !plan.unknown_hosts.is_empty() {
-                1
+                ExitStatus::Failure
             } else if plan.actions.is_empty() {
-                0
+                ExitStatus::Success
             } else {
-                2
+                ExitStatus::ChangesPending
             }
         } else if plan.in_sync() && plan.locks.is_empty() {
-            0
+            ExitStatus::Success
         } else {
             let live = super::progress::Progress::new(args.output == Output::Json);
             let progress = |line: &str| live.line(line);
@@ -155,11 +156,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                             "Applied {} action(s) with {} remote command(s).",
                             report.actions_done, report.remote_commands
                         );
-                        0
+                        ExitStatus::Success
                     }
                     Err(e) => {
                         eprintln!("error: {e}");
-                        1
+                        ExitStatus::Failure
                     }
                 }
             }
@@ -171,12 +172,12 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-fn return_code(r: Result<(), apply::ApplyError>) -> u8 {
+fn return_code(r: Result<(), apply::ApplyError>) -> ExitStatus {
     match r {
-        Ok(()) => 0,
+        Ok(()) => ExitStatus::Success,
         Err(e) => {
             eprintln!("error: {e}");
-            1
+            ExitStatus::Failure
         }
     }
 }

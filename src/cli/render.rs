@@ -48,7 +48,7 @@ pub fn load_all(
     })?)
 }
 
-pub fn run(args: &Args) -> anyhow::Result<u8> {
+pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let (_cfg, desired) = load_desired(
         &args.config,
         args.app_version.as_deref(),
@@ -61,7 +61,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             serde_json::to_string_pretty(&render_json(&desired))?
         )),
     }
-    Ok(0)
+    Ok(super::ExitStatus::Success)
 }
 
 const TARGET_PLACEHOLDER: &str = "<container-id>";

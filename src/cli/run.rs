@@ -180,7 +180,7 @@ fn http_limits(args: &Args, fd_limit: Option<u64>) -> server::serve::Limits {
     }
 }
 
-pub fn run(args: &Args) -> anyhow::Result<u8> {
+pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     init_logging(args.log_format);
     // Before anything is fetched: a bad secret file is a start-up error.
     let git_token = read_secret(&args.git_token_file)?;
@@ -334,7 +334,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         }
         anyhow::Ok(())
     })?;
-    Ok(0)
+    Ok(super::ExitStatus::Success)
 }
 
 /// Watch `dir` recursively; a burst of changes triggers every app once, after

@@ -113,7 +113,7 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
     }
 }
 
-pub fn run(args: &Args) -> anyhow::Result<u8> {
+pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let files = args.config.checkout()?;
     let checked = check_app(&AppLoad {
         config_file: &args.config.config_file,
@@ -149,7 +149,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     serde_json::json!({"valid": true, "errors": [], "roles": cfg.roles.len(), "hosts": cfg.all_hosts().len()})
                 )),
             }
-            Ok(0)
+            Ok(super::ExitStatus::Success)
         }
         Err(e) => {
             let list = problems(&e, &args.config.config_file);
@@ -179,7 +179,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     ));
                 }
             }
-            Ok(1)
+            Ok(super::ExitStatus::Failure)
         }
     }
 }
