@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth::testbed;
+use berth_testbed as testbed;
 use support::{Fleet, KAMAL_COMMON};
 
 fn get(port: u16, path: &str) -> String {

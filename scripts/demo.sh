@@ -15,15 +15,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo build --quiet --release --locked --bins
-(cd testbed/kamal-proxy && RUSTFLAGS=-Ctarget-feature=+crt-static \
-  cargo build --quiet --release --locked --target x86_64-unknown-linux-gnu)
+cargo build --quiet --release --locked -p berth -p berth-testbed --bins
+proxy_bin=$(scripts/build-standin.sh)
 root=$PWD
 bin=$root/target/release
 listen="${BERTH_DEMO_LISTEN:-127.0.0.1:9090}"
 $bin/berth-testbed down >/dev/null 2>&1 || true
 $bin/berth-testbed up 3
-$bin/berth-testbed images --proxy-binary testbed/kamal-proxy/target/x86_64-unknown-linux-gnu/release/kamal-proxy >/dev/null
+$bin/berth-testbed images --proxy-binary "$proxy_bin" >/dev/null
 slot=/var/tmp/berth-testbed/0
 known_hosts=$slot/client/.ssh/known_hosts
 hosts=(10.210.0.11 10.210.0.12 10.210.0.13)

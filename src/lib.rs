@@ -19,7 +19,6 @@ pub mod secret;
 pub mod server;
 pub mod shell;
 pub mod source;
-pub mod testbed;
 
 /// The pipeline's direction, enforced: a module may use only modules of a
 /// lower layer (ARCHITECTURE.md, "Layering"). Read from the sources' `use
@@ -43,7 +42,6 @@ mod layering {
         ("controller", 6),
         ("server", 7),
         ("cli", 8),
-        ("testbed", 8),
     ];
 
     fn layer(module: &str) -> Option<u8> {

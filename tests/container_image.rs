@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth::testbed;
+use berth_testbed as testbed;
 use support::{Fleet, KAMAL_COMMON, free_port, git, metric, request};
 
 /// The private build daemon's directory (kept across runs: see the module doc).

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth::testbed;
+use berth_testbed as testbed;
 use support::{Fleet, KAMAL_COMMON, free_port, http_get, metric, request};
 
 fn git(dir: &Path, args: &[&str]) {

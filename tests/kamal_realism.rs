@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use berth::testbed::{self, Host};
+use berth_testbed::{self as testbed, Host};
 use support::{Fleet, KAMAL_COMMON, http_get, http_get_in};
 
 fn container_ip(host: &Host, name: &str) -> String {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth::testbed;
+use berth_testbed as testbed;
 use support::{Fleet, KAMAL_COMMON, http_get};
 
 fn config(fleet: &Fleet, version: &str, deploy_timeout: u64) -> String {

@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use berth::testbed;
+use berth_testbed as testbed;
 use serde_json::Value;
 use support::{Fleet, KAMAL_COMMON};
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth::testbed;
+use berth_testbed as testbed;
 use support::{Fleet, KAMAL_COMMON, free_port};
 
 const API_TOKEN: &str = "status-page-test-token";

@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Command;
 
-use berth::testbed;
+use berth_testbed as testbed;
 use support::Fleet;
 
 #[test]

