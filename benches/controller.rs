@@ -51,7 +51,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn main() {
     let n = 30;
-    let fleet = Fleet::up(n);
+    let fleet = Fleet::up(n).expect("the benches need root (network namespaces)");
     let project = fleet.project(
         &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
         "KAMAL_REGISTRY_PASSWORD=unused\n",

@@ -80,7 +80,7 @@ fn main() {
     // observation also lists the proxy's routes (`docker exec`).
     let with_proxy = std::env::var("BERTH_BENCH_PROXY").is_ok_and(|v| v == "1");
     for n in sizes {
-        let fleet = Fleet::up(n);
+        let fleet = Fleet::up(n).expect("the benches need root (network namespaces)");
         let proxy = if with_proxy {
             "proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n"
         } else {

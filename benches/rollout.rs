@@ -30,7 +30,7 @@ fn main() {
         "hosts", "round", "kamal wall", "berth wall", "ratio", "kamal cmds", "berth cmds", "ratio"
     );
     for n in [3usize, 10] {
-        let fleet = Fleet::up(n);
+        let fleet = Fleet::up(n).expect("the benches need root (network namespaces)");
         let project = fleet.project(&config("v1"), "KAMAL_REGISTRY_PASSWORD=unused\n");
         let p = project.path();
         // Warm: the app runs v1 (Kamal's deploy). Then three rounds, the

@@ -8,9 +8,10 @@ set -euo pipefail
 # chromium, chromium-driver: the status page's browser test (WebDriver);
 # debootstrap: the Debian base of the container image test (no registry to
 # pull from here); prometheus: its promtool lints the chart's alert rules;
-# shellcheck: CI lints the sh scripts berth runs on hosts.
+# shellcheck: CI lints the sh scripts berth runs on hosts; time: GNU time
+# measures the peak RSS of berth in the hostile-repository suite.
 packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config
-  chromium chromium-driver debootstrap prometheus shellcheck)
+  chromium chromium-driver debootstrap prometheus shellcheck time)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

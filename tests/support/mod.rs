@@ -16,11 +16,11 @@ pub struct Fleet {
 
 impl Fleet {
     /// `n` hosts plus the test images (and the kamal-proxy stand-in image).
-    pub fn up(n: usize) -> Fleet {
-        assert!(
-            is_root(),
-            "integration tests need root (network namespaces)"
-        );
+    /// `None` (the test skips, saying so) without root.
+    pub fn up(n: usize) -> Option<Fleet> {
+        if !needs_root("fleet tests") {
+            return None;
+        }
         let lock = testbed::lock_free_slot().expect("testbed slot");
         let tb = testbed::up(lock.slot, n).unwrap_or_else(|e| panic!("testbed up: {e}"));
         let fleet = Fleet { tb, _lock: lock };
@@ -31,18 +31,17 @@ impl Fleet {
             },
         )
         .unwrap_or_else(|e| panic!("testbed images: {e}"));
-        fleet
+        Some(fleet)
     }
 
     /// Hosts only, no images.
-    pub fn bare(n: usize) -> Fleet {
-        assert!(
-            is_root(),
-            "integration tests need root (network namespaces)"
-        );
+    pub fn bare(n: usize) -> Option<Fleet> {
+        if !needs_root("fleet tests") {
+            return None;
+        }
         let lock = testbed::lock_free_slot().expect("testbed slot");
         let tb = testbed::up(lock.slot, n).unwrap_or_else(|e| panic!("testbed up: {e}"));
-        Fleet { tb, _lock: lock }
+        Some(Fleet { tb, _lock: lock })
     }
 
     pub fn host(&self, i: usize) -> &Host {
@@ -123,6 +122,16 @@ impl Drop for Fleet {
             eprintln!("testbed down (slot {}): {e}", self.tb.slot);
         }
     }
+}
+
+/// Whether `what` can run: true as root; otherwise it is skipped, and this
+/// says so on stderr rather than failing on a missing privilege.
+pub fn needs_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("skipped: {what} need root (network namespaces, dockerd)");
+    false
 }
 
 pub fn is_root() -> bool {

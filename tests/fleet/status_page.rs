@@ -6,7 +6,7 @@
 //! pixels in a screenshot); its sync button must refuse a wrong token and,
 //! with the right one, have berth revert the drift, which the page then shows.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,7 +280,9 @@ fn pixels_like(png_file: &Path, rgb: [u8; 3]) -> usize {
 
 #[test]
 fn the_status_page_shows_every_host_of_every_app_a_drifted_unit_and_its_sync_button_heals_it() {
-    let fleet = Fleet::up(2);
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
     let [h1, h2] = [fleet.addrs()[0].clone(), fleet.addrs()[1].clone()];
     let common = KAMAL_COMMON
         .replace("{registry}", &fleet.tb.registry())

@@ -2,7 +2,7 @@
 //! force-push), tag patterns, pinned commits, and failures that keep the last
 //! good checkout.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -70,7 +70,9 @@ fn branches_tags_commits_and_failures() {
 
 #[test]
 fn ssh_repositories_need_a_known_host_key() {
-    let fleet = support::Fleet::bare(1);
+    let Some(fleet) = support::Fleet::bare(1) else {
+        return;
+    };
     let tb = &fleet.tb;
     let dir = tempfile::tempdir().unwrap();
     git(dir.path(), &["clone", "-q", &tb.git_file_url(), "work"]);

@@ -3,7 +3,7 @@
 //! refused; drift shows in metrics and the status API, and is healed or only
 //! reported depending on the mode; SIGTERM stops cleanly with the lock free.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -183,7 +183,9 @@ fn serves(fleet: &Fleet, body: &str) -> bool {
 
 #[test]
 fn berth_run_follows_the_repo_and_reports_drift() {
-    let fleet = Fleet::up(3);
+    let Some(fleet) = Fleet::up(3) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
 
@@ -336,7 +338,9 @@ fn berth_run_follows_the_repo_and_reports_drift() {
 
 #[test]
 fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
-    let fleet = Fleet::up(2);
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     let common = KAMAL_COMMON
         .replace("{registry}", &fleet.tb.registry())
@@ -445,7 +449,9 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
 
 #[test]
 fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
-    let fleet = Fleet::up(3);
+    let Some(fleet) = Fleet::up(3) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
@@ -515,7 +521,9 @@ fn an_unreachable_host_is_reported_the_others_converge_and_it_recovers() {
 
 #[test]
 fn readiness_waits_for_a_first_observation_and_metrics_parse() {
-    let fleet = Fleet::up(1);
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     // A broken config: the app is never observed, so berth is not ready.
     std::fs::create_dir_all(work.join("config")).unwrap();
@@ -603,7 +611,9 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
 
 #[test]
 fn directory_mode_reacts_to_file_changes() {
-    let fleet = Fleet::up(1);
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
     let project = fleet.project(
         &format!("service: demo\nimage: demo\nservers:\n  web:\n    hosts: {{hosts}}\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{KAMAL_COMMON}"),
         "KAMAL_REGISTRY_PASSWORD=unused\n",
@@ -650,7 +660,9 @@ fn directory_mode_reacts_to_file_changes() {
 
 #[test]
 fn a_failed_rollout_is_not_retried_until_a_new_revision() {
-    let fleet = Fleet::up(1);
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
@@ -694,7 +706,9 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
 
 #[test]
 fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
-    let fleet = Fleet::up(1);
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     push_version(&work, &fleet, "v1");
     let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
@@ -730,7 +744,9 @@ fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
 
 #[test]
 fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_commands() {
-    let fleet = Fleet::up(1);
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
     let (dir, work) = workspace(&fleet);
     // A commit naming berth's own SSH key as an accessory file.
     let yml = format!(

@@ -2,7 +2,7 @@
 //! oracle: a fleet Kamal deployed is in sync; hand-made drift and config
 //! changes yield exactly the expected actions; bad input fails cleanly.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -80,7 +80,9 @@ fn write_config(project: &Path, fleet: &Fleet, yml: &str) {
 
 #[test]
 fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
-    let fleet = Fleet::up(4);
+    let Some(fleet) = Fleet::up(4) else {
+        return;
+    };
     let addrs = fleet.addrs();
     let three = addrs[..3].to_vec();
     let project = fleet.project(
@@ -243,7 +245,9 @@ fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
 
 #[test]
 fn bad_input_fails_cleanly_before_touching_any_host() {
-    let fleet = Fleet::bare(1);
+    let Some(fleet) = Fleet::bare(1) else {
+        return;
+    };
     let addr = fleet.addrs()[0].clone();
     let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=x\n");
     let p = project.path();
