@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 5;
 
-/// As tests/hostile.rs: a valid config whose only host is a closed port.
+/// As tests/offline/hostile.rs: a valid config whose only host is a closed port.
 fn base(extra_root: &str) -> String {
     format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [127.0.0.1]\n\
@@ -179,7 +179,7 @@ fn berth(dir: &Path, args: &[&str]) -> Run {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4");
     let elapsed = started.elapsed();
-    // Anything berth left in its group (ssh), as tests/hostile.rs does.
+    // Anything berth left in its group (ssh), as tests/offline/hostile.rs does.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     drop(child);
     Run {
