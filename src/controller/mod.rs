@@ -321,7 +321,7 @@ impl Controller {
         conns: &Arc<Connections>,
         watchers: &mut BTreeMap<String, tokio::task::JoinHandle<()>>,
     ) {
-        let (hosts, labels) = self.watch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (hosts, _) = self.watch.lock().unwrap_or_else(|p| p.into_inner()).clone();
         watchers.retain(|h, w| {
             let keep = hosts.contains(h) && !w.is_finished();
             if !keep {
@@ -333,39 +333,61 @@ impl Controller {
             if watchers.contains_key(&host) {
                 continue;
             }
-            let mut argv: Vec<String> = [
+            // Docker ANDs label filters, so one filter per service label
+            // (the app's and each accessory's) would match no event at all:
+            // filter on the `service` key, and keep the app's own services
+            // here — read at each event, so a config that adds an accessory
+            // is followed without restarting the stream.
+            let argv: Vec<String> = [
                 "docker",
                 "events",
                 "--format",
-                "{{.Status}} {{.Actor.Attributes.name}}",
+                "{{.Status}} {{index .Actor.Attributes \"service\"}}",
+                "--filter",
+                "label=service",
+                "--filter",
+                "type=container",
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
-            for l in &labels {
-                argv.push("--filter".into());
-                argv.push(format!("label=service={l}"));
-            }
-            argv.push("--filter".into());
-            argv.push("type=container".into());
             // The same, from the Engine API through the SSH connection: no
             // `docker events` process kept running on the host.
             let filters = serde_json::json!({
                 "type": ["container"],
-                "label": labels.iter().map(|l| format!("service={l}")).collect::<Vec<_>>(),
+                "label": ["service"],
             });
             let (me, c, h) = (self.clone(), conns.clone(), host.clone());
             let task = tokio::spawn(async move {
                 loop {
-                    let wake = |_: &serde_json::Value| me.events.notify_one();
+                    let wake = |event: &serde_json::Value| {
+                        let service = event
+                            .pointer("/Actor/Attributes/service")
+                            .and_then(|v| v.as_str());
+                        if me.watches(service) {
+                            me.events.notify_one();
+                        }
+                    };
                     if c.engine_events(&h, &filters, wake).await.is_none() {
-                        let _ = c.stream_lines(&h, &argv, |_| me.events.notify_one()).await;
+                        let line_wake = |line: &str| {
+                            if me.watches(line.split_whitespace().nth(1)) {
+                                me.events.notify_one();
+                            }
+                        };
+                        let _ = c.stream_lines(&h, &argv, line_wake).await;
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             });
             watchers.insert(host, task);
         }
+    }
+
+    /// Whether an event of a container labelled `service` concerns this app
+    /// (its own containers or one of its accessories').
+    fn watches(&self, service: Option<&str>) -> bool {
+        let watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        service.is_some_and(|s| watch.1.iter().any(|l| l == s))
     }
 
     /// One reconcile: fetch, load, observe, plan, then what [`decide`] says.

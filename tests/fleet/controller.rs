@@ -799,3 +799,74 @@ fn berth_run_never_copies_files_from_outside_the_repository_nor_runs_its_command
     drop(dir);
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+/// Docker events wake an app that has an accessory. dockerd ANDs label
+/// filters, and the watcher used to put every service label (the app's and
+/// the accessory's) into one filter, so no event ever matched and drift was
+/// seen only at the poll interval.
+#[test]
+fn drift_on_an_app_with_an_accessory_is_seen_through_docker_events() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    let host = fleet.addrs()[0].clone();
+    let yml = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\n\
+         accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {host}\n\
+         x-berth:\n  version: v1\n{common}",
+        reg = fleet.tb.registry(),
+        common = KAMAL_COMMON
+            .replace("{registry}", &fleet.tb.registry())
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    );
+    support::push_project(&work, &yml, "web and an accessory");
+    // Deploy once, then watch in detect mode with a poll too long to matter.
+    let deploy = Berth::start(&fleet, dir.path(), &["--interval", "10m"]);
+    let in_sync = |b: &Berth| {
+        metric(
+            &b.metrics(),
+            "berth_app_in_sync{app=\"demo\",destination=\"\"}",
+        )
+    };
+    wait(Duration::from_secs(60), "deployed and in sync", || {
+        in_sync(&deploy) == Some(1.0)
+    });
+    assert_eq!(deploy.stop(), Some(0));
+    let detect = Berth::start(
+        &fleet,
+        dir.path(),
+        &["--interval", "10m", "--mode", "detect"],
+    );
+    wait(Duration::from_secs(20), "in sync", || {
+        in_sync(&detect) == Some(1.0)
+    });
+    wait(Duration::from_secs(10), "event stream attached", || {
+        fleet
+            .host(0)
+            .docker_ok(&["info", "--format", "{{.NEventsListener}}"])
+            .is_ok_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n >= 1))
+    });
+    // Drift on the app's own container and on the accessory's.
+    for (container, unit) in [("demo-web-v1", "web"), ("demo-kv", "accessory:kv")] {
+        fleet.host(0).docker_ok(&["stop", container]).unwrap();
+        let t = Instant::now();
+        wait(Duration::from_secs(10), "drift seen", || {
+            in_sync(&detect) == Some(0.0)
+        });
+        let seen = t.elapsed();
+        eprintln!("{container}: drift seen after {seen:?}");
+        assert!(
+            seen < Duration::from_secs(5),
+            "{container}: drift took {seen:?}"
+        );
+        assert!(detect.apps().contains(unit), "{}", detect.apps());
+        fleet.host(0).docker_ok(&["start", container]).unwrap();
+        wait(Duration::from_secs(10), "in sync again", || {
+            in_sync(&detect) == Some(1.0)
+        });
+    }
+    assert_eq!(detect.stop(), Some(0));
+    drop(dir);
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
