@@ -44,37 +44,40 @@ pub fn is_port(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
-/// A jump host, `[user@]host[:port]` (IPv6 in brackets when a port
-/// follows). The whole grammar of `ssh.proxy`: nothing else is passed to
-/// OpenSSH, which runs a ProxyJump through `/bin/sh`.
+/// A jump host, `[user@]host[:port]` (an IPv6 address in brackets). The
+/// whole grammar of `ssh.proxy`: nothing else is passed to OpenSSH, which
+/// runs a ProxyJump through `/bin/sh`.
 pub fn is_jump(s: &str) -> bool {
-    let (user, rest) = match s.split_once('@') {
-        Some((u, r)) => (Some(u), r),
-        None => (None, s),
+    jump_host(s).is_some()
+}
+
+/// The host a jump host names (an IPv6 address without its brackets), if
+/// `s` is of the grammar of [`is_jump`].
+pub fn jump_host(s: &str) -> Option<&str> {
+    let rest = match s.split_once('@') {
+        Some((user, rest)) if is_user(user) => rest,
+        Some(_) => return None,
+        None => s,
     };
-    if user.is_some_and(|u| !is_user(u)) {
-        return false;
-    }
-    let (host_ok, port) = if let Some(after) = rest.strip_prefix('[') {
-        let Some((inner, tail)) = after.split_once(']') else {
-            return false;
-        };
+    let (host, port) = if let Some(after) = rest.strip_prefix('[') {
+        let (inner, tail) = after.split_once(']')?;
         let port = match tail {
             "" => None,
-            t => match t.strip_prefix(':') {
-                Some(p) => Some(p),
-                None => return false,
-            },
+            t => Some(t.strip_prefix(':')?),
         };
-        (inner.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        (inner, port)
     } else {
         let (host, port) = match rest.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (rest, None),
         };
-        (is_host(host) && !host.contains(':'), port)
+        if !is_host(host) || host.contains(':') {
+            return None;
+        }
+        (host, port)
     };
-    host_ok && port.is_none_or(is_port)
+    port.is_none_or(is_port).then_some(host)
 }
 
 /// A value written as one quoted `ssh_config` word (an `IdentityFile`
@@ -158,6 +161,14 @@ mod tests {
         ] {
             assert!(!is_jump(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn jump_host_names() {
+        assert_eq!(jump_host("root@10.0.0.1:2222"), Some("10.0.0.1"));
+        assert_eq!(jump_host("bastion"), Some("bastion"));
+        assert_eq!(jump_host("root@[fe80::1]:22"), Some("fe80::1"));
+        assert_eq!(jump_host("root@host:0"), None);
     }
 
     #[test]

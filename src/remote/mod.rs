@@ -299,16 +299,20 @@ impl Connections {
         // ProxyJump would route the jump host through itself. OpenSSH runs
         // a ProxyJump through `/bin/sh`, so only a value of the strict
         // `[user@]host[:port]` grammar is passed.
-        if let Some(j) = &o.jump
-            && !is_jump_host(j, host)
-        {
-            if !crate::config::grammar::is_jump(j) {
-                return Err(RemoteError::Connect {
-                    host: host.to_string(),
-                    message: "ssh.proxy is not of the form [user@]host[:port]".into(),
-                });
+        if let Some(j) = &o.jump {
+            match crate::config::grammar::jump_host(j) {
+                None => {
+                    return Err(RemoteError::Connect {
+                        host: host.to_string(),
+                        message: "ssh.proxy is not of the form [user@]host[:port]".into(),
+                    });
+                }
+                // The jump host itself is reached directly.
+                Some(name) if name == host.trim_matches(['[', ']']) => {}
+                Some(_) => {
+                    b.jump_hosts([j]);
+                }
             }
-            b.jump_hosts([j]);
         }
         let session = Arc::new(b.connect_mux(host).await.map_err(|e| classify(host, &e))?);
         *guard = Some(session.clone());
@@ -542,16 +546,6 @@ fn sweep_dead_control_dirs(control_dir: &std::path::Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// Whether `host` is the jump host itself (`user@host:port` names it).
-fn is_jump_host(jump: &str, host: &str) -> bool {
-    let rest = jump.rsplit_once('@').map_or(jump, |(_, r)| r);
-    let name = match rest.strip_prefix('[') {
-        Some(r) => r.split_once(']').map_or(r, |(h, _)| h),
-        None => rest.split_once(':').map_or(rest, |(h, _)| h),
-    };
-    name == host.trim_matches(['[', ']'])
 }
 
 fn classify(host: &str, e: &openssh::Error) -> RemoteError {
