@@ -68,48 +68,28 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
             }]
         }
         AppLoadError::Secrets(
-            SecretsError::Syntax {
-                file,
-                line,
-                message,
-            }
-            | SecretsError::Command {
-                file,
-                line,
-                message,
-                ..
-            },
-        ) => vec![Problem {
-            file: file.display().to_string(),
-            line: Some(*line),
-            column: None,
-            key: String::new(),
-            message: message.clone(),
-        }],
-        other => {
-            // Messages that already name their file (I/O, a refused command).
-            let text = other.to_string();
-            let file = match other {
-                AppLoadError::Secrets(SecretsError::CommandNotAllowed { file, .. }) => {
-                    file.display().to_string()
-                }
-                _ => String::new(),
-            };
+            e @ (SecretsError::Syntax { file, line, .. }
+            | SecretsError::Command { file, line, .. }
+            | SecretsError::CommandNotAllowed { file, line, .. }),
+        ) => {
+            // The message as displayed, without the `file:line: ` it starts with.
+            let text = e.to_string();
+            let prefix = format!("{}:{line}: ", file.display());
             vec![Problem {
-                message: match text.strip_prefix(&format!("{file}:")) {
-                    Some(rest) if !file.is_empty() => rest.trim_start().to_string(),
-                    _ => text.clone(),
-                },
-                file: if file.is_empty() {
-                    config_file.display().to_string()
-                } else {
-                    file
-                },
-                line: None,
+                file: file.display().to_string(),
+                line: Some(*line),
                 column: None,
                 key: String::new(),
+                message: text.strip_prefix(&prefix).unwrap_or(&text).to_string(),
             }]
         }
+        other => vec![Problem {
+            file: config_file.display().to_string(),
+            line: None,
+            column: None,
+            key: String::new(),
+            message: other.to_string(),
+        }],
     }
 }
 
