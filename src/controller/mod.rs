@@ -278,7 +278,8 @@ impl Controller {
     }
 
     /// Wait until the hosts' events go quiet (trailing debounce), at most
-    /// [`EVENT_MAX_DELAY`]; a webhook or sync meanwhile ends it at once.
+    /// [`EVENT_MAX_DELAY`]. A webhook or sync meanwhile keeps its wake: it
+    /// runs a cycle of its own right after this one.
     async fn debounce_events(&self) {
         let deadline = tokio::time::Instant::now() + EVENT_MAX_DELAY;
         loop {
@@ -321,7 +322,12 @@ impl Controller {
         conns: &Arc<Connections>,
         watchers: &mut BTreeMap<String, tokio::task::JoinHandle<()>>,
     ) {
-        let (hosts, _) = self.watch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let hosts = self
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
         watchers.retain(|h, w| {
             let keep = hosts.contains(h) && !w.is_finished();
             if !keep {
