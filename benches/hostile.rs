@@ -3,7 +3,8 @@
 //! builds for this bench, `target/release/berth`) runs `validate --untrusted`
 //! and `reconcile --dry-run --untrusted --connect-timeout 2` in it, five
 //! times each; printed: the median wall time and the peak RSS (`ru_maxrss`
-//! from `wait4`, the kernel's figure) of the five, and the exit codes. Hosts
+//! from `wait4`, the kernel's figure, which also counts this bench's own
+//! memory up to berth's `exec`: an upper bound) of the five, and the exit codes. Hosts
 //! are `127.0.0.1` on closed port 1, so an accepted config fails to connect
 //! without reaching anything. docs/security.md ("Measured: hostile
 //! repositories") holds a run.
