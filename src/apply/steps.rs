@@ -198,6 +198,22 @@ pub(super) async fn proxy(
             .await?;
         }
         _ => {
+            if a.kind == ActionKind::Reboot {
+                // As `kamal proxy reboot`: the routes survive in the
+                // kamal-proxy-config volume and are re-deployed below.
+                ctx.say(h, "rebooting kamal-proxy (its boot options changed)");
+                ctx.run(
+                    h,
+                    strings(&["docker", "container", "stop", PROXY_CONTAINER]),
+                )
+                .await?;
+                ctx.run_ok(
+                    h,
+                    "removing kamal-proxy",
+                    strings(&["docker", "container", "rm", PROXY_CONTAINER]),
+                )
+                .await?;
+            }
             ctx.say(h, "booting kamal-proxy");
             if p.boot_config {
                 ctx.run_ok(

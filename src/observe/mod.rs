@@ -46,6 +46,12 @@ pub struct ObservedContainer {
     pub from_image: (BTreeSet<String>, BTreeSet<String>),
     /// `None`: the image's default command.
     pub cmd: Option<Vec<String>>,
+    /// The image's own command (a config may name it explicitly).
+    pub image_cmd: Vec<String>,
+    /// The `docker run` flags [`crate::docker_flags`] reads back, and those
+    /// whose value is the image's own.
+    pub flags: crate::docker_flags::Flags,
+    pub flags_from_image: BTreeSet<String>,
     pub volumes: Vec<String>,
     pub log_opts: BTreeMap<String, String>,
     pub restart_policy: String,
@@ -77,6 +83,9 @@ pub struct HostObservation {
     pub containers: Vec<ObservedContainer>,
     /// `None` when no kamal-proxy container is running.
     pub proxy_routes: Option<Vec<ProxyRouteState>>,
+    /// Each service's route settings from kamal-proxy's state file (`None`:
+    /// no proxy, or a state file berth cannot read: nothing is compared).
+    pub proxy_settings: Option<BTreeMap<String, crate::proxy_state::Settings>>,
     /// Env file path → SHA-256 of its contents (`None`: missing).
     pub env_files: BTreeMap<String, Option<String>>,
     /// Kamal's deploy lock, if held (its decoded details).

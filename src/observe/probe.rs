@@ -56,6 +56,7 @@ impl ProbeRequest {
         argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
         if self.proxy {
             argv.push("P".into());
+            argv.push(format!("S:{}", crate::proxy_state::STATE_FILE));
         }
         if self.force_cli {
             argv.push("C".into());
@@ -188,6 +189,7 @@ fn parse_with(
     containers.sort_by(|a, b| a.name.cmp(&b.name));
 
     let proxy_text = section(out, "proxy", "lock")?;
+    let mut proxy_settings = None;
     let proxy_routes = if proxy_text.starts_with("@@proxy-absent")
         || proxy_text.starts_with("@@proxy-unasked")
         || proxy_running == Some(false)
@@ -197,7 +199,11 @@ fn parse_with(
         let said: String = proxy_text[..end].trim().chars().take(300).collect();
         return Err(ProbeError::ProxyList(said));
     } else {
-        Some(parse_proxy_list(proxy_text))
+        let (list, state) = proxy_text
+            .split_once("@@proxy-state\n")
+            .unwrap_or((proxy_text, ""));
+        proxy_settings = crate::proxy_state::from_state_file(state);
+        Some(parse_proxy_list(list))
     };
 
     // `sha256sum` prints `<hash>  <path>` for the files that exist.
@@ -215,6 +221,7 @@ fn parse_with(
     Ok(HostObservation {
         containers,
         proxy_routes,
+        proxy_settings,
         env_files,
         lock,
     })
@@ -291,6 +298,13 @@ fn container(
     let cmd = strings_of(config.and_then(|c| c.get("Cmd")));
     let state = c.get("State");
     let host_config = c.get("HostConfig");
+    let (flags, flags_from_image) = crate::docker_flags::observed(c, image_cfg);
+    let restart = str_of(c, &["HostConfig", "RestartPolicy", "Name"]);
+    let retries = host_config
+        .and_then(|h| h.get("RestartPolicy"))
+        .and_then(|r| r.get("MaximumRetryCount"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let mut networks: Vec<String> = c
         .get("NetworkSettings")
         .and_then(|n| n.get("Networks"))
@@ -307,13 +321,21 @@ fn container(
         env,
         from_image: (from_image_labels, from_image_env),
         cmd: if cmd == image_cmd { None } else { Some(cmd) },
+        image_cmd,
+        flags,
+        flags_from_image,
         volumes: strings_of(host_config.and_then(|h| h.get("Binds"))),
         log_opts: map_of(
             host_config
                 .and_then(|h| h.get("LogConfig"))
                 .and_then(|l| l.get("Config")),
         ),
-        restart_policy: str_of(c, &["HostConfig", "RestartPolicy", "Name"]),
+        // `on-failure:N` as `docker run --restart` names it.
+        restart_policy: if restart == "on-failure" && retries > 0 {
+            format!("{restart}:{retries}")
+        } else {
+            restart
+        },
         networks,
         status: state.map(|s| str_of(s, &["Status"])).unwrap_or_default(),
         health: state

@@ -1,9 +1,10 @@
 # shellcheck shell=sh
 # observe::probe::SCRIPT: the arguments and sections are documented there.
-want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""
+want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""; proxy_state=""
 for a in "$@"; do case "$a" in
   L:*) want="$want${a#L:} "; urls="$urls http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D${a#L:}%22%5D%7D";;
   P) proxy_wanted=1;;
+  S:*) proxy_state="${a#S:}";;
   C) force_cli=1;;
   E) engine=1;;
 esac; done
@@ -48,6 +49,8 @@ fi
 echo "@@proxy"
 if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
   docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
+  echo "@@proxy-state"
+  docker exec kamal-proxy cat "$proxy_state" 2>/dev/null || :
 elif [ -n "$proxy_running" ]; then echo "@@proxy-unasked"
 else echo "@@proxy-absent"; fi
 echo "@@lock"

@@ -14,7 +14,9 @@ pub mod output;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits};
+use crate::docker_flags;
 use crate::observe::{EnvValue, HostObservation, HostState, Observed, ObservedContainer};
+use crate::proxy_state;
 use crate::secret::fingerprint as hash;
 
 /// The config-determined part of a container.
@@ -28,34 +30,17 @@ pub struct UnitSpec {
     pub log_opts: BTreeMap<String, String>,
     pub restart: String,
     pub network: String,
+    /// Every other `docker run` flag, as [`docker_flags`] normalizes it.
+    pub flags: docker_flags::Flags,
+    /// Flags of the argv berth cannot read back from `docker inspect`.
+    pub uncompared: Vec<String>,
 }
-
-/// `docker run` flags that take no value (so the next word is not theirs).
-const BOOL_FLAGS: &[&str] = &[
-    "--detach",
-    "-d",
-    "--init",
-    "--privileged",
-    "--rm",
-    "--read-only",
-    "--tty",
-    "-t",
-    "--interactive",
-    "-i",
-    "--oom-kill-disable",
-    "--no-healthcheck",
-    "--publish-all",
-    "-P",
-    "--disable-content-trust",
-    "--sig-proxy",
-    "--quiet",
-    "-q",
-];
 
 impl UnitSpec {
     /// Read a spec off a `docker run` argv and the env file it names.
     pub fn from_run_argv(argv: &[String], env_file: Option<&EnvFile>) -> UnitSpec {
         let mut spec = UnitSpec::default();
+        let mut other: Vec<(&str, &str)> = Vec::new();
         let mut i = argv
             .iter()
             .position(|a| a == "run")
@@ -69,14 +54,16 @@ impl UnitSpec {
                 break;
             }
             let (flag, value) = match a.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ if BOOL_FLAGS.contains(&a.as_str()) => (a.as_str(), None),
+                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+                _ if docker_flags::is_bare(a) => (a.as_str(), None),
                 _ => {
                     i += 1;
-                    (a.as_str(), argv.get(i).cloned())
+                    (a.as_str(), argv.get(i).map(String::as_str))
                 }
             };
             let value = value.unwrap_or_default();
+            other.push((flag, value));
+            let value = value.to_string();
             match flag {
                 "--label" | "-l" => {
                     let (k, v) = value.split_once('=').unwrap_or((&value, ""));
@@ -98,11 +85,12 @@ impl UnitSpec {
                     spec.log_opts.insert(k.to_string(), v.to_string());
                 }
                 "--restart" => spec.restart = value,
-                "--network" => spec.network = value,
+                "--network" | "--net" => spec.network = value,
                 _ => {}
             }
             i += 1;
         }
+        (spec.flags, spec.uncompared) = docker_flags::desired(other);
         if let Some(f) = env_file {
             // docker reads env files literally: the value is what Kamal wrote.
             for line in f.contents.expose().lines() {
@@ -140,7 +128,18 @@ impl UnitSpec {
                 .filter(|(k, _)| !c.from_image.1.contains(*k) || want.env.contains_key(*k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            cmd: c.cmd.clone(),
+            // A config that names the image's own command asks for what runs.
+            cmd: match (&c.cmd, &want.cmd) {
+                (None, Some(w)) if *w == c.image_cmd => Some(w.clone()),
+                _ => c.cmd.clone(),
+            },
+            flags: c
+                .flags
+                .iter()
+                .filter(|(k, _)| !c.flags_from_image.contains(*k) || want.flags.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            uncompared: Vec::new(),
             volumes: c.volumes.clone(),
             log_opts: c.log_opts.clone(),
             restart: if c.restart_policy.is_empty() {
@@ -180,6 +179,17 @@ impl UnitSpec {
                     key: k.clone(),
                     from: have.map(shown),
                     to: want.map(shown),
+                });
+            }
+        }
+        let keys: BTreeSet<&String> = self.flags.keys().chain(observed.flags.keys()).collect();
+        for k in keys {
+            let (want, have) = (self.flags.get(k), observed.flags.get(k));
+            if want != have {
+                out.push(Change::Flag {
+                    flag: k.clone(),
+                    from: have.map(|v| v.join(", ")),
+                    to: want.map(|v| v.join(", ")),
                 });
             }
         }
@@ -263,6 +273,13 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// A `docker run` flag (from `options`, ports …), normalized as
+    /// `docker_flags` reads it; `None`: not set.
+    Flag {
+        flag: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
     /// The env file on the host differs from what the config renders.
     EnvFile {
         path: String,
@@ -272,6 +289,14 @@ pub enum Change {
     Route {
         service: String,
         from: Option<String>,
+        to: String,
+    },
+    /// kamal-proxy routes the service with another setting (as its
+    /// `deploy` flag names it).
+    RouteSetting {
+        service: String,
+        setting: String,
+        from: String,
         to: String,
     },
     /// A container no role or accessory of the config declares.
@@ -290,8 +315,10 @@ impl Change {
             Change::Label { .. } => "label",
             Change::Env { .. } => "env",
             Change::Field { .. } => "field",
+            Change::Flag { .. } => "flag",
             Change::EnvFile { .. } => "env_file",
             Change::Route { .. } => "route",
+            Change::RouteSetting { .. } => "route_setting",
             Change::Orphan => "orphan",
         }
     }
@@ -604,6 +631,10 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
                         None,
                     ));
                 }
+                let settings = route_setting_changes(route, obs);
+                if !settings.is_empty() {
+                    return Some(action(ActionKind::Route, settings, None));
+                }
             }
             None
         }
@@ -627,6 +658,28 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
             None => Some(action(ActionKind::Create, vec![Change::Missing], None)),
         },
     }
+}
+
+/// The route settings kamal-proxy holds for `route` that differ from what
+/// berth would deploy (nothing when the proxy's state file is unreadable).
+fn route_setting_changes(route: &crate::desired::ProxyRoute, obs: &HostObservation) -> Vec<Change> {
+    let Some(have) = obs
+        .proxy_settings
+        .as_ref()
+        .and_then(|s| s.get(&route.service))
+    else {
+        return Vec::new();
+    };
+    let want = proxy_state::from_deploy_flags(&route.deploy_flags);
+    want.iter()
+        .filter(|(k, v)| have.get(*k) != Some(*v))
+        .map(|(k, v)| Change::RouteSetting {
+            service: route.service.clone(),
+            setting: proxy_state::flag_name(k).to_string(),
+            from: have.get(*k).cloned().unwrap_or_default(),
+            to: v.clone(),
+        })
+        .collect()
 }
 
 /// Running containers of `app`'s role other than the desired one and other
@@ -722,13 +775,29 @@ fn plan_proxy(units: &HostUnits, obs: &HostObservation) -> Option<Action> {
         .find(|c| c.name == crate::desired::PROXY_CONTAINER)
     {
         None => Some(action(ActionKind::Create, vec![Change::Missing])),
-        Some(c) if !c.running() => Some(action(
-            ActionKind::Start,
-            vec![Change::State {
-                status: c.status.clone(),
-            }],
-        )),
-        Some(_) => None,
+        Some(c) => {
+            // Booted from the host's boot config, the proxy's argv is the
+            // host's business (`kamal proxy boot_config`), not the repository's.
+            let diff = match units.proxy.as_ref().filter(|p| !p.boot_config) {
+                Some(p) => {
+                    let want = UnitSpec::from_run_argv(&p.run_argv, None);
+                    want.diff(&UnitSpec::from_observed(c, &want))
+                }
+                None => Vec::new(),
+            };
+            if !diff.is_empty() {
+                Some(action(ActionKind::Reboot, diff))
+            } else if !c.running() {
+                Some(action(
+                    ActionKind::Start,
+                    vec![Change::State {
+                        status: c.status.clone(),
+                    }],
+                ))
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -840,6 +909,12 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
                         target: Some(format!("{id}:{}", route.app_port)),
                         state: "running".into(),
                     });
+                    if let Some(settings) = obs.proxy_settings.as_mut() {
+                        settings.insert(
+                            route.service.clone(),
+                            proxy_state::from_deploy_flags(&route.deploy_flags),
+                        );
+                    }
                 }
             }
             Unit::Accessory { name } => {
@@ -871,9 +946,11 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
             Unit::Proxy => {
                 obs.containers
                     .retain(|c| c.name != crate::desired::PROXY_CONTAINER);
-                let mut c =
-                    container_from_spec(crate::desired::PROXY_CONTAINER, &UnitSpec::default());
-                c.labels.clear();
+                let spec = match units.proxy.as_ref().filter(|p| !p.boot_config) {
+                    Some(p) => UnitSpec::from_run_argv(&p.run_argv, None),
+                    None => UnitSpec::default(),
+                };
+                let c = container_from_spec(crate::desired::PROXY_CONTAINER, &spec);
                 obs.containers.push(c);
                 obs.proxy_routes.get_or_insert_with(Vec::new);
             }
@@ -928,6 +1005,9 @@ fn container_from_spec(name: &str, spec: &UnitSpec) -> ObservedContainer {
         env: spec.env.clone(),
         from_image: Default::default(),
         cmd: spec.cmd.clone(),
+        image_cmd: Vec::new(),
+        flags: spec.flags.clone(),
+        flags_from_image: Default::default(),
         volumes: spec.volumes.clone(),
         log_opts: spec.log_opts.clone(),
         restart_policy: spec.restart.clone(),

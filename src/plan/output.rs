@@ -94,6 +94,15 @@ fn reasons(out: &mut String, a: &Action) {
             Change::Field { field, from, to } => {
                 let _ = writeln!(out, "      {field}: {from} → {to}");
             }
+            Change::Flag { flag, from, to } => {
+                let unset = || "(not set)".to_string();
+                let _ = writeln!(
+                    out,
+                    "      --{flag}: {} → {}",
+                    from.clone().unwrap_or_else(unset),
+                    to.clone().unwrap_or_else(unset)
+                );
+            }
             Change::EnvFile { path, missing } => {
                 let _ = writeln!(
                     out,
@@ -107,6 +116,14 @@ fn reasons(out: &mut String, a: &Action) {
             }
             Change::Route { service, from, to } => {
                 let _ = writeln!(out, "      route {service}: {} → {to}", opt(from));
+            }
+            Change::RouteSetting {
+                service,
+                setting,
+                from,
+                to,
+            } => {
+                let _ = writeln!(out, "      route {service} --{setting}: {from} → {to}");
             }
             Change::Orphan => {
                 let _ = writeln!(out, "      declared by no role or accessory");
