@@ -50,7 +50,8 @@ echo "@@proxy"
 if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
   docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
   echo "@@proxy-state"
-  docker exec kamal-proxy cat "$proxy_state" 2>/dev/null || :
+  # docker cp, not exec: the proxy's image need not have a cat.
+  docker cp "kamal-proxy:$proxy_state" - 2>/dev/null | tar -xOf - 2>/dev/null || :
 elif [ -n "$proxy_running" ]; then echo "@@proxy-unasked"
 else echo "@@proxy-absent"; fi
 echo "@@lock"

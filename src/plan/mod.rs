@@ -201,11 +201,8 @@ impl UnitSpec {
             });
         }
         for (field, want, have) in [
-            (
-                "volumes",
-                self.volumes.join(" "),
-                observed.volumes.join(" "),
-            ),
+            // dockerd does not keep `--volume` order (nor does it matter).
+            ("volumes", sorted(&self.volumes), sorted(&observed.volumes)),
             ("restart", self.restart.clone(), observed.restart.clone()),
             ("network", self.network.clone(), observed.network.clone()),
             (
@@ -224,6 +221,12 @@ impl UnitSpec {
         }
         out
     }
+}
+
+fn sorted(v: &[String]) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    v.join(" ")
 }
 
 fn fmt_map(m: &BTreeMap<String, String>) -> String {
@@ -1088,5 +1091,49 @@ mod tests {
         for c in changes {
             assert_eq!(serde_json::to_value(&c).unwrap()["kind"], c.kind());
         }
+    }
+
+    fn argv(words: &str) -> Vec<String> {
+        words.split(' ').map(str::to_string).collect()
+    }
+
+    /// A `cmd:` naming the image's own command: inspect shows the image's
+    /// command either way, so nothing differs (it used to be replaced on
+    /// every cycle: desired "some", observed "none").
+    #[test]
+    fn a_cmd_equal_to_the_images_cmd_is_in_sync() {
+        let want = UnitSpec::from_run_argv(
+            &argv("docker run --name a --network kamal img:1 /bin/sh -c serve"),
+            None,
+        );
+        let mut c = container_from_spec("a", &want);
+        c.image_cmd = argv("/bin/sh -c serve");
+        c.cmd = None;
+        assert_eq!(want.diff(&UnitSpec::from_observed(&c, &want)), vec![]);
+        // Another command still differs.
+        c.image_cmd = argv("/bin/sh -c other");
+        assert_eq!(want.diff(&UnitSpec::from_observed(&c, &want)).len(), 1);
+    }
+
+    /// Options read off the argv compare with what inspect reports, and a
+    /// removed option is a change.
+    #[test]
+    fn a_removed_option_is_a_change() {
+        let with = UnitSpec::from_run_argv(
+            &argv("docker run --name a --memory 256m --cap-add net_admin img:1"),
+            None,
+        );
+        let without = UnitSpec::from_run_argv(&argv("docker run --name a img:1"), None);
+        let c = container_from_spec("a", &with);
+        let diff = without.diff(&UnitSpec::from_observed(&c, &without));
+        let flags: Vec<&str> = diff
+            .iter()
+            .filter_map(|d| match d {
+                Change::Flag { flag, to: None, .. } => Some(flag.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flags, vec!["cap-add", "memory", "memory-swap"]);
+        assert!(with.uncompared.is_empty());
     }
 }

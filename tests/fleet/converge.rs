@@ -1,0 +1,301 @@
+//! Every key that reaches a host converges: walking keys of `kamal docs`
+//! that change what runs (docker `options` of roles, accessories and the
+//! proxy, an accessory's `port`, the proxy's route settings), each change is
+//! made in the config; the plan must name exactly that change (one action,
+//! its unit, the flag or route setting); berth applies it; the host shows it
+//! (`docker inspect`, not berth's own reading); the next plan is empty.
+//! Removing a setting is a change too. At the end real Kamal reads the fleet.
+
+use crate::support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Output;
+
+use berth_testbed as testbed;
+use serde_json::Value;
+use support::{Fleet, KAMAL_COMMON, http_get};
+
+/// The config's variable parts, each a block of YAML lines.
+#[derive(Clone, Default)]
+struct Knobs {
+    web: &'static str,
+    jobs: &'static str,
+    kv: &'static str,
+    proxy: &'static str,
+    run: &'static str,
+    interval: &'static str,
+}
+
+fn config(fleet: &Fleet, k: &Knobs) -> String {
+    let host = &fleet.addrs()[0];
+    let reg = fleet.tb.registry();
+    format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n{web}  jobs:\n    hosts: [{host}]\n    proxy: false\n{jobs}\
+         proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: {interval}\n{proxy}  run:\n    registry: {reg}\n    version: {pv}\n{run}\
+         env:\n  clear:\n    GREETING: hello\n  secret: [DB_PASSWORD]\n\
+         accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {host}\n    volumes: [kv-data:/data]\n{kv}\
+         deploy_timeout: 20\ndrain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: v1\n{common}",
+        web = k.web,
+        jobs = k.jobs,
+        kv = k.kv,
+        proxy = k.proxy,
+        run = k.run,
+        interval = if k.interval.is_empty() {
+            "1"
+        } else {
+            k.interval
+        },
+        pv = testbed::images::PROXY_VERSION,
+        common = KAMAL_COMMON
+            .replace("{registry}", &reg)
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    )
+}
+
+fn berth(fleet: &Fleet, p: &Path, extra: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("reconcile")
+        .arg("--known-hosts")
+        .arg(fleet.tb.known_hosts())
+        .args(extra)
+        .current_dir(p)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One change: the knobs after it, and what the plan must say.
+struct Step {
+    what: &'static str,
+    knobs: fn(&mut Knobs),
+    kind: &'static str,
+    container: &'static str,
+    /// The reasons' kind, and the flags or settings they may name (the first
+    /// must be among them).
+    reason: &'static str,
+    keys: &'static [&'static str],
+    /// `docker inspect -f` on the container after the apply, and a substring
+    /// its output must hold.
+    inspect: Option<(&'static str, &'static str)>,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        what: "servers.web.options.memory added",
+        knobs: |k| k.web = "    options:\n      memory: 256m\n",
+        kind: "replace",
+        container: "demo-web-v1",
+        reason: "flag",
+        keys: &["memory", "memory-swap"],
+        inspect: Some(("{{.HostConfig.Memory}}", "268435456")),
+    },
+    Step {
+        what: "servers.web.options cap-add and init added",
+        knobs: |k| {
+            k.web = "    options:\n      memory: 256m\n      cap-add: NET_ADMIN\n      init: true\n"
+        },
+        kind: "replace",
+        container: "demo-web-v1",
+        reason: "flag",
+        keys: &["cap-add", "init"],
+        inspect: Some((
+            "{{.HostConfig.CapAdd}} {{.HostConfig.Init}}",
+            "NET_ADMIN] true",
+        )),
+    },
+    Step {
+        what: "servers.web.options.memory removed",
+        knobs: |k| k.web = "    options:\n      cap-add: NET_ADMIN\n      init: true\n",
+        kind: "replace",
+        container: "demo-web-v1",
+        reason: "flag",
+        keys: &["memory", "memory-swap"],
+        inspect: Some(("{{.HostConfig.Memory}}", "0")),
+    },
+    Step {
+        what: "servers.jobs.options.ulimit added",
+        knobs: |k| k.jobs = "    options:\n      ulimit: nofile=1024:2048\n",
+        kind: "replace",
+        container: "demo-jobs-v1",
+        reason: "flag",
+        keys: &["ulimit"],
+        inspect: Some((
+            "{{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}:{{.Hard}}{{end}}",
+            "nofile=1024:2048",
+        )),
+    },
+    Step {
+        what: "servers.jobs.options.add-host added",
+        knobs: |k| {
+            k.jobs = "    options:\n      ulimit: nofile=1024:2048\n      add-host: db.internal:10.0.0.5\n"
+        },
+        kind: "replace",
+        container: "demo-jobs-v1",
+        reason: "flag",
+        keys: &["add-host"],
+        inspect: Some(("{{.HostConfig.ExtraHosts}}", "db.internal:10.0.0.5")),
+    },
+    Step {
+        what: "accessories.kv.port added",
+        knobs: |k| k.kv = "    port: \"127.0.0.1:16379:6379\"\n",
+        kind: "reboot",
+        container: "demo-kv",
+        reason: "flag",
+        keys: &["publish"],
+        inspect: Some((
+            "{{json .HostConfig.PortBindings}}",
+            "\"HostPort\":\"16379\"",
+        )),
+    },
+    Step {
+        what: "accessories.kv.options.memory added",
+        knobs: |k| k.kv = "    port: \"127.0.0.1:16379:6379\"\n    options:\n      memory: 64m\n",
+        kind: "reboot",
+        container: "demo-kv",
+        reason: "flag",
+        keys: &["memory", "memory-swap"],
+        inspect: Some(("{{.HostConfig.Memory}}", "67108864")),
+    },
+    Step {
+        what: "proxy.healthcheck.interval changed",
+        knobs: |k| k.interval = "2",
+        kind: "route",
+        container: "demo-web-v1",
+        reason: "route_setting",
+        keys: &["health-check-interval"],
+        inspect: None,
+    },
+    Step {
+        what: "proxy.response_timeout added",
+        knobs: |k| k.proxy = "  response_timeout: 10\n",
+        kind: "route",
+        container: "demo-web-v1",
+        reason: "route_setting",
+        keys: &["target-timeout"],
+        inspect: None,
+    },
+    Step {
+        what: "proxy.buffering added",
+        knobs: |k| {
+            k.proxy =
+                "  response_timeout: 10\n  buffering:\n    requests: false\n    memory: 2000000\n"
+        },
+        kind: "route",
+        container: "demo-web-v1",
+        reason: "route_setting",
+        keys: &["buffer-requests", "buffer-memory"],
+        // Kamal buffers requests by default: turning it off is the change.,
+        inspect: None,
+    },
+    Step {
+        what: "proxy.forward_headers set",
+        knobs: |k| k.proxy = "  response_timeout: 10\n  forward_headers: false\n  buffering:\n    requests: false\n    memory: 2000000\n",
+        kind: "route",
+        container: "demo-web-v1",
+        reason: "route_setting",
+        keys: &["forward-headers"],
+        inspect: None,
+    },
+    Step {
+        what: "proxy.run.options.memory added",
+        knobs: |k| k.run = "    options:\n      memory: 512m\n",
+        kind: "reboot",
+        container: "kamal-proxy",
+        reason: "flag",
+        keys: &["memory", "memory-swap"],
+        inspect: Some(("{{.HostConfig.Memory}}", "536870912")),
+    },
+];
+
+fn reason_key(r: &Value) -> String {
+    r.get("flag")
+        .or_else(|| r.get("setting"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn every_key_that_reaches_a_host_converges_and_kamal_agrees() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=s3cret\n");
+    let p = project.path();
+    let write = |k: &Knobs| std::fs::write(p.join("config/deploy.yml"), config(&fleet, k)).unwrap();
+    let mut knobs = Knobs::default();
+    write(&knobs);
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    for step in STEPS {
+        (step.knobs)(&mut knobs);
+        write(&knobs);
+        let out = berth(&fleet, p, &["--dry-run", "--output", "json"]);
+        assert_eq!(out.status.code(), Some(2), "{}: {}", step.what, text(&out));
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let actions = plan["actions"].as_array().unwrap();
+        assert_eq!(actions.len(), 1, "{}: {plan:#}", step.what);
+        let a = &actions[0];
+        assert_eq!(a["kind"], step.kind, "{}: {a:#}", step.what);
+        assert_eq!(a["container"], step.container, "{}: {a:#}", step.what);
+        let reasons = a["reasons"].as_array().unwrap();
+        assert!(
+            reasons.iter().all(|r| r["kind"] == step.reason),
+            "{}: {a:#}",
+            step.what
+        );
+        let named: BTreeSet<String> = reasons.iter().map(reason_key).collect();
+        let allowed: BTreeSet<String> = step.keys.iter().map(|s| s.to_string()).collect();
+        assert!(
+            named.contains(step.keys[0]) && named.is_subset(&allowed),
+            "{}: names {named:?}, expected {allowed:?}",
+            step.what
+        );
+
+        let out = berth(&fleet, p, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", step.what, text(&out));
+        if let Some((template, want)) = step.inspect {
+            let got = fleet
+                .host(0)
+                .docker_ok(&["inspect", "-f", template, step.container])
+                .unwrap();
+            assert!(got.contains(want), "{}: inspect says {got:?}", step.what);
+        }
+        let out = berth(&fleet, p, &["--dry-run"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: not converged: {}",
+            step.what,
+            text(&out)
+        );
+    }
+
+    // The proxy rebooted last still routes the app, and Kamal reads it all.
+    let addr = format!("{}:80", fleet.addrs()[0]);
+    assert_eq!(
+        http_get(&addr, "/", None).as_deref(),
+        Ok("demo v1\n"),
+        "the app is not served after the proxy reboot"
+    );
+    let details = fleet.kamal_ok(p, &["app", "details"]);
+    assert!(
+        details.contains("demo-web-v1") && details.contains("demo-jobs-v1"),
+        "{details}"
+    );
+    let kv = fleet.kamal_ok(p, &["accessory", "details", "kv"]);
+    assert!(kv.contains("demo-kv") && kv.contains("16379"), "{kv}");
+    let proxy = fleet.kamal_ok(p, &["proxy", "details"]);
+    assert!(proxy.contains("kamal-proxy"), "{proxy}");
+}
