@@ -8,7 +8,7 @@ use super::scripts::{
 };
 use super::{ApplyContext, ApplyError, Policy, audit_line_at, audit_log, strings, units};
 use crate::desired::{AccessoryUnit, AppUnit, Desired, PROXY_CONTAINER};
-use crate::plan::{Action, ActionKind, Plan, Unit};
+use crate::plan::{Action, ActionKind, Change, Plan, Unit};
 
 /// Network, login and, where the app boots (`boots`), the pull.
 pub(super) async fn prep(ctx: &ApplyContext<'_>, h: &str, boots: bool) -> Result<(), ApplyError> {
@@ -467,6 +467,20 @@ pub(super) async fn orphan(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), App
         strings(&["docker", "rm", &a.container]),
     )
     .await?;
+    // A removed accessory: its env file goes too (its data stays, as
+    // `kamal accessory remove` would ask first).
+    if let Some(Change::Orphan {
+        env_file: Some(path),
+        ..
+    }) = a.reasons.first()
+    {
+        ctx.run_ok(
+            &a.host,
+            "removing the accessory's env file",
+            strings(&["rm", "-f", "--", path]),
+        )
+        .await?;
+    }
     ctx.audit(&a.host, None, &format!("Removed orphan {}", a.container))
         .await
 }

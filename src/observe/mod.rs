@@ -90,6 +90,9 @@ pub struct HostObservation {
     pub env_files: BTreeMap<String, Option<String>>,
     /// Kamal's deploy lock, if held (its decoded details).
     pub lock: Option<String>,
+    /// Accessories of this app Kamal booted here that the config no longer
+    /// names: (name, its container's status, `None` if it is gone).
+    pub stray_accessories: Vec<(String, Option<String>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +145,18 @@ pub fn probe_request(desired: &Desired, host: &str) -> probe::ProbeRequest {
         }
     }
     req.lock_dirs.push(lock_dir(desired));
+    req.accessory_dir = Some(crate::kamal::accessory_env_dir(
+        &desired.service,
+        desired.destination.as_deref(),
+    ));
+    req.service = desired.service.clone();
+    req.known_accessories = desired
+        .hosts
+        .iter()
+        .flat_map(|h| h.accessories.iter().map(|a| a.name.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     req.clear_keys = clear;
     req
 }

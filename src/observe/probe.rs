@@ -41,6 +41,11 @@ pub struct ProbeRequest {
     /// Use the docker CLI even where `curl` or the Engine API directly
     /// could be used (tests compare them).
     pub force_cli: bool,
+    /// Kamal's accessory env-file directory, the app's service and the
+    /// accessories the config names: the others found there are reported.
+    pub accessory_dir: Option<String>,
+    pub service: String,
+    pub known_accessories: Vec<String>,
     /// Env keys whose values may be kept in clear (the config's clear env);
     /// every other value is kept only as a hash.
     pub clear_keys: BTreeSet<String>,
@@ -54,6 +59,11 @@ impl ProbeRequest {
         argv.extend(self.service_labels.iter().map(|l| format!("L:{l}")));
         argv.extend(self.env_files.iter().map(|f| format!("F:{f}")));
         argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
+        if let Some(dir) = &self.accessory_dir {
+            argv.push(format!("A:{dir}"));
+            argv.push(format!("V:{}", self.service));
+            argv.extend(self.known_accessories.iter().map(|n| format!("N:{n}")));
+        }
         if self.proxy {
             argv.push("P".into());
             argv.push(format!("S:{}", crate::proxy_state::STATE_FILE));
@@ -214,14 +224,28 @@ fn parse_with(
             env_files.insert(path.to_string(), Some(h.to_string()));
         }
     }
-    let lock = section(out, "lock", "files")?
+    let lock_text = section(out, "lock", "files")?;
+    let lock = lock_text
         .lines()
         .find_map(|l| l.strip_prefix("held "))
         .map(decode_lock);
+    // Names come from the host's file system: only accessory names count.
+    let stray_accessories = lock_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("stray ")?.split_once(' '))
+        .filter(|(name, _)| crate::config::grammar::is_config_word(name))
+        .map(|(name, status)| {
+            (
+                name.to_string(),
+                (status != "missing").then(|| status.to_string()),
+            )
+        })
+        .collect();
     Ok(HostObservation {
         containers,
         proxy_routes,
         proxy_settings,
+        stray_accessories,
         env_files,
         lock,
     })

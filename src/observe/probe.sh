@@ -55,8 +55,25 @@ if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
 elif [ -n "$proxy_running" ]; then echo "@@proxy-unasked"
 else echo "@@proxy-absent"; fi
 echo "@@lock"
-for a in "$@"; do case "$a" in K:*) d="${a#K:}"
-  if [ -d "$d" ]; then printf 'held %s\n' "$(base64 -w0 "$d/details" 2>/dev/null)"; fi;; esac; done
+acc_dir=""; acc_service=""; known=" "
+for a in "$@"; do case "$a" in
+  K:*) d="${a#K:}"
+    if [ -d "$d" ]; then printf 'held %s\n' "$(base64 -w0 "$d/details" 2>/dev/null)"; fi;;
+  A:*) acc_dir="${a#A:}";;
+  V:*) acc_service="${a#V:}";;
+  N:*) known="$known${a#N:} ";;
+esac; done
+# Accessories Kamal booted here (their env files) that the config no longer
+# names: `stray <name> <container status|missing>`.
+if [ -n "$acc_dir" ] && [ -d "$acc_dir" ]; then
+  for f in "$acc_dir"/*.env; do
+    [ -f "$f" ] || continue
+    n=${f##*/}; n=${n%.env}
+    case "$known" in *" $n "*) continue;; esac
+    st=$(docker inspect -f '{{.State.Status}}' "$acc_service-$n" 2>/dev/null) || st=missing
+    printf 'stray %s %s\n' "$n" "$st"
+  done
+fi
 echo "@@files"
 n=$#
 for a in "$@"; do case "$a" in F:*) f="${a#F:}"; [ -f "$f" ] && set -- "$@" "$f";; esac; done

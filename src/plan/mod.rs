@@ -302,8 +302,12 @@ pub enum Change {
         from: String,
         to: String,
     },
-    /// A container no role or accessory of the config declares.
-    Orphan,
+    /// A container no role or accessory of the config declares, and why;
+    /// for a removed accessory, Kamal's env file for it (removed with it).
+    Orphan {
+        why: String,
+        env_file: Option<String>,
+    },
 }
 
 impl Change {
@@ -322,7 +326,7 @@ impl Change {
             Change::EnvFile { .. } => "env_file",
             Change::Route { .. } => "route",
             Change::RouteSetting { .. } => "route_setting",
-            Change::Orphan => "orphan",
+            Change::Orphan { .. } => "orphan",
         }
     }
 }
@@ -518,24 +522,27 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
             }
         }
         let orphans_here = if opts.orphans {
-            orphan_containers(desired, units, obs)
+            orphans_on_host(desired, units, obs)
         } else {
             Vec::new()
         };
-        for c in orphans_here {
+        for (name, why, running) in orphans_here {
             if opts.prune {
                 orphans.push(Action {
                     host: units.host.clone(),
                     unit: Unit::Orphan,
-                    container: c.name.clone(),
+                    container: name,
                     kind: ActionKind::Remove,
                     replaces: None,
-                    reasons: vec![Change::Orphan],
+                    reasons: vec![why],
                 });
-            } else if c.running() {
+            } else if running {
+                let Change::Orphan { why, .. } = why else {
+                    continue;
+                };
                 plan.notes.push(format!(
-                    "{}: {} runs but no role declares it (kept: x-berth.prune is off)",
-                    units.host, c.name
+                    "{}: {name} runs but {why} (kept: x-berth.prune is off)",
+                    units.host
                 ));
             }
         }
@@ -804,14 +811,17 @@ fn plan_proxy(units: &HostUnits, obs: &HostObservation) -> Option<Action> {
     }
 }
 
-/// Containers of this service on the host that no unit explains: a role not
-/// (or no longer) on this host, or an extra running version of a role.
-fn orphan_containers<'a>(
+/// What on the host no unit explains, and why: a container of a role not
+/// (or no longer) on this host, an accessory declared for other hosts, and
+/// an accessory removed from the config (Kamal's env file for it remains).
+/// The name to remove, the reason, and whether it runs.
+fn orphans_on_host(
     desired: &Desired,
     units: &HostUnits,
-    obs: &'a HostObservation,
-) -> Vec<&'a ObservedContainer> {
+    obs: &HostObservation,
+) -> Vec<(String, Change, bool)> {
     let roles: BTreeSet<&str> = units.apps.iter().map(|a| a.role.as_str()).collect();
+    let declared_roles: BTreeSet<&str> = desired.roles.iter().map(String::as_str).collect();
     let accessory_names: BTreeSet<&str> = units
         .accessories
         .iter()
@@ -822,30 +832,60 @@ fn orphan_containers<'a>(
         .iter()
         .flat_map(|h| h.accessories.iter().map(|a| a.container_name.as_str()))
         .collect();
-    obs.containers
-        .iter()
-        .filter(|c| {
-            if c.name == crate::desired::PROXY_CONTAINER
-                || accessory_names.contains(c.name.as_str())
-            {
-                return false;
+    let orphan = |why: String| Change::Orphan {
+        why,
+        env_file: None,
+    };
+    let mut out = Vec::new();
+    for c in &obs.containers {
+        if c.name == crate::desired::PROXY_CONTAINER || accessory_names.contains(c.name.as_str()) {
+            continue;
+        }
+        if all_accessories.contains(c.name.as_str()) {
+            out.push((
+                c.name.clone(),
+                orphan(format!(
+                    "accessory {} is not declared for this host",
+                    c.name
+                )),
+                c.running(),
+            ));
+            continue;
+        }
+        if c.labels.get("service") != Some(&desired.service) {
+            continue;
+        }
+        match c.labels.get("role") {
+            // Old versions of a role on this host are retained stopped,
+            // as Kamal does; a running one is a leftover (`Stop`).
+            Some(role) if roles.contains(role.as_str()) => {}
+            Some(role) if c.running() => {
+                let why = if declared_roles.contains(role.as_str()) {
+                    format!("role {role} does not run on this host")
+                } else {
+                    format!("role {role} is no longer in the config")
+                };
+                out.push((c.name.clone(), orphan(why), true));
             }
-            if all_accessories.contains(c.name.as_str()) {
-                // An accessory that should not be on this host.
-                return true;
-            }
-            if c.labels.get("service") != Some(&desired.service) {
-                return false;
-            }
-            match c.labels.get("role") {
-                // Old versions of a role on this host are retained stopped,
-                // as Kamal does; a running one is a leftover (`Stop`).
-                Some(role) if roles.contains(role.as_str()) => false,
-                Some(_) => c.running(),
-                None => false,
-            }
-        })
-        .collect()
+            _ => {}
+        }
+    }
+    for (name, status) in &obs.stray_accessories {
+        let Some(status) = status else { continue };
+        out.push((
+            crate::kamal::accessory_container(&desired.service, name),
+            Change::Orphan {
+                why: format!("accessory {name} is no longer in the config"),
+                env_file: Some(crate::kamal::accessory_env_file(
+                    &desired.service,
+                    desired.destination.as_deref(),
+                    name,
+                )),
+            },
+            status == "running" || status == "restarting",
+        ));
+    }
+    out
 }
 
 /// Apply a plan's effects to an observed state, as a perfect executor would:
@@ -957,7 +997,17 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
                 obs.containers.push(c);
                 obs.proxy_routes.get_or_insert_with(Vec::new);
             }
-            Unit::Orphan => obs.containers.retain(|c| c.name != action.container),
+            Unit::Orphan => {
+                obs.containers.retain(|c| c.name != action.container);
+                if let Some(Change::Orphan {
+                    env_file: Some(_), ..
+                }) = action.reasons.first()
+                {
+                    obs.stray_accessories.retain(|(n, _)| {
+                        crate::kamal::accessory_container(&desired.service, n) != action.container
+                    });
+                }
+            }
         }
     }
     // A newly booted proxy learns the routes of the apps it fronts.
@@ -1082,7 +1132,10 @@ mod tests {
             Change::State {
                 status: "exited".into(),
             },
-            Change::Orphan,
+            Change::Orphan {
+                why: "role jobs is no longer in the config".into(),
+                env_file: None,
+            },
             Change::EnvFile {
                 path: "p".into(),
                 missing: true,

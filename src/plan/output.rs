@@ -125,8 +125,8 @@ fn reasons(out: &mut String, a: &Action) {
             } => {
                 let _ = writeln!(out, "      route {service} --{setting}: {from} → {to}");
             }
-            Change::Orphan => {
-                let _ = writeln!(out, "      declared by no role or accessory");
+            Change::Orphan { why, .. } => {
+                let _ = writeln!(out, "      orphan: {why}");
             }
         }
     }
@@ -172,12 +172,14 @@ pub fn text(plan: &Plan) -> String {
     for (h, why) in &plan.unknown_hosts {
         let _ = writeln!(out, "\nhost {h}\n  ? unknown: {why}");
     }
+    let mut notes = String::new();
     if !plan.notes.is_empty() {
-        out.push_str("\nnotes:\n");
+        notes.push_str("\nnotes:\n");
         for n in &plan.notes {
-            let _ = writeln!(out, "  {n}");
+            let _ = writeln!(notes, "  {n}");
         }
     }
+    out.push_str(&notes);
     let s = Summary::of(plan);
     let _ = writeln!(
         out,
@@ -195,7 +197,8 @@ pub fn text(plan: &Plan) -> String {
         }
     );
     if plan.in_sync() {
-        out = "No changes. The fleet matches the configuration.\n".into();
+        // What is kept as it is (orphans, locks) is still worth saying.
+        out = format!("No changes. The fleet matches the configuration.\n{notes}");
     }
     out
 }

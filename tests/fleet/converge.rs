@@ -299,3 +299,104 @@ fn every_key_that_reaches_a_host_converges_and_kamal_agrees() {
     let proxy = fleet.kamal_ok(p, &["proxy", "details"]);
     assert!(proxy.contains("kamal-proxy"), "{proxy}");
 }
+
+/// A role and an accessory removed from the config are orphans with their
+/// reason: kept (and noted) without `x-berth.prune`, removed with it — the
+/// accessory's env file with it, its data volume kept.
+#[test]
+fn a_removed_role_and_accessory_are_orphans_and_prune_removes_them() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let host = fleet.addrs()[0].clone();
+    let reg = fleet.tb.registry();
+    let common = KAMAL_COMMON
+        .replace("{registry}", &reg)
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let yml = |jobs_and_kv: bool, prune: bool| {
+        let mut y = format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\n"
+        );
+        if jobs_and_kv {
+            y.push_str(&format!("  jobs:\n    hosts: [{host}]\n    proxy: false\n"));
+            y.push_str(&format!(
+                "accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {host}\n    volumes: [kv-data:/data]\n"
+            ));
+        }
+        y.push_str(&format!(
+            "drain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: v1\n  prune: {prune}\n{common}"
+        ));
+        y
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    let write = |y: String| std::fs::write(p.join("config/deploy.yml"), y).unwrap();
+    write(yml(true, false));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let env_file = fleet
+        .host(0)
+        .home()
+        .join(".kamal/apps/demo/env/accessories/kv.env");
+    assert!(env_file.exists());
+
+    // Removed, prune off: nothing to do, but the plan says what it keeps.
+    write(yml(false, false));
+    let out = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for note in [
+        "demo-jobs-v1 runs but role jobs is no longer in the config (kept",
+        "demo-kv runs but accessory kv is no longer in the config (kept",
+    ] {
+        assert!(text(&out).contains(note), "{note}: {}", text(&out));
+    }
+
+    // Prune on: both are removed, each with its reason.
+    write(yml(false, true));
+    let out = berth(&fleet, p, &["--dry-run", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removals: BTreeSet<(String, String)> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["kind"], "remove", "{a:#}");
+            (
+                a["container"].as_str().unwrap().to_string(),
+                a["reasons"][0]["why"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("demo-jobs-v1", "role jobs is no longer in the config"),
+        ("demo-kv", "accessory kv is no longer in the config"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(removals, expected);
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let names = fleet
+        .host(0)
+        .docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+        .unwrap();
+    assert!(!names.contains("demo-kv"), "{names}");
+    assert!(!names.contains("demo-jobs-v1 running"), "{names}");
+    assert!(names.contains("demo-web-v1 running"), "{names}");
+    assert!(
+        !env_file.exists(),
+        "the removed accessory's env file stayed"
+    );
+    let volumes = fleet
+        .host(0)
+        .docker_ok(&["volume", "ls", "--format", "{{.Name}}"])
+        .unwrap();
+    assert!(
+        volumes.lines().any(|v| v == "kv-data"),
+        "data volume removed: {volumes}"
+    );
+    let out = berth(&fleet, p, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
