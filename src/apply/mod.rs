@@ -404,7 +404,8 @@ async fn walk(
     stages: &[Stage<'_>],
     report: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
-    for stage in stages {
+    let mut stages = stages.iter().peekable();
+    while let Some(stage) = stages.next() {
         match stage {
             Stage::Prep { hosts, booting } => {
                 for_hosts(hosts, |h| {
@@ -438,6 +439,17 @@ async fn walk(
                     h.run("post-app-boot", ctx.desired, &batch_hosts, &role_env)
                         .await
                         .map_err(ApplyError::Hook)?;
+                }
+                // `boot.wait`: a pause between batches, as Kamal's groups.
+                if ctx.desired.boot_wait > 0 && matches!(stages.peek(), Some(Stage::Batch { .. })) {
+                    ctx.say(
+                        &batch_hosts.join(","),
+                        &format!(
+                            "waiting {} s before the next batch (boot.wait)",
+                            ctx.desired.boot_wait
+                        ),
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(ctx.desired.boot_wait)).await;
                 }
             }
             Stage::Orphan(a) => {

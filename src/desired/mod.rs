@@ -194,6 +194,9 @@ pub struct Desired {
     pub roles: Vec<String>,
     /// Hosts per boot batch (`boot.limit`), for a rollout's order.
     pub boot_batch: usize,
+    /// Seconds to wait after a boot batch before the next (`boot.wait`;
+    /// Kamal waits only between groups, so only with `boot.limit`).
+    pub boot_wait: u64,
     /// Hosts in Kamal's order (roles' hosts, then accessories').
     pub hosts: Vec<HostUnits>,
 }
@@ -860,6 +863,13 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         image,
         roles,
         boot_batch,
+        boot_wait: config
+            .boot
+            .limit
+            .is_some()
+            .then_some(config.boot.wait)
+            .flatten()
+            .unwrap_or(0),
         hosts,
     })
 }

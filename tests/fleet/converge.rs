@@ -400,3 +400,46 @@ fn a_removed_role_and_accessory_are_orphans_and_prune_removes_them() {
     let out = berth(&fleet, p, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Seconds of the day of an audit line's `[2026-12-01T13:51:26Z]` stamp.
+fn audit_seconds(line: &str) -> Option<i64> {
+    let t = line.split_once('T')?.1;
+    let mut parts = t.get(..8)?.split(':').map(|p| p.parse::<i64>().ok());
+    Some(parts.next()?? * 3600 + parts.next()?? * 60 + parts.next()??)
+}
+
+/// `boot.wait` with `boot.limit`: berth waits between batches, as Kamal does
+/// between its host groups (it used to be parsed and ignored).
+#[test]
+fn boot_wait_pauses_between_batches() {
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
+    let common = KAMAL_COMMON
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let yml = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\n\
+         boot:\n  limit: 1\n  wait: 3\ndrain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: v1\n{common}",
+        fleet.addrs().join(", ")
+    );
+    let project = fleet.project(&yml, "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("waiting 3 s before the next batch (boot.wait)"),
+        "{}",
+        text(&out)
+    );
+    let booted = |i: usize| {
+        let log =
+            std::fs::read_to_string(fleet.host(i).home().join(".kamal/demo-audit.log")).unwrap();
+        log.lines()
+            .find(|l| l.contains("Booted app version v1"))
+            .and_then(audit_seconds)
+            .unwrap_or_else(|| panic!("no boot in {log}"))
+    };
+    let gap = (booted(1) - booted(0)).rem_euclid(86_400);
+    assert!(gap >= 3, "the second batch booted {gap} s after the first");
+}
