@@ -45,6 +45,11 @@ pub struct SshOptions {
     pub proxy_command: Option<String>,
     /// Read `~/.ssh/config` (Kamal's `ssh.config`, default true).
     pub use_ssh_config: bool,
+    /// `ssh.config` naming files: those instead of `~/.ssh/config`.
+    pub config_files: Vec<PathBuf>,
+    /// `ssh.key_data`: private keys given as text, written to private files
+    /// beside berth's ssh_config and offered like `ssh.keys`.
+    pub key_data: Vec<crate::secret::Secret>,
     pub known_hosts: Option<PathBuf>,
     pub accept_new_host_keys: bool,
     pub connect_timeout: Duration,
@@ -66,6 +71,17 @@ impl SshOptions {
             jump: ssh.proxy.clone(),
             proxy_command: ssh.proxy_command.clone(),
             use_ssh_config: !matches!(ssh.config, crate::config::SshConfigFiles::Ignore),
+            config_files: match &ssh.config {
+                crate::config::SshConfigFiles::Files(files) => {
+                    files.iter().map(|f| expand(f)).collect()
+                }
+                _ => Vec::new(),
+            },
+            key_data: ssh
+                .key_data
+                .iter()
+                .map(|k| crate::secret::Secret::new(k.clone()))
+                .collect(),
             known_hosts: None,
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
@@ -211,6 +227,7 @@ impl Connections {
             .keys
             .iter()
             .chain(&o.known_hosts)
+            .chain(&o.config_files)
             .map(|k| k.to_string_lossy().into_owned())
             .chain(o.proxy_command.clone());
         for v in values {
@@ -239,13 +256,34 @@ impl Connections {
         for k in &o.keys {
             cfg.push_str(&format!("IdentityFile \"{}\"\n", k.display()));
         }
+        for (i, key) in o.key_data.iter().enumerate() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = self.dir.join(format!("key_data-{i}"));
+            let mut text = key.expose().trim().to_string();
+            text.push('\n');
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)?
+                .write_all(text.as_bytes())?;
+            cfg.push_str(&format!("IdentityFile \"{}\"\n", file.display()));
+        }
         if o.keys_only {
             cfg.push_str("IdentitiesOnly yes\n");
         }
         if let Some(c) = &o.proxy_command {
             cfg.push_str(&format!("ProxyCommand {c}\n"));
         }
+        for f in &o.config_files {
+            // Relative to where berth runs, as Kamal reads them.
+            let f = std::path::absolute(f)?;
+            cfg.push_str(&format!("Include \"{}\"\n", f.display()));
+        }
         if o.use_ssh_config
+            && o.config_files.is_empty()
             && let Some(home) = std::env::var_os("HOME")
         {
             let user_cfg = PathBuf::from(home).join(".ssh/config");

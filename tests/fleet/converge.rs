@@ -443,3 +443,59 @@ fn boot_wait_pauses_between_batches() {
     let gap = (booted(1) - booted(0)).rem_euclid(86_400);
     assert!(gap >= 3, "the second batch booted {gap} s after the first");
 }
+
+/// `ssh.key_data` (keys given as text) and `ssh.config` naming files are
+/// used to reach hosts (both were parsed and ignored: with no other key,
+/// the hosts were unreachable).
+#[test]
+fn ssh_key_data_and_config_files_reach_the_hosts() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let key = std::fs::read_to_string(fleet.tb.ssh_key()).unwrap();
+    let indented: String = key.lines().map(|l| format!("      {l}\n")).collect();
+    let head = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\n\
+         x-berth:\n  version: v1\nregistry:\n  server: {}\n  username: test\n  password: [KAMAL_REGISTRY_PASSWORD]\n\
+         builder:\n  arch: amd64\n",
+        fleet.addrs()[0],
+        fleet.tb.registry()
+    );
+    let cases = [
+        (
+            "key_data",
+            format!(
+                "ssh:\n  user: root\n  keys_only: true\n  config: false\n  key_data:\n    - |\n{indented}"
+            ),
+        ),
+        (
+            "config files",
+            "ssh:\n  user: root\n  config: [ssh/extra_config]\n".to_string(),
+        ),
+    ];
+    for (what, ssh) in cases {
+        let project = fleet.project(&format!("{head}{ssh}"), "KAMAL_REGISTRY_PASSWORD=unused\n");
+        let p = project.path();
+        std::fs::create_dir_all(p.join("ssh")).unwrap();
+        std::fs::write(
+            p.join("ssh/extra_config"),
+            format!(
+                "IdentityFile \"{}\"\nIdentitiesOnly yes\n",
+                fleet.tb.ssh_key().display()
+            ),
+        )
+        .unwrap();
+        let out = berth(&fleet, p, &["--dry-run"]);
+        // Fresh host: reached, and everything is to be created.
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out));
+        assert!(
+            text(&out).contains("+ app web demo-web-v1"),
+            "{what}: {}",
+            text(&out)
+        );
+        assert!(
+            !text(&out).contains("BEGIN OPENSSH"),
+            "{what}: the key leaked"
+        );
+    }
+}
