@@ -283,13 +283,10 @@ pub fn audit_log(desired: &Desired) -> String {
 
 /// The host holding the lock: the primary role's first host, as Kamal.
 pub fn primary_host(desired: &Desired) -> Option<String> {
-    let primary = desired.roles.first();
     desired
-        .hosts
-        .iter()
-        .find(|h| h.apps.iter().any(|a| Some(&a.role) == primary))
-        .or(desired.hosts.first())
-        .map(|h| h.host.clone())
+        .lock_host
+        .clone()
+        .or_else(|| desired.hosts.first().map(|h| h.host.clone()))
 }
 
 /// What must hold before the first host is touched: a step that could

@@ -199,6 +199,10 @@ pub struct Desired {
     pub boot_wait: u64,
     /// Hosts in Kamal's order (roles' hosts, then accessories').
     pub hosts: Vec<HostUnits>,
+    /// Where the deploy lock lives: the config's primary host (the primary
+    /// role's first host), where `kamal lock status` and a plain `kamal
+    /// deploy` look, whatever `--hosts`/`--roles` a run is limited to.
+    pub lock_host: Option<String>,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -822,6 +826,13 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         roles.insert(0, primary);
     }
     let boot_batch = config.boot.batch_size(config.all_hosts().len());
+    let lock_host = config
+        .roles
+        .iter()
+        .find(|r| r.name == config.primary_role)
+        .and_then(|r| r.hosts.first())
+        .map(|h| h.host.clone())
+        .or_else(|| config.all_hosts().into_iter().next());
     let mut hosts = Vec::new();
     for host in config.all_hosts() {
         let mut apps = Vec::new();
@@ -863,6 +874,7 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         image,
         roles,
         boot_batch,
+        lock_host,
         boot_wait: config
             .boot
             .limit

@@ -499,3 +499,49 @@ fn ssh_key_data_and_config_files_reach_the_hosts() {
         );
     }
 }
+
+/// The deploy lock lives on the config's primary host, where Kamal looks,
+/// even when `--hosts` leaves that host out: a lock a human took with
+/// `kamal lock acquire` stops `berth reconcile --hosts <other host>`.
+#[test]
+fn the_lock_is_taken_on_the_primary_host_whatever_hosts_are_selected() {
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
+    let addrs = fleet.addrs();
+    let yml = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\n  jobs:\n    hosts: [{}]\n    proxy: false\n\
+         drain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: v1\n{{common}}",
+        addrs[0], addrs[1]
+    );
+    let common = KAMAL_COMMON
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let project = fleet.project(
+        &yml.replace("{common}", &common),
+        "KAMAL_REGISTRY_PASSWORD=unused\n",
+    );
+    let p = project.path();
+    fleet.kamal_ok(p, &["lock", "acquire", "-m", "maintenance window"]);
+    assert!(fleet.host(0).home().join(".kamal/lock-demo").is_dir());
+
+    let out = berth(&fleet, p, &["--hosts", &addrs[1]]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("maintenance window"), "{}", text(&out));
+    let names = fleet
+        .host(1)
+        .docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
+        .unwrap();
+    assert!(
+        !names.contains("demo-jobs"),
+        "deployed under a held lock: {names}"
+    );
+
+    fleet.kamal_ok(p, &["lock", "release"]);
+    let out = berth(&fleet, p, &["--hosts", &addrs[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !fleet.host(0).home().join(".kamal/lock-demo").exists(),
+        "lock left behind"
+    );
+}
