@@ -151,7 +151,8 @@ fn truth(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn list(v: Option<&Value>) -> Vec<String> {
+/// A JSON array's strings (anything else: none).
+pub fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -182,7 +183,7 @@ fn image_health<'a>(i: &'a Value, key: &str) -> Option<&'a Value> {
 
 /// `CMD-SHELL cmd` as the command; other test forms as JSON.
 fn health_cmd(test: Option<&Value>) -> Vec<String> {
-    let t = list(test);
+    let t = strings(test);
     match t.first().map(String::as_str) {
         Some("CMD-SHELL") if t.len() == 2 => vec![t[1].clone()],
         Some("NONE") | None => Vec::new(),
@@ -568,12 +569,12 @@ const FLAGS: &[Flag] = &[
         "entrypoint",
         |v| if v.is_empty() { Vec::new() } else { same(v) },
         |c| {
-            let e = list(cfg(c, "Entrypoint"));
+            let e = strings(cfg(c, "Entrypoint"));
             if e.is_empty() { e } else { vec![e.join(" ")] }
         },
     )
     .image(|i| {
-        let e = list(i.get("Entrypoint"));
+        let e = strings(i.get("Entrypoint"));
         if e.is_empty() { e } else { vec![e.join(" ")] }
     }),
     value("stop-signal", same, |c| text(cfg(c, "StopSignal"))).image(|i| text(i.get("StopSignal"))),
@@ -591,24 +592,24 @@ const FLAGS: &[Flag] = &[
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
     }),
-    value("add-host", extra_host, |c| list(hc(c, "ExtraHosts"))),
-    value("dns", same, |c| list(hc(c, "Dns"))),
-    value("dns-search", same, |c| list(hc(c, "DnsSearch"))),
-    value("dns-option", same, |c| list(hc(c, "DnsOptions"))).aliases(&["dns-opt"]),
+    value("add-host", extra_host, |c| strings(hc(c, "ExtraHosts"))),
+    value("dns", same, |c| strings(hc(c, "Dns"))),
+    value("dns-search", same, |c| strings(hc(c, "DnsSearch"))),
+    value("dns-option", same, |c| strings(hc(c, "DnsOptions"))).aliases(&["dns-opt"]),
     value("cap-add", capability, |c| {
-        list(hc(c, "CapAdd"))
+        strings(hc(c, "CapAdd"))
             .iter()
             .flat_map(|s| capability(s))
             .collect()
     }),
     value("cap-drop", capability, |c| {
-        list(hc(c, "CapDrop"))
+        strings(hc(c, "CapDrop"))
             .iter()
             .flat_map(|s| capability(s))
             .collect()
     }),
     value("security-opt", security_opt, |c| {
-        list(hc(c, "SecurityOpt"))
+        strings(hc(c, "SecurityOpt"))
             .iter()
             .flat_map(|s| security_opt(s))
             .collect()
@@ -649,10 +650,10 @@ const FLAGS: &[Flag] = &[
             })
             .unwrap_or_default()
     }),
-    value("group-add", same, |c| list(hc(c, "GroupAdd"))),
+    value("group-add", same, |c| strings(hc(c, "GroupAdd"))),
     value("tmpfs", tmpfs, |c| pairs(hc(c, "Tmpfs"), ':')),
     value("mount", mount, mounts),
-    value("volumes-from", same, |c| list(hc(c, "VolumesFrom"))),
+    value("volumes-from", same, |c| strings(hc(c, "VolumesFrom"))),
     value("volume-driver", same, |c| text(hc(c, "VolumeDriver"))),
     value("storage-opt", same, |c| pairs(hc(c, "StorageOpt"), '=')),
     value("ip", same, |c| {
@@ -671,7 +672,7 @@ const FLAGS: &[Flag] = &[
             .to_string();
         let hostname = text(cfg(c, "Hostname"));
         network_field(c, |id, n| {
-            list(n.get("Aliases"))
+            strings(n.get("Aliases"))
                 .into_iter()
                 .filter(|a| {
                     *a != name
@@ -699,7 +700,7 @@ const FLAGS: &[Flag] = &[
     value("health-retries", integer, |c| num(health(c, "Retries")))
         .image(|i| num(image_health(i, "Retries"))),
     boolean("no-healthcheck", |c| {
-        if list(health(c, "Test")).first().map(String::as_str) == Some("NONE") {
+        if strings(health(c, "Test")).first().map(String::as_str) == Some("NONE") {
             vec!["true".into()]
         } else {
             Vec::new()

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::docker_flags::strings;
+
 /// Where kamal-proxy keeps its state, inside its container.
 pub const STATE_FILE: &str = "/home/kamal-proxy/.config/kamal-proxy/kamal-proxy.state";
 
@@ -101,16 +103,6 @@ fn normalize_prefixes(prefixes: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn strs(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Service name → settings, from the state file's JSON. `None`: not JSON
 /// of that shape (an older or unknown kamal-proxy): nothing is compared.
 pub fn from_state_file(text: &str) -> Option<BTreeMap<String, Settings>> {
@@ -129,14 +121,14 @@ pub fn from_state_file(text: &str) -> Option<BTreeMap<String, Settings>> {
         let h = t.get("health_check_config").unwrap_or(&Value::Null);
         let mut s = Settings::new();
         // kamal-proxy stores "no host" as one empty host.
-        let hosts: Vec<String> = strs(o.get("hosts"))
+        let hosts: Vec<String> = strings(o.get("hosts"))
             .into_iter()
             .filter(|h| !h.is_empty())
             .collect();
         s.insert("hosts", hosts.join(","));
         s.insert(
             "path_prefixes",
-            normalize_prefixes(&strs(o.get("path_prefixes"))).join(","),
+            normalize_prefixes(&strings(o.get("path_prefixes"))).join(","),
         );
         for (key, from) in [
             ("tls_enabled", "tls_enabled"),
@@ -164,11 +156,11 @@ pub fn from_state_file(text: &str) -> Option<BTreeMap<String, Settings>> {
         }
         s.insert(
             "log_request_headers",
-            strs(t.get("log_request_headers")).join(","),
+            strings(t.get("log_request_headers")).join(","),
         );
         s.insert(
             "log_response_headers",
-            strs(t.get("log_response_headers")).join(","),
+            strings(t.get("log_response_headers")).join(","),
         );
         out.insert(name, s);
     }

@@ -145,7 +145,7 @@ pub fn parse_engine(
 ) -> Result<HostObservation, ProbeError> {
     let proxy_running = snapshot.listed.iter().any(|c| {
         c.get("State").and_then(Value::as_str) == Some("running")
-            && strings_of(c.get("Names"))
+            && crate::docker_flags::strings(c.get("Names"))
                 .iter()
                 .any(|n| n == "/kamal-proxy")
     });
@@ -262,16 +262,6 @@ fn str_of(v: &Value, path: &[&str]) -> String {
     cur.as_str().unwrap_or_default().to_string()
 }
 
-fn strings_of(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn map_of(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_object)
         .map(|m| {
@@ -291,10 +281,11 @@ fn container(
     let image_id = str_of(c, &["Image"]);
     let image_cfg = images.get(&image_id).copied();
     let image_labels = map_of(image_cfg.and_then(|i| i.get("Labels")));
-    let image_env: BTreeSet<String> = strings_of(image_cfg.and_then(|i| i.get("Env")))
-        .into_iter()
-        .collect();
-    let image_cmd = strings_of(image_cfg.and_then(|i| i.get("Cmd")));
+    let image_env: BTreeSet<String> =
+        crate::docker_flags::strings(image_cfg.and_then(|i| i.get("Env")))
+            .into_iter()
+            .collect();
+    let image_cmd = crate::docker_flags::strings(image_cfg.and_then(|i| i.get("Cmd")));
 
     // Note which labels and env the image brings (same value as the image's):
     // the plan ignores them unless the config sets them too.
@@ -306,7 +297,7 @@ fn container(
         .collect();
     let mut env = BTreeMap::new();
     let mut from_image_env = BTreeSet::new();
-    for entry in strings_of(config.and_then(|c| c.get("Env"))) {
+    for entry in crate::docker_flags::strings(config.and_then(|c| c.get("Env"))) {
         let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
         if image_env.contains(&entry) {
             from_image_env.insert(k.to_string());
@@ -319,7 +310,7 @@ fn container(
             },
         );
     }
-    let cmd = strings_of(config.and_then(|c| c.get("Cmd")));
+    let cmd = crate::docker_flags::strings(config.and_then(|c| c.get("Cmd")));
     let state = c.get("State");
     let host_config = c.get("HostConfig");
     let (flags, flags_from_image) = crate::docker_flags::observed(c, image_cfg);
@@ -348,7 +339,7 @@ fn container(
         image_cmd,
         flags,
         flags_from_image,
-        volumes: strings_of(host_config.and_then(|h| h.get("Binds"))),
+        volumes: crate::docker_flags::strings(host_config.and_then(|h| h.get("Binds"))),
         log_opts: map_of(
             host_config
                 .and_then(|h| h.get("LogConfig"))
