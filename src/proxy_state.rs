@@ -167,6 +167,56 @@ pub fn from_state_file(text: &str) -> Option<BTreeMap<String, Settings>> {
     Some(out)
 }
 
+/// A route as kamal-proxy's state file has it: service, its active target
+/// (`<container>:<port>`), and `running`, `paused` or `stopped`.
+pub fn routes_from_state_file(text: &str) -> Option<Vec<(String, Option<String>, String)>> {
+    let services: Vec<Value> = serde_json::from_str(text.trim()).ok()?;
+    services
+        .iter()
+        .map(|svc| {
+            let name = svc.get("name")?.as_str()?.to_string();
+            let target = strings(svc.get("active_targets")).into_iter().next();
+            let state = match svc
+                .get("pause_controller")
+                .and_then(|p| p.get("state"))
+                .and_then(Value::as_u64)
+            {
+                Some(1) => "paused",
+                Some(2) => "stopped",
+                _ => "running",
+            };
+            Some((name, target, state.to_string()))
+        })
+        .collect()
+}
+
+/// The first regular file of a tar stream (what the Engine API's
+/// `/containers/{id}/archive` returns for one file), bounded by the stream.
+pub fn first_file_of_tar(tar: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    while at + 512 <= tar.len() {
+        let header = &tar[at..at + 512];
+        if header.iter().all(|b| *b == 0) {
+            return None;
+        }
+        let size_field = std::str::from_utf8(&header[124..136]).ok()?;
+        let size =
+            usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .ok()?;
+        let body = at + 512;
+        let end = body.checked_add(size)?;
+        if end > tar.len() {
+            return None;
+        }
+        if matches!(header[156], b'0' | 0) {
+            return Some(&tar[body..end]);
+        }
+        // Other entries (a PAX header, say): skip, padded to 512.
+        at = body + size.div_ceil(512) * 512;
+    }
+    None
+}
+
 /// A setting's name as the `kamal-proxy deploy` flag a user knows.
 pub fn flag_name(setting: &str) -> &'static str {
     match setting {
@@ -230,5 +280,27 @@ mod tests {
         changed.push("--health-check-interval=3s".into());
         assert_ne!(from_deploy_flags(&changed), have["demo-web"]);
         assert!(from_state_file("# not json").is_none());
+        let routes = routes_from_state_file(state).unwrap();
+        assert_eq!(
+            routes,
+            vec![(
+                "demo-web".to_string(),
+                Some("abc:80".to_string()),
+                "running".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_tar_of_one_file_yields_it() {
+        let mut tar = vec![0u8; 512];
+        tar[..5].copy_from_slice(b"state");
+        tar[124..136].copy_from_slice(b"00000000005\0");
+        tar[156] = b'0';
+        tar.extend_from_slice(b"hello");
+        tar.resize(2048, 0);
+        assert_eq!(first_file_of_tar(&tar), Some(&b"hello"[..]));
+        assert_eq!(first_file_of_tar(&tar[..515]), None, "a cut stream");
+        assert_eq!(first_file_of_tar(&[0; 1024]), None);
     }
 }

@@ -616,7 +616,8 @@ struct Watch {
 /// exec of a route-changing command (`kamal-proxy deploy|remove|stop …` run
 /// by hand) ends — its `exec_die` carries no command, so the ids of such
 /// execs are remembered in `pending` from their `exec_create`. berth's own
-/// probe runs `kamal-proxy list`, which never wakes the loop.
+/// probe (`kamal-proxy list`, `docker cp` of the state file) never wakes the
+/// loop: each cycle would wake the next.
 fn proxy_event_matters(
     pending: &mut std::collections::HashSet<String>,
     exec_id: Option<&str>,
@@ -636,7 +637,9 @@ fn proxy_event_matters(
     } else if action.starts_with("exec_die") {
         exec_id.is_some_and(|id| pending.remove(id))
     } else {
-        !action.starts_with("exec_")
+        // `archive-path`: berth's own probe reading the state file (docker
+        // cp), which would otherwise wake the loop after every cycle.
+        !action.starts_with("exec_") && action != "archive-path"
     }
 }
 
@@ -742,6 +745,7 @@ mod tests {
         let mut e = |id: Option<&str>, action: &str| proxy_event_matters(&mut pending, id, action);
         assert!(e(None, "die"));
         assert!(e(None, "start"));
+        assert!(!e(None, "archive-path"));
         // berth's own probe.
         assert!(!e(Some("a"), "exec_create: kamal-proxy list"));
         assert!(!e(Some("a"), "exec_start: kamal-proxy list"));

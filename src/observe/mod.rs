@@ -174,14 +174,26 @@ pub fn lock_dir(desired: &Desired) -> String {
 async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest) -> HostState {
     if !req.force_cli && conns.has_engine(host) {
         let lists = req.list_paths();
-        let engine_args = req.engine_args();
+        // kamal-proxy's state through the Engine API (no process on the
+        // host); once that worked, the shell no longer runs `kamal-proxy list`.
+        let others: Vec<String> = req
+            .proxy
+            .then(probe::proxy_state_path)
+            .into_iter()
+            .collect();
+        let quiet = req.proxy && conns.proxy_state_by_engine(host);
+        let engine_args = req.engine_args(quiet);
         let (snapshot, shell) = tokio::join!(
-            conns.engine_snapshot(host, &lists),
+            conns.engine_snapshot(host, &lists, &others),
             conns.call(host, "berth_probe", probe::SCRIPT, &engine_args)
         );
         match (snapshot, shell) {
             (Some(Ok(snapshot)), shell) => {
-                return from_probe(host, shell, |out| probe::parse_engine(snapshot, out, req));
+                return from_probe(host, shell, |out| {
+                    let (observation, state_read) = probe::parse_engine(snapshot, out, req)?;
+                    conns.set_proxy_state_by_engine(host, state_read);
+                    Ok(observation)
+                });
             }
             // The host itself cannot be reached: asking again would not help.
             (_, Err(e)) => return HostState::Unreachable(e.to_string()),

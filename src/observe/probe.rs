@@ -75,9 +75,14 @@ impl ProbeRequest {
     }
 
     /// The arguments when the containers come from the Engine API directly.
-    pub fn engine_args(&self) -> Vec<String> {
+    /// The probe's arguments beside an Engine API snapshot; `quiet_proxy`:
+    /// the snapshot reads kamal-proxy's state, so no `kamal-proxy list`.
+    pub fn engine_args(&self, quiet_proxy: bool) -> Vec<String> {
         let mut argv = self.args();
         argv.push("E".into());
+        if quiet_proxy {
+            argv.push("Q".into());
+        }
         argv
     }
 
@@ -138,20 +143,65 @@ pub use crate::secret::fingerprint as hash;
 
 /// Parse the output of a probe run with [`ProbeRequest::engine_args`], with
 /// the containers the Engine API returned.
+/// The Engine API path of kamal-proxy's state file (a tar of that file).
+pub fn proxy_state_path() -> String {
+    format!(
+        "/containers/{}/archive?path={}",
+        crate::kamal::PROXY_CONTAINER,
+        crate::remote::percent_encode(crate::proxy_state::STATE_FILE)
+    )
+}
+
+/// Routes and route settings from the state file fetched with the
+/// snapshot: `Some` when kamal-proxy runs and its state reads (no file yet:
+/// no routes); `None` when it does not parse.
+#[allow(clippy::type_complexity)]
+fn proxy_from_engine(
+    body: Option<&Option<Vec<u8>>>,
+) -> Option<(
+    Vec<ProxyRouteState>,
+    BTreeMap<String, crate::proxy_state::Settings>,
+)> {
+    let text = match body? {
+        Some(tar) => std::str::from_utf8(crate::proxy_state::first_file_of_tar(tar)?).ok()?,
+        None => "[]",
+    };
+    let routes = crate::proxy_state::routes_from_state_file(text)?
+        .into_iter()
+        .map(|(service, target, state)| ProxyRouteState {
+            service,
+            target,
+            state,
+        })
+        .collect();
+    Some((routes, crate::proxy_state::from_state_file(text)?))
+}
+
+/// An observation from an Engine API snapshot and the probe beside it, and
+/// whether kamal-proxy's state came from the snapshot.
 pub fn parse_engine(
     snapshot: crate::remote::Snapshot,
     out: &str,
     req: &ProbeRequest,
-) -> Result<HostObservation, ProbeError> {
+) -> Result<(HostObservation, bool), ProbeError> {
     let proxy_running = snapshot.listed.iter().any(|c| {
         c.get("State").and_then(Value::as_str) == Some("running")
             && crate::docker_flags::strings(c.get("Names"))
                 .iter()
                 .any(|n| n == "/kamal-proxy")
     });
+    let from_engine = (req.proxy && proxy_running)
+        .then(|| proxy_from_engine(snapshot.others.first()))
+        .flatten();
     let mut objects = snapshot.containers;
     objects.extend(snapshot.images);
-    parse_with(objects, out, req, Some(proxy_running))
+    let mut observation = parse_with(objects, out, req, Some(proxy_running))?;
+    let read = from_engine.is_some();
+    if let Some((routes, settings)) = from_engine {
+        observation.proxy_routes = Some(routes);
+        observation.proxy_settings = Some(settings);
+    }
+    Ok((observation, read))
 }
 
 /// Parse the probe's stdout.
@@ -427,8 +477,44 @@ mod tests {
             ..Default::default()
         };
         assert!(parse_engine(listed("running"), out, &req).is_err());
-        let o = parse_engine(listed("exited"), out, &req).unwrap();
+        let (o, read) = parse_engine(listed("exited"), out, &req).unwrap();
         assert_eq!(o.proxy_routes, None);
+        assert!(!read);
+    }
+
+    /// With the state file in the snapshot, routes come from it and the
+    /// shell's `kamal-proxy list` is not needed (it said "unasked").
+    #[test]
+    fn the_proxy_state_from_the_engine_api_gives_routes_and_settings() {
+        let out = "@@inspect\n@@proxy\n@@proxy-unasked\n@@lock\n@@files\n@@end\n";
+        let req = ProbeRequest {
+            proxy: true,
+            ..Default::default()
+        };
+        let state = br#"[{"name":"demo-web","options":{"hosts":[""],"path_prefixes":["/"],"tls_enabled":false},
+            "target_options":{"health_check_config":{"path":"/up"}},"active_targets":["abc:80"],
+            "pause_controller":{"state":2}}]"#;
+        let mut tar = vec![0u8; 512];
+        tar[124..136].copy_from_slice(format!("{:011o}\0", state.len()).as_bytes());
+        tar[156] = b'0';
+        tar.extend_from_slice(state);
+        tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+        let snapshot = crate::remote::Snapshot {
+            listed: vec![
+                serde_json::json!({"Id": "ab", "Names": ["/kamal-proxy"], "State": "running"}),
+            ],
+            others: vec![Some(tar)],
+            ..Default::default()
+        };
+        let (o, read) = parse_engine(snapshot, out, &req).unwrap();
+        assert!(read);
+        let routes = o.proxy_routes.unwrap();
+        assert_eq!(routes[0].target.as_deref(), Some("abc:80"));
+        assert_eq!(routes[0].state, "stopped");
+        assert_eq!(
+            o.proxy_settings.unwrap()["demo-web"]["health_check_path"],
+            "/up"
+        );
     }
 
     #[test]

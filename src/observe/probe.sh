@@ -1,12 +1,13 @@
 # shellcheck shell=sh
 # observe::probe::SCRIPT: the arguments and sections are documented there.
-want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""; proxy_state=""
+want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""; proxy_state=""; proxy_quiet=""
 for a in "$@"; do case "$a" in
   L:*) want="$want${a#L:} "; urls="$urls http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D${a#L:}%22%5D%7D";;
   P) proxy_wanted=1;;
   S:*) proxy_state="${a#S:}";;
   C) force_cli=1;;
   E) engine=1;;
+  Q) proxy_quiet=1;;
 esac; done
 sock=""
 case "${DOCKER_HOST:-}" in unix://*) sock="${DOCKER_HOST#unix://}";; "") sock=/var/run/docker.sock;; esac
@@ -47,7 +48,7 @@ PS
   if [ -n "$sel" ]; then docker inspect $sel $refs 2>/dev/null || docker inspect $sel || exit 3; else echo '[]'; fi
 fi
 echo "@@proxy"
-if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
+if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ] && [ -z "$proxy_quiet" ]; then
   docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
   echo "@@proxy-state"
   # docker cp, not exec: the proxy's image need not have a cat.

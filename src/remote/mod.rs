@@ -182,9 +182,32 @@ pub struct Connections {
     /// Hosts' Docker Engine APIs, once the shell probe found their sockets.
     engines: std::sync::Mutex<HashMap<String, engine::EngineSlot>>,
     engine_batches: std::sync::atomic::AtomicU64,
+    /// Hosts whose kamal-proxy state the Engine API read last time: their
+    /// probe skips `docker exec kamal-proxy kamal-proxy list`.
+    proxy_state_by_engine: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Connections {
+    /// Whether the Engine API read `host`'s kamal-proxy state last time.
+    pub fn proxy_state_by_engine(&self, host: &str) -> bool {
+        self.proxy_state_by_engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(host)
+    }
+
+    pub fn set_proxy_state_by_engine(&self, host: &str, read: bool) {
+        let mut set = self
+            .proxy_state_by_engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if read {
+            set.insert(host.to_string());
+        } else {
+            set.remove(host);
+        }
+    }
+
     pub fn new(opts: SshOptions) -> Connections {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         static SWEPT: std::sync::Once = std::sync::Once::new();
@@ -199,6 +222,7 @@ impl Connections {
             ssh_config: std::sync::OnceLock::new(),
             engines: std::sync::Mutex::new(HashMap::new()),
             engine_batches: std::sync::atomic::AtomicU64::new(0),
+            proxy_state_by_engine: Default::default(),
         }
     }
 

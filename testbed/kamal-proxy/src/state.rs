@@ -619,7 +619,8 @@ fn real_state_json(services: &BTreeMap<String, Service>) -> String {
             o.forward_headers,
             list(std::slice::from_ref(&s.target.spec)),
             list(&o.read_targets),
-            if s.paused.is_some() { "1" } else { "0" },
+            // PauseStateStopped: this stand-in's pause is a stop with a message.
+            if s.paused.is_some() { "2" } else { "0" },
         ));
     }
     format!("[{}]\n", out.join(","))
