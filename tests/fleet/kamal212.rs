@@ -1,0 +1,108 @@
+//! A config using what Kamal 2.12 added converges on real hosts: the
+//! restart policy from `options` is the containers' policy (the retry count
+//! of `on-failure:N` included) and reads back as in sync, and
+//! `stop_timeout` is how long the old container gets before SIGKILL.
+
+use crate::support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Fleet, KAMAL_COMMON};
+
+fn yml(fleet: &Fleet, version: &str) -> String {
+    // `jobs` ignores SIGTERM: stopping it takes its whole stop_timeout.
+    format!(
+        "service: demo\nimage: demo\nstop_timeout: 2\nservers:\n  web:\n    hosts: [{a}]\n    proxy: false\n    options:\n      restart: on-failure:3\n\
+         \x20 jobs:\n    hosts: [{b}]\n    cmd: sh -c 'trap \"\" TERM; httpd -f -p 80 -h /www & wait'\n    stop_timeout: 1\n    options:\n      restart: always\n\
+         accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {b}\n    options:\n      restart: \"no\"\n\
+         output:\n  file:\n    path: /nonexistent/kamal-output\n\
+         readiness_delay: 0\nx-berth:\n  version: {version}\n{common}  forward_agent: false\n",
+        a = fleet.addrs()[0],
+        b = fleet.addrs()[1],
+        reg = fleet.tb.registry(),
+        common = KAMAL_COMMON
+            .replace("{registry}", &fleet.tb.registry())
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    )
+}
+
+fn reconcile(fleet: &Fleet, p: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("reconcile")
+        .arg("--known-hosts")
+        .arg(fleet.tb.known_hosts())
+        .args(extra)
+        .current_dir(p)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_kamal_212_config_converges_with_its_restart_policies_and_stop_timeouts() {
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    std::fs::write(p.join("config/deploy.yml"), yml(&fleet, "v1")).unwrap();
+    let (code, out) = reconcile(&fleet, p, &[]);
+    assert_eq!(code, Some(0), "{out}");
+
+    let policy = |host: usize, name: &str| {
+        fleet
+            .host(host)
+            .docker_ok(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+                name,
+            ])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(policy(0, "demo-web-v1"), "on-failure 3");
+    assert_eq!(policy(1, "demo-jobs-v1"), "always 0");
+    assert_eq!(policy(1, "demo-kv"), "no 0");
+
+    // Deployed as the config says, it reads back as in sync.
+    let (code, out) = reconcile(&fleet, p, &["--dry-run"]);
+    assert_eq!(code, Some(0), "in sync after the apply:\n{out}");
+
+    // The next version: `jobs` v1 ignores SIGTERM, so its stop takes its
+    // stop_timeout (1 s) and ends in SIGKILL; with the default
+    // (drain_timeout, 30 s without the proxy) the rollout would take longer
+    // than the bound below.
+    std::fs::write(p.join("config/deploy.yml"), yml(&fleet, "v2")).unwrap();
+    let started = Instant::now();
+    let (code, out) = reconcile(&fleet, p, &[]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        took < Duration::from_secs(20),
+        "rollout took {took:?}:\n{out}"
+    );
+    let exited = fleet
+        .host(1)
+        .docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "demo-jobs-v1",
+        ])
+        .unwrap();
+    assert_eq!(exited.trim(), "exited 137", "killed after its stop_timeout");
+    let (code, out) = reconcile(&fleet, p, &["--dry-run"]);
+    assert_eq!(code, Some(0), "in sync after the rollout:\n{out}");
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
