@@ -1,7 +1,8 @@
 //! A config using what Kamal 2.12 added converges on real hosts: the
 //! restart policy from `options` is the containers' policy (the retry count
 //! of `on-failure:N` included) and reads back as in sync, and
-//! `stop_timeout` is how long the old container gets before SIGKILL.
+//! `stop_timeout` is how long the old container gets before SIGKILL; a
+//! Kamal lock taken by a user with a UTF-8 name reads as written.
 
 use crate::support;
 
@@ -104,5 +105,45 @@ fn a_kamal_212_config_converges_with_its_restart_policies_and_stop_timeouts() {
     assert_eq!(exited.trim(), "exited 137", "killed after its stop_timeout");
     let (code, out) = reconcile(&fleet, p, &["--dry-run"]);
     assert_eq!(code, Some(0), "in sync after the rollout:\n{out}");
+
+    // A deploy lock Kamal took for a user with a UTF-8 name (Kamal 2.12
+    // reads such names right) shows in the plan as written. Kamal 2.11 (the
+    // CI oracle) takes it from a config it knows, under a UTF-8 locale.
+    let kamal_project = fleet.project(
+        &format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\n{}",
+            fleet.addrs()[0],
+            KAMAL_COMMON
+                .replace("{registry}", &fleet.tb.registry())
+                .replace("{key}", &fleet.tb.ssh_key().to_string_lossy())
+        ),
+        "KAMAL_REGISTRY_PASSWORD=unused\n",
+    );
+    let kamal = |args: &[&str]| {
+        let out = Command::new(support::kamal_bin())
+            .args(args)
+            .current_dir(kamal_project.path())
+            .env("HOME", fleet.tb.client_home())
+            .env("VERSION", "v1")
+            .env("LANG", "C.UTF-8")
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "user.name")
+            .env("GIT_CONFIG_VALUE_0", "Сергей Федоров")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kamal {args:?}: {out:?}");
+    };
+    kamal(&["lock", "acquire", "-m", "hands off"]);
+    let (code, out) = reconcile(&fleet, p, &["--dry-run", "--output", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let notes = plan["notes"].to_string();
+    assert!(
+        notes.contains("deploy lock held: Locked by: Сергей Федоров at "),
+        "{notes}"
+    );
+    assert!(notes.contains("Message: hands off"), "{notes}");
+    kamal(&["lock", "release"]);
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
