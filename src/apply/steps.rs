@@ -444,14 +444,7 @@ async fn unhealthy(
 
 async fn stop(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit, old: &str) -> Result<(), ApplyError> {
     ctx.say(h, &format!("{}: stopping {old}", app.role));
-    let mut argv = strings(&["docker", "stop"]);
-    // Kamal's `stop_args` (see `Config::stop_timeout`).
-    if let Some(t) = app.stop_timeout {
-        argv.push("-t".into());
-        argv.push(t.to_string());
-    }
-    argv.push(old.to_string());
-    ctx.run(h, argv).await?;
+    ctx.run(h, app.stop_argv(old)).await?;
     Ok(())
 }
 

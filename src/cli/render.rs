@@ -65,6 +65,9 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
 }
 
 const TARGET_PLACEHOLDER: &str = "<container-id>";
+/// Stands for the old version's container in `docker stop` (the one running when
+/// a new version boots).
+const OLD_PLACEHOLDER: &str = "<old-container>";
 
 pub fn render_text(d: &Desired) -> String {
     use std::fmt::Write;
@@ -126,6 +129,11 @@ pub fn render_text(d: &Desired) -> String {
                     shell::join(r.deploy_argv(TARGET_PLACEHOLDER))
                 );
             }
+            let _ = writeln!(
+                out,
+                "    old versions: {}",
+                shell::join(a.stop_argv(OLD_PLACEHOLDER))
+            );
         }
     }
     out
@@ -172,6 +180,8 @@ pub fn render_json(d: &Desired) -> serde_json::Value {
                     "cmd": a.cmd,
                     "run": a.run_argv(None),
                     "proxy_deploy": a.proxy.as_ref().map(|r| r.deploy_argv(TARGET_PLACEHOLDER)),
+                    "stop": a.stop_argv(OLD_PLACEHOLDER),
+                    "stop_timeout": a.stop_timeout,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -122,6 +122,18 @@ pub struct AppUnit {
 }
 
 impl AppUnit {
+    /// `docker stop [-t N] <container>`: how this role's old containers are
+    /// stopped (Kamal's `stop_args`).
+    pub fn stop_argv(&self, container: &str) -> Vec<String> {
+        let mut argv = strings(&["docker", "stop"]);
+        if let Some(t) = self.stop_timeout {
+            argv.push("-t".into());
+            argv.push(t.to_string());
+        }
+        argv.push(container.to_string());
+        argv
+    }
+
     /// The full `docker run` argv, with the hostname chosen for this boot.
     pub fn run_argv(&self, hostname: Option<&str>) -> Vec<String> {
         let mut argv = self.argv_head.clone();

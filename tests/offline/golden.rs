@@ -92,10 +92,9 @@ fn render(dir: &Path) -> Rendered {
         let host_files = files.entry(h.host.clone()).or_default();
         for app in &h.apps {
             list.push(app.run_argv(Some(&format!("{}-HOSTNAME", h.host))));
-            let mut stop = vec!["docker".to_string(), "stop".to_string()];
-            if let Some(t) = app.stop_timeout {
-                stop.extend(["-t".to_string(), t.to_string()]);
-            }
+            // Kamal pipes the container in (`| xargs docker stop …`).
+            let mut stop = app.stop_argv("");
+            stop.pop();
             stops.insert((h.host.clone(), app.container_name.clone()), stop);
             if let Some(route) = &app.proxy {
                 list.push(route.deploy_argv("CONTAINER_ID"));
