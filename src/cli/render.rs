@@ -37,7 +37,7 @@ pub fn load_all(
     home: Option<&str>,
 ) -> anyhow::Result<(config::Config, Secrets, Desired)> {
     let files = cfg_args.checkout()?;
-    Ok(desired::load::load_app(&desired::load::AppLoad {
+    let loaded = desired::load::load_app(&desired::load::AppLoad {
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
         secret_commands: cfg_args.secret_commands(),
@@ -45,7 +45,11 @@ pub fn load_all(
         home,
         env: &process_env,
         files: &files,
-    })?)
+    })?;
+    for w in &loaded.0.warnings {
+        eprintln!("warning: {}", super::printable(&w.to_string()));
+    }
+    Ok(loaded)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {

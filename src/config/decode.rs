@@ -170,6 +170,8 @@ const RESERVED_LABELS: &[&str] = &["destination", "role", "service"];
 /// The decoder: walks the tree, collects errors.
 pub struct Decoder {
     pub errors: Vec<ConfigError>,
+    /// What is accepted but does nothing in berth, located like errors.
+    pub warnings: Vec<ConfigError>,
     root_mark: Mark,
     /// The repository is hostile (`berth run`, `--untrusted`): refuse what
     /// would execute on berth's machine.
@@ -190,6 +192,7 @@ impl Decoder {
     pub fn new(root_mark: Mark) -> Self {
         Decoder {
             errors: Vec::new(),
+            warnings: Vec::new(),
             root_mark,
             untrusted: false,
             secret_refs: Vec::new(),
@@ -1749,15 +1752,14 @@ impl Decoder {
             .opt_string_list(m, "key_data", "ssh")
             .unwrap_or_default();
         ssh.forward_agent = self.opt_bool(m, "forward_agent", "ssh");
-        if self.untrusted
-            && ssh.forward_agent == Some(true)
+        if ssh.forward_agent == Some(true)
             && let Some(n) = get(m, "forward_agent")
         {
-            self.error(
-                &n.mark,
-                "ssh.forward_agent",
-                "would let the hosts this repository names use berth's SSH agent, which berth refuses for an untrusted repository (berth run, --untrusted)",
-            );
+            self.warnings.push(ConfigError {
+                mark: n.mark.clone(),
+                path: "ssh.forward_agent".into(),
+                message: "berth never forwards an SSH agent to the hosts (what it runs there needs none), so `true` has no effect on berth".into(),
+            });
         }
         if let Some(c) = get(m, "config") {
             ssh.config = match &c.value {

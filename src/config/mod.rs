@@ -280,6 +280,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
     let config = decoder.config(&merged, opts.destination);
     match config {
         Some(mut config) if decoder.errors.is_empty() => {
+            warnings.append(&mut decoder.warnings);
             config.warnings = warnings;
             Ok(config)
         }

@@ -333,8 +333,9 @@ pub struct Ssh {
     /// Secret names (or, deprecated, inline keys) of private keys.
     pub key_data: Vec<String>,
     pub config: SshConfigFiles,
-    /// `forward_agent` (Kamal 2.12); `None`: berth's default, no
-    /// forwarding (berth runs nothing on a host that would use an agent).
+    /// `forward_agent` (Kamal 2.12). Validated; berth never forwards an
+    /// agent (its sessions run docker and sh, which need none), so `true`
+    /// is a warning.
     pub forward_agent: Option<bool>,
 }
 

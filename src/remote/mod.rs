@@ -50,9 +50,6 @@ pub struct SshOptions {
     /// `ssh.key_data`: private keys given as text, written to private files
     /// beside berth's ssh_config and offered like `ssh.keys`.
     pub key_data: Vec<crate::secret::Secret>,
-    /// Kamal 2.12's `ssh.forward_agent`: `ForwardAgent yes|no` when set;
-    /// unset, OpenSSH's default (no) or the user's ssh_config decides.
-    pub forward_agent: Option<bool>,
     pub known_hosts: Option<PathBuf>,
     pub accept_new_host_keys: bool,
     pub connect_timeout: Duration,
@@ -85,7 +82,6 @@ impl SshOptions {
                 .iter()
                 .map(|k| crate::secret::Secret::new(k.clone()))
                 .collect(),
-            forward_agent: ssh.forward_agent,
             known_hosts: None,
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
@@ -305,12 +301,11 @@ impl Connections {
         if let Some(c) = &o.proxy_command {
             cfg.push_str(&format!("ProxyCommand {c}\n"));
         }
-        // Before the user's config: the first value ssh reads wins.
-        match o.forward_agent {
-            Some(true) => cfg.push_str("ForwardAgent yes\n"),
-            Some(false) => cfg.push_str("ForwardAgent no\n"),
-            None => {}
-        }
+        // Never an agent on the hosts, whatever `ssh.forward_agent` or the
+        // user's config (included below; the first value ssh reads wins)
+        // say: the sessions berth opens through the master (native mux)
+        // never ask for one either, and nothing berth runs there needs one.
+        cfg.push_str("ForwardAgent no\n");
         for f in &o.config_files {
             // Relative to where berth runs, as Kamal reads them.
             let f = std::path::absolute(f)?;
@@ -786,27 +781,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forward_agent_is_written_as_the_config_says() {
+    fn no_agent_is_forwarded_whatever_the_config_says() {
         let tmp = tempfile::tempdir().unwrap();
-        for (set, line) in [
-            (Some(true), Some("ForwardAgent yes")),
-            (Some(false), Some("ForwardAgent no")),
-            (None, None),
-        ] {
+        for set in [Some(true), Some(false), None] {
             let ssh = Ssh {
                 forward_agent: set,
                 ..Ssh::default()
             };
             let mut opts = SshOptions::from_config(&ssh, None);
             opts.control_dir = tmp.path().to_path_buf();
-            opts.use_ssh_config = false;
             let conns = Connections::new(opts);
             let text = std::fs::read_to_string(conns.ssh_config_file().unwrap()).unwrap();
-            let forward: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("ForwardAgent"))
-                .collect();
-            assert_eq!(forward, line.into_iter().collect::<Vec<_>>(), "{set:?}");
+            let forward = text.lines().position(|l| l == "ForwardAgent no");
+            let include = text.lines().position(|l| l.starts_with("Include"));
+            assert!(forward.is_some(), "{set:?}:\n{text}");
+            assert!(include.is_none_or(|i| Some(i) > forward), "{text}");
         }
     }
 

@@ -30,11 +30,22 @@ fn yml(fleet: &Fleet, version: &str) -> String {
 }
 
 fn reconcile(fleet: &Fleet, p: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    reconcile_in(fleet, p, extra, &[])
+}
+
+/// `berth reconcile` with extra environment.
+fn reconcile_in(
+    fleet: &Fleet,
+    p: &Path,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .arg("reconcile")
         .arg("--known-hosts")
         .arg(fleet.tb.known_hosts())
         .args(extra)
+        .envs(env.iter().copied())
         .current_dir(p)
         .output()
         .unwrap();
@@ -145,5 +156,80 @@ fn a_kamal_212_config_converges_with_its_restart_policies_and_stop_timeouts() {
     );
     assert!(notes.contains("Message: hands off"), "{notes}");
     kamal(&["lock", "release"]);
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+/// berth never forwards an SSH agent, even with `ssh.forward_agent: true`
+/// (a warning says so) and an agent running: the host's sshd, logging every
+/// channel request, sees `exec` requests but no `auth-agent-req@openssh.com`.
+#[test]
+fn no_ssh_agent_reaches_the_hosts_whatever_forward_agent_says() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let h = fleet.host(0);
+    let cfg = h.dir.join("sshd_config");
+    let mut sshd = std::fs::read_to_string(&cfg).unwrap();
+    sshd.push_str("LogLevel DEBUG1\n");
+    std::fs::write(&cfg, sshd).unwrap();
+    h.kill_sshd().unwrap();
+    h.start_sshd().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let sock = agent_dir.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let yml = |forward: bool| {
+        format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: v1\n{}  forward_agent: {forward}\n",
+            h.addr,
+            KAMAL_COMMON
+                .replace("{registry}", &fleet.tb.registry())
+                .replace("{key}", &fleet.tb.ssh_key().to_string_lossy())
+        )
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    let requests = || {
+        std::fs::read_to_string(h.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .matches("auth-agent-req@openssh.com")
+            .count()
+    };
+    let dry_run = |extra: &[&str]| {
+        let args: Vec<&str> = ["--dry-run"].iter().chain(extra).copied().collect();
+        reconcile_in(&fleet, p, &args, &[("SSH_AUTH_SOCK", sock.as_os_str())])
+    };
+
+    for forward in [false, true] {
+        std::fs::write(p.join("config/deploy.yml"), yml(forward)).unwrap();
+        for extra in [&[][..], &["--untrusted"][..]] {
+            let (code, out) = dry_run(extra);
+            assert_eq!(code, Some(2), "{out}");
+            assert_eq!(
+                out.contains("warning: config/deploy.yml:")
+                    && out.contains("ssh.forward_agent: berth never forwards"),
+                forward,
+                "{out}"
+            );
+        }
+    }
+    let log = std::fs::read_to_string(h.dir.join("sshd.log")).unwrap();
+    assert!(
+        log.contains("req exec"),
+        "sshd logs channel requests:\n{log}"
+    );
+    assert_eq!(requests(), 0, "an agent was forwarded:\n{log}");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
