@@ -298,3 +298,59 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_dir(dir: &Path, destination: Option<&str>) -> Result<Config, LoadError> {
+        let env = |_: &str| None;
+        load(&LoadOptions {
+            config_file: &dir.join("config/deploy.yml"),
+            destination,
+            env: &env,
+            files: &Checkout::unconfined(),
+        })
+    }
+
+    #[test]
+    fn ruby_erb_warns_where_berth_never_reads_and_is_an_error_where_it_would_reach_a_host() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let base = "service: app\nimage: app\nservers: [10.0.0.1]\nregistry:\n  username: <%= \"u\" %>\n  password: pw\n\
+                    builder:\n  arch: <%= Kamal::Utils.docker_arch %>\nx-notes:\n  - <%= Time.now %>\n";
+        std::fs::write(dir.path().join("config/deploy.yml"), base).unwrap();
+        std::fs::write(
+            dir.path().join("config/deploy.staging.yml"),
+            "env:\n  clear:\n    AT: x<%= Time.now.to_i %>\n",
+        )
+        .unwrap();
+        let cfg = load_dir(dir.path(), None).unwrap();
+        assert_eq!(cfg.registry.username, Some(Credential::Literal("u".into())));
+        let warnings: Vec<(usize, usize, &str)> = cfg
+            .warnings
+            .iter()
+            .map(|w| (w.mark.line, w.mark.col, w.path.as_str()))
+            .collect();
+        assert_eq!(warnings, [(8, 9, "builder.arch"), (10, 5, "x-notes.0")]);
+
+        let err = load_dir(dir.path(), Some("staging")).unwrap_err();
+        let errors = err.errors();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].mark.file.ends_with("config/deploy.staging.yml"));
+        assert_eq!(
+            (
+                errors[0].mark.line,
+                errors[0].mark.col,
+                errors[0].path.as_str()
+            ),
+            (3, 10, "env.clear.AT")
+        );
+        assert!(
+            errors[0]
+                .message
+                .starts_with("ERB `<%= Time.now.to_i %>` cannot be evaluated and this value would reach the hosts"),
+            "{err}"
+        );
+    }
+}
