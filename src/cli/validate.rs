@@ -121,6 +121,22 @@ fn uncompared_options(cfg: &berth_config::Config) -> Vec<(String, String)> {
     out
 }
 
+/// Warnings in the shape of `errors` entries.
+fn warnings_json(warnings: &[crate::config::ConfigError]) -> Vec<serde_json::Value> {
+    warnings
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "file": w.mark.file.display().to_string(),
+                "line": w.mark.line,
+                "column": w.mark.col,
+                "key": w.path,
+                "message": w.message,
+            })
+        })
+        .collect()
+}
+
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let files = args.config.checkout()?;
     let checked = check_app(&AppLoad {
@@ -139,6 +155,9 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     });
     match checked {
         Ok((cfg, version)) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {}", super::printable(&w.to_string()));
+            }
             if version.is_none() {
                 eprintln!(
                     "note: no x-berth.version: reconcile and berth run need one (or --app-version)"
@@ -159,7 +178,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
                 )),
                 Output::Json => super::out(&format!(
                     "{}\n",
-                    serde_json::json!({"valid": true, "errors": [], "roles": cfg.roles.len(), "hosts": cfg.all_hosts().len()})
+                    serde_json::json!({"valid": true, "errors": [], "warnings": warnings_json(&cfg.warnings), "roles": cfg.roles.len(), "hosts": cfg.all_hosts().len()})
                 )),
             }
             Ok(super::ExitStatus::Success)

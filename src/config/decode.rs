@@ -17,7 +17,7 @@ pub const MAX_SECONDS: u64 = 3600;
 pub const MAX_RETAINED: u32 = 100;
 
 /// The Kamal version berth is compatible with (for `minimum_version`).
-pub const KAMAL_COMPAT_VERSION: &str = "2.11.0";
+pub const KAMAL_COMPAT_VERSION: &str = "2.12.0";
 
 const ROOT_KEYS: &[&str] = &[
     "service",
@@ -40,6 +40,7 @@ const ROOT_KEYS: &[&str] = &[
     "readiness_delay",
     "deploy_timeout",
     "drain_timeout",
+    "stop_timeout",
     "run_directory",
     "ssh",
     "builder",
@@ -48,6 +49,7 @@ const ROOT_KEYS: &[&str] = &[
     "sshkit",
     "boot",
     "logging",
+    "output",
     "aliases",
 ];
 const ROLE_KEYS: &[&str] = &[
@@ -59,6 +61,7 @@ const ROLE_KEYS: &[&str] = &[
     "labels",
     "env",
     "asset_path",
+    "stop_timeout",
 ];
 const PROXY_KEYS: &[&str] = &[
     "host",
@@ -120,6 +123,7 @@ const SSH_KEYS: &[&str] = &[
     "keys",
     "key_data",
     "config",
+    "forward_agent",
 ];
 const BUILDER_KEYS: &[&str] = &[
     "arch",
@@ -166,6 +170,8 @@ const RESERVED_LABELS: &[&str] = &["destination", "role", "service"];
 /// The decoder: walks the tree, collects errors.
 pub struct Decoder {
     pub errors: Vec<ConfigError>,
+    /// What is accepted but does nothing in berth, located like errors.
+    pub warnings: Vec<ConfigError>,
     root_mark: Mark,
     /// The repository is hostile (`berth run`, `--untrusted`): refuse what
     /// would execute on berth's machine.
@@ -186,6 +192,7 @@ impl Decoder {
     pub fn new(root_mark: Mark) -> Self {
         Decoder {
             errors: Vec::new(),
+            warnings: Vec::new(),
             root_mark,
             untrusted: false,
             secret_refs: Vec::new(),
@@ -425,20 +432,18 @@ impl Decoder {
         labels
     }
 
-    /// `options:` for `docker run`, through Kamal's `optionize`.
-    fn docker_options(&mut self, node: &Node, path: &str) -> DockerOptions {
+    /// `options:` for `docker run`, through Kamal's `optionize`, and the
+    /// restart policy Kamal 2.12 takes out of them (`restart_policy`).
+    fn docker_options(&mut self, node: &Node, path: &str) -> (DockerOptions, Option<String>) {
         let Value::Map(entries) = &node.value else {
             self.type_error(node, path, "a hash");
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let mut out = Vec::new();
+        let mut restart = None;
         for (key, value) in entries {
             if key.name == "restart" {
-                self.error(
-                    &key.mark,
-                    &join(path, "restart"),
-                    "Cannot set restart policy in docker options, unless-stopped is required",
-                );
+                restart = self.restart_policy(value, &join(path, "restart"));
                 continue;
             }
             match opt_value(value) {
@@ -446,7 +451,52 @@ impl Decoder {
                 None => self.type_error(value, &join(path, &key.name), "a string or an array"),
             }
         }
-        out
+        (out, restart)
+    }
+
+    /// `proxy.run.options`: kamal-proxy always runs `--restart
+    /// unless-stopped` (Kamal renders a second `--restart` after it).
+    fn proxy_run_options(&mut self, node: &Node, path: &str) -> DockerOptions {
+        let (options, restart) = self.docker_options(node, path);
+        if restart.is_some()
+            && let Value::Map(entries) = &node.value
+            && let Some((key, _)) = entries.iter().find(|(k, _)| k.name == "restart")
+        {
+            self.error(
+                &key.mark,
+                &join(path, "restart"),
+                "kamal-proxy runs with --restart unless-stopped; berth does not set a second policy",
+            );
+        }
+        options
+    }
+
+    /// Kamal 2.12's `validate_restart_policy!`: a string, one of docker's
+    /// policies.
+    fn restart_policy(&mut self, node: &Node, path: &str) -> Option<String> {
+        let Value::Scalar(Scalar::Str(policy)) = &node.value else {
+            self.error(
+                &node.mark,
+                path,
+                "should be a string. Use \"no\" to disable restarts",
+            );
+            return None;
+        };
+        let valid = match policy.as_str() {
+            "no" | "always" | "unless-stopped" | "on-failure" => true,
+            p => p
+                .strip_prefix("on-failure:")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        };
+        if !valid {
+            self.error(
+                &node.mark,
+                path,
+                "should be no, always, unless-stopped, on-failure, or on-failure:N",
+            );
+            return None;
+        }
+        Some(policy.clone())
     }
 
     fn logging(&mut self, node: &Node, path: &str) -> Logging {
@@ -850,7 +900,7 @@ impl Decoder {
                 .opt_string(map, "version", path)
                 .unwrap_or_else(|| "v0.9.2".into()),
             options: get(map, "options")
-                .map(|o| self.docker_options(o, &join(path, "options")))
+                .map(|o| self.proxy_run_options(o, &join(path, "options")))
                 .unwrap_or_default(),
         };
         if let Some(ips) = &run.bind_ips {
@@ -1128,9 +1178,13 @@ impl Decoder {
         let aliases = get(map, "aliases")
             .map(|n| self.aliases(n))
             .unwrap_or_default();
+        let output = get(map, "output")
+            .map(|n| self.output(n))
+            .unwrap_or_default();
 
         let config = Config {
             secret_refs: std::mem::take(&mut self.secret_refs),
+            warnings: Vec::new(),
             service: service?,
             image: image?,
             destination: destination.map(str::to_string),
@@ -1162,6 +1216,7 @@ impl Decoder {
             drain_timeout: self
                 .bounded(map, "drain_timeout", "", MAX_SECONDS)
                 .unwrap_or(30),
+            stop_timeout: self.bounded(map, "stop_timeout", "", MAX_SECONDS),
             run_directory: self.opt_string(map, "run_directory", ""),
             ssh,
             builder,
@@ -1170,6 +1225,7 @@ impl Decoder {
             boot,
             logging,
             aliases,
+            output,
             berth,
         };
         self.cross_checks(&config);
@@ -1359,9 +1415,10 @@ impl Decoder {
                 _ => root_logging.clone(),
             };
             let cmd = get_spec("cmd").and_then(|n| d.cmd(n, &join(&path, "cmd")));
-            let options = get_spec("options")
+            let (options, restart) = get_spec("options")
                 .map(|n| d.docker_options(n, &join(&path, "options")))
                 .unwrap_or_default();
+            let stop_timeout = spec.and_then(|s| d.bounded(s, "stop_timeout", &path, MAX_SECONDS));
             let env = get_spec("env")
                 .map(|n| d.env(n, &join(&path, "env"), false))
                 .unwrap_or_default();
@@ -1372,6 +1429,8 @@ impl Decoder {
                 hosts,
                 cmd,
                 options,
+                restart,
+                stop_timeout,
                 logging,
                 proxy,
                 labels,
@@ -1504,6 +1563,9 @@ impl Decoder {
             let proxy = get(m, "proxy")
                 .filter(|n| !n.is_null() && !matches!(n.value, Value::Map(ref e) if e.is_empty()))
                 .and_then(|n| self.proxy(n, &join(&path, "proxy")));
+            let (options, restart) = get(m, "options")
+                .map(|n| self.docker_options(n, &join(&path, "options")))
+                .unwrap_or_default();
             out.push(Accessory {
                 name: key.name.clone(),
                 service_name,
@@ -1515,9 +1577,8 @@ impl Decoder {
                 labels: get(m, "labels")
                     .map(|n| self.labels(n, &join(&path, "labels"), true))
                     .unwrap_or_default(),
-                options: get(m, "options")
-                    .map(|n| self.docker_options(n, &join(&path, "options")))
-                    .unwrap_or_default(),
+                options,
+                restart,
                 env: get(m, "env")
                     .map(|n| self.env(n, &join(&path, "env"), false))
                     .unwrap_or_default(),
@@ -1690,6 +1751,16 @@ impl Decoder {
         ssh.key_data = self
             .opt_string_list(m, "key_data", "ssh")
             .unwrap_or_default();
+        ssh.forward_agent = self.opt_bool(m, "forward_agent", "ssh");
+        if ssh.forward_agent == Some(true)
+            && let Some(n) = get(m, "forward_agent")
+        {
+            self.warnings.push(ConfigError {
+                mark: n.mark.clone(),
+                path: "ssh.forward_agent".into(),
+                message: "berth never forwards an SSH agent to the hosts (what it runs there needs none), so `true` has no effect on berth".into(),
+            });
+        }
         if let Some(c) = get(m, "config") {
             ssh.config = match &c.value {
                 Value::Scalar(Scalar::Bool(true)) => SshConfigFiles::Default,
@@ -1814,6 +1885,38 @@ impl Decoder {
         }
         let _ = registry;
         builder
+    }
+
+    /// `output:` (Kamal 2.12): `otel.endpoint` and `file.path`, each
+    /// required when its logger is named (Kamal's loggers raise without).
+    fn output(&mut self, node: &Node) -> Output {
+        let mut output = Output::default();
+        if node.is_null() {
+            return output;
+        }
+        let Some(m) = self.map(node, "output", &["otel", "file"], false) else {
+            return output;
+        };
+        for (logger, key) in [("otel", "endpoint"), ("file", "path")] {
+            let Some(n) = get(m, logger) else { continue };
+            let path = join("output", logger);
+            let Some(settings) = self.map(n, &path, &[key], false) else {
+                continue;
+            };
+            let value = self.opt_string(settings, key, &path);
+            if value.is_none() && get(settings, key).is_none_or(Node::is_null) {
+                let message = match logger {
+                    "otel" => "OTel endpoint is required",
+                    _ => "file path is required",
+                };
+                self.error(&n.mark, &join(&path, key), message);
+            }
+            match logger {
+                "otel" => output.otel_endpoint = value,
+                _ => output.file_path = value,
+            }
+        }
+        output
     }
 
     fn sshkit(&mut self, node: &Node) -> Sshkit {

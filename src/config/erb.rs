@@ -2,17 +2,41 @@
 //!
 //! Kamal renders `deploy.yml` through ERB before parsing it. berth evaluates
 //! the forms seen in real configs — `<%= ENV["X"] %>`, `<%= ENV.fetch("X") %>`,
-//! `<%= ENV.fetch("X", "default") %>`, `<%# comments %>`, `<%%` — and refuses
-//! anything else with its position, since silently keeping a tag would
-//! deploy a literal `<%= ... %>` string. Substituted values are inserted in
-//! place, so line numbers after a tag stay those of the file unless a value
-//! contains a newline.
+//! `<%= ENV.fetch("X", "default") %>`, string and integer literals
+//! (`<%= "my-user" %>`), `<%# comments %>`, `<%%` — and never runs Ruby.
+//! Any other `<%= … %>` becomes a placeholder ([`Unevaluated`]) that the
+//! caller locates in the parsed tree: in a section berth never reads
+//! (`builder:`, `aliases:` …) it is a warning, anywhere else an error with
+//! the tag's position, since deploying a literal `<%= … %>` would be wrong.
+//! Control tags (`<% if … %>`) shape the YAML itself and are errors.
+//! Substituted values are inserted in place, so line numbers after a tag
+//! stay those of the file unless a value contains a newline.
+
+/// What berth evaluates, for messages.
+pub const SUPPORTED: &str = "berth runs no Ruby; it evaluates only ERB tags holding ENV[\"X\"], ENV.fetch(\"X\"), ENV.fetch(\"X\", \"default\"), a string or an integer literal, and comments";
+
+/// The text with ERB evaluated, and the expressions that could not be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    pub unevaluated: Vec<Unevaluated>,
+}
+
+/// A `<%= … %>` berth cannot evaluate without Ruby, left in the text as
+/// [`Unevaluated::placeholder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unevaluated {
+    pub line: usize,
+    pub col: usize,
+    /// The tag as written.
+    pub snippet: String,
+    /// What replaced it: a plain YAML word, unique in this file.
+    pub placeholder: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErbError {
-    #[error(
-        "unsupported ERB `{snippet}`: berth evaluates only <%= ENV[\"X\"] %>, <%= ENV.fetch(\"X\") %>, <%= ENV.fetch(\"X\", \"default\") %> and <%# comments %>"
-    )]
+    #[error("unsupported ERB `{snippet}`: {SUPPORTED}")]
     Unsupported {
         line: usize,
         col: usize,
@@ -51,10 +75,15 @@ fn position(text: &str, byte: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Evaluate the supported ERB forms in `text`.
-pub fn render(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ErbError> {
+/// Evaluate the supported ERB forms in `text`; other `<%= … %>` tags
+/// become placeholders (see [`Unevaluated`]).
+pub fn render(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Rendered, ErbError> {
+    let mut unevaluated = Vec::new();
     if !contains_erb(text) {
-        return Ok(text.to_string());
+        return Ok(Rendered {
+            text: text.to_string(),
+            unevaluated,
+        });
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -91,14 +120,20 @@ pub fn render(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         if inner.starts_with('#') {
             // comment
         } else if let Some(expr) = inner.strip_prefix('=') {
-            out.push_str(&eval(expr.trim(), env).map_err(|e| match e {
-                Eval::Unsupported => ErbError::Unsupported {
-                    line,
-                    col,
-                    snippet: format!("<%{inner}%>"),
-                },
-                Eval::Missing(key) => ErbError::MissingEnv { line, col, key },
-            })?);
+            match eval(expr.trim(), env) {
+                Ok(value) => out.push_str(&value),
+                Err(Eval::Missing(key)) => return Err(ErbError::MissingEnv { line, col, key }),
+                Err(Eval::Unsupported) => {
+                    let placeholder = format!("__berth_erb_{}__", unevaluated.len());
+                    out.push_str(&placeholder);
+                    unevaluated.push(Unevaluated {
+                        line,
+                        col,
+                        snippet: format!("<%{inner}%>"),
+                        placeholder,
+                    });
+                }
+            }
         } else {
             return Err(ErbError::Unsupported {
                 line,
@@ -110,7 +145,10 @@ pub fn render(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         rest = next;
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(Rendered {
+        text: out,
+        unevaluated,
+    })
 }
 
 enum Eval {
@@ -145,6 +183,16 @@ fn string_literal(s: &str) -> Option<(String, &str)> {
 }
 
 fn eval(expr: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Eval> {
+    // A literal: what Ruby's `to_s` prints for it.
+    if let Some((value, rest)) = string_literal(expr)
+        && rest.trim().is_empty()
+    {
+        return Ok(value);
+    }
+    let digits = expr.strip_prefix('-').unwrap_or(expr);
+    if !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(expr.to_string());
+    }
     if let Some(rest) = expr.strip_prefix("ENV[") {
         let (key, rest) = string_literal(rest.trim_start()).ok_or(Eval::Unsupported)?;
         if rest.trim() != "]" {
@@ -194,18 +242,56 @@ mod tests {
             ("a: <%= ENV.fetch(\"NOPE\", \"dflt\") %>", "a: dflt"),
             ("a: <%= ENV.fetch('NOPE', 'd') %>", "a: d"),
             ("a: <%= ENV.fetch(\"EMPTY\", \"d\") %>", "a: "),
+            ("a: <%= \"my-user\" %>", "a: my-user"),
+            ("a: <%= 'it''s' %>", "a: __berth_erb_0__"),
+            ("a: <%= 'x' %>-<%= \"y\" %>", "a: x-y"),
+            ("a: <%= 30 %>", "a: 30"),
+            ("a: <%= -1 %>", "a: -1"),
             ("<%# note %>a: 1", "a: 1"),
             ("a: '<%%= x'", "a: '<%= x'"),
             ("<%# c -%>\na: 1", "a: 1"),
             ("plain: yes", "plain: yes"),
         ];
         for (input, expected) in cases {
-            assert_eq!(render(input, &env).unwrap(), expected, "{input}");
+            assert_eq!(render(input, &env).unwrap().text, expected, "{input}");
         }
     }
 
     #[test]
-    fn everything_else_is_an_error_with_position() {
+    fn what_needs_ruby_is_left_as_a_located_placeholder() {
+        let r = render(
+            "a: 1\nb: <%= Kamal::Utils.docker_arch == \"arm64\" ? \"amd64\" : \"arm64\" %>\nc: x<%= 1 + 1 %>\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(r.text, "a: 1\nb: __berth_erb_0__\nc: x__berth_erb_1__\n");
+        assert_eq!(
+            r.unevaluated
+                .iter()
+                .map(|u| (u.line, u.col, u.snippet.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    2,
+                    4,
+                    "<%= Kamal::Utils.docker_arch == \"arm64\" ? \"amd64\" : \"arm64\" %>"
+                ),
+                (3, 5, "<%= 1 + 1 %>")
+            ]
+        );
+        for s in [
+            "<%= %x(aws ecr get-login-password) %>",
+            "<%= ENV[\"A#{1}\"] %>",
+            "<%= \"#{x}\" %>",
+        ] {
+            let r = render(&format!("p: {s}"), &env).unwrap();
+            assert_eq!(r.unevaluated.len(), 1, "{s}");
+            assert_eq!(r.unevaluated[0].snippet, s);
+        }
+    }
+
+    #[test]
+    fn control_tags_and_missing_keys_are_errors_with_position() {
         let e = render("a: 1\nb: <% if true %>x<% end %>", &env).unwrap_err();
         assert!(
             matches!(
@@ -218,17 +304,6 @@ mod tests {
             ),
             "{e:?}"
         );
-        let e = render("p: <%= %x(aws ecr get-login-password) %>", &env).unwrap_err();
-        assert!(matches!(
-            e,
-            ErbError::Unsupported {
-                line: 1,
-                col: 4,
-                ..
-            }
-        ));
-        let e = render("p: <%= ENV[\"A#{1}\"] %>", &env).unwrap_err();
-        assert!(matches!(e, ErbError::Unsupported { .. }));
         let e = render("x\n  y: <%= ENV.fetch(\"NOPE\") %>", &env).unwrap_err();
         assert_eq!(
             e,

@@ -101,7 +101,11 @@ pub fn project_root(config_file: &Path) -> PathBuf {
     }
 }
 
-fn read_tree(file: &Path, opts: &LoadOptions<'_>) -> Result<yaml::Node, LoadError> {
+/// A file's tree, and what its ERB left unevaluated (see [`unevaluated`]).
+fn read_tree(
+    file: &Path,
+    opts: &LoadOptions<'_>,
+) -> Result<(yaml::Node, Vec<erb::Unevaluated>), LoadError> {
     let text = opts.files.read_text(file)?;
     let env = opts.env;
     let rendered = erb::render(&text, env).map_err(|e| {
@@ -116,13 +120,112 @@ fn read_tree(file: &Path, opts: &LoadOptions<'_>) -> Result<yaml::Node, LoadErro
             e.to_string(),
         )
     })?;
-    yaml::parse(&rendered, file).map_err(|e| LoadError::one(e.mark, "", e.message))
+    let tree =
+        yaml::parse(&rendered.text, file).map_err(|e| LoadError::one(e.mark, "", e.message))?;
+    Ok((tree, rendered.unevaluated))
+}
+
+/// Top-level sections berth validates but never uses: ERB there that
+/// needs Ruby is a warning, not an error. (`x-*` extensions other than
+/// `x-berth` too.)
+const UNREAD_SECTIONS: &[&str] = &["builder", "aliases", "output", "hooks_output"];
+
+fn unread(top: &str) -> bool {
+    UNREAD_SECTIONS.contains(&top) || (top.starts_with("x-") && top != "x-berth")
+}
+
+/// Where each placeholder of `left` ended up in `tree`: under an unread
+/// section a warning, anywhere else an error (its value would reach a
+/// host). Both carry the tag's own position and the key path.
+fn unevaluated(
+    tree: &yaml::Node,
+    left: &[erb::Unevaluated],
+    file: &Path,
+) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    if left.is_empty() {
+        return (errors, warnings);
+    }
+    let mut hits: Vec<(usize, String)> = Vec::new();
+    fn scan(text: &str, path: &str, hits: &mut Vec<(usize, String)>) {
+        let mut rest = text;
+        while let Some(i) = rest.find("__berth_erb_") {
+            let after = &rest[i + "__berth_erb_".len()..];
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(n) = digits.parse::<usize>()
+                && after[digits.len()..].starts_with("__")
+                && !hits.iter().any(|(m, p)| *m == n && p == path)
+            {
+                hits.push((n, path.to_string()));
+            }
+            rest = after;
+        }
+    }
+    fn walk(node: &yaml::Node, path: &str, hits: &mut Vec<(usize, String)>) {
+        let child = |key: &str| {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match &node.value {
+            yaml::Value::Scalar(yaml::Scalar::Str(s) | yaml::Scalar::Symbol(s)) => {
+                scan(s, path, hits)
+            }
+            yaml::Value::Scalar(_) => {}
+            yaml::Value::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    walk(n, &child(&i.to_string()), hits);
+                }
+            }
+            yaml::Value::Map(entries) => {
+                for (k, n) in entries {
+                    let p = child(&k.name);
+                    scan(&k.name, &p, hits);
+                    walk(n, &p, hits);
+                }
+            }
+        }
+    }
+    walk(tree, "", &mut hits);
+    for (n, path) in hits {
+        let Some(u) = left.get(n) else { continue };
+        let mark = Mark {
+            file: file.into(),
+            line: u.line,
+            col: u.col,
+        };
+        let top = path.split('.').next().unwrap_or_default();
+        if unread(top) {
+            warnings.push(ConfigError {
+                mark,
+                message: format!(
+                    "ERB `{}` needs Ruby, which berth does not run; berth does not use `{top}`, so it goes on without this value",
+                    u.snippet
+                ),
+                path,
+            });
+        } else {
+            errors.push(ConfigError {
+                mark,
+                message: format!(
+                    "ERB `{}` cannot be evaluated and this value would reach the hosts: {}",
+                    u.snippet,
+                    erb::SUPPORTED
+                ),
+                path,
+            });
+        }
+    }
+    (errors, warnings)
 }
 
 /// Load, merge and validate a configuration. Nothing is executed: secrets
 /// are not read here.
 pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
-    let base = read_tree(opts.config_file, opts)?;
+    let (base, left) = read_tree(opts.config_file, opts)?;
+    let (mut erb_errors, mut warnings) = unevaluated(&base, &left, opts.config_file);
     let root_mark = Mark {
         file: opts.config_file.into(),
         line: 1,
@@ -150,7 +253,10 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
                     format!("Configuration file not found in {}", dest_file.display()),
                 ));
             }
-            let over = read_tree(&dest_file, opts)?;
+            let (over, left) = read_tree(&dest_file, opts)?;
+            let (e, w) = unevaluated(&over, &left, &dest_file);
+            erb_errors.extend(e);
+            warnings.extend(w);
             if !matches!(
                 over.value,
                 yaml::Value::Map(_) | yaml::Value::Scalar(yaml::Scalar::Null)
@@ -164,11 +270,20 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
             yaml::deep_merge(base, over)
         }
     };
+    // A value that needs Ruby is the problem to fix; what the decoder
+    // would say about its placeholder is noise.
+    if !erb_errors.is_empty() {
+        return Err(LoadError::Invalid(erb_errors));
+    }
     let mut decoder = decode::Decoder::new(root_mark);
     decoder.untrusted = opts.files.is_untrusted();
     let config = decoder.config(&merged, opts.destination);
     match config {
-        Some(config) if decoder.errors.is_empty() => Ok(config),
+        Some(mut config) if decoder.errors.is_empty() => {
+            warnings.append(&mut decoder.warnings);
+            config.warnings = warnings;
+            Ok(config)
+        }
         _ => {
             let mut errors = decoder.errors;
             errors.sort_by(|a, b| {
@@ -181,5 +296,61 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
             errors.dedup();
             Err(LoadError::Invalid(errors))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_dir(dir: &Path, destination: Option<&str>) -> Result<Config, LoadError> {
+        let env = |_: &str| None;
+        load(&LoadOptions {
+            config_file: &dir.join("config/deploy.yml"),
+            destination,
+            env: &env,
+            files: &Checkout::unconfined(),
+        })
+    }
+
+    #[test]
+    fn ruby_erb_warns_where_berth_never_reads_and_is_an_error_where_it_would_reach_a_host() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let base = "service: app\nimage: app\nservers: [10.0.0.1]\nregistry:\n  username: <%= \"u\" %>\n  password: pw\n\
+                    builder:\n  arch: <%= Kamal::Utils.docker_arch %>\nx-notes:\n  - <%= Time.now %>\n";
+        std::fs::write(dir.path().join("config/deploy.yml"), base).unwrap();
+        std::fs::write(
+            dir.path().join("config/deploy.staging.yml"),
+            "env:\n  clear:\n    AT: x<%= Time.now.to_i %>\n",
+        )
+        .unwrap();
+        let cfg = load_dir(dir.path(), None).unwrap();
+        assert_eq!(cfg.registry.username, Some(Credential::Literal("u".into())));
+        let warnings: Vec<(usize, usize, &str)> = cfg
+            .warnings
+            .iter()
+            .map(|w| (w.mark.line, w.mark.col, w.path.as_str()))
+            .collect();
+        assert_eq!(warnings, [(8, 9, "builder.arch"), (10, 5, "x-notes.0")]);
+
+        let err = load_dir(dir.path(), Some("staging")).unwrap_err();
+        let errors = err.errors();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].mark.file.ends_with("config/deploy.staging.yml"));
+        assert_eq!(
+            (
+                errors[0].mark.line,
+                errors[0].mark.col,
+                errors[0].path.as_str()
+            ),
+            (3, 10, "env.clear.AT")
+        );
+        assert!(
+            errors[0]
+                .message
+                .starts_with("ERB `<%= Time.now.to_i %>` cannot be evaluated and this value would reach the hosts"),
+            "{err}"
+        );
     }
 }

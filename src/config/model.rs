@@ -70,6 +70,9 @@ pub struct Config {
     pub readiness_delay: u64,
     pub deploy_timeout: u64,
     pub drain_timeout: u64,
+    /// `stop_timeout` (Kamal 2.12): `docker stop -t` for every role that
+    /// does not set its own.
+    pub stop_timeout: Option<u64>,
     pub run_directory: Option<String>,
     pub ssh: Ssh,
     pub builder: Builder,
@@ -78,12 +81,18 @@ pub struct Config {
     pub boot: Boot,
     pub logging: Logging,
     pub aliases: Vec<(String, String)>,
+    /// `output:` (Kamal 2.12): where `kamal` ships its own command logs.
+    /// Validated, not used: berth logs to stderr and serves `/metrics`.
+    pub output: Output,
     /// berth's own settings from the top-level `x-berth:` block.
     pub berth: BerthSettings,
     /// Every secret key the config names (env `secret:` entries, registry
     /// credentials), with its position: checked against the secrets
     /// before anything is rendered.
     pub secret_refs: Vec<SecretRef>,
+    /// What berth went on without (ERB it cannot evaluate in a section it
+    /// never reads), located like errors.
+    pub warnings: Vec<crate::config::ConfigError>,
 }
 
 /// A secret key named by the config, and where.
@@ -146,7 +155,13 @@ pub struct Role {
     pub name: String,
     pub hosts: Vec<HostEntry>,
     pub cmd: Option<String>,
+    /// `options:` without `restart`, which is [`Role::restart`].
     pub options: DockerOptions,
+    /// `options.restart` (Kamal 2.12): the `--restart` policy; `None`:
+    /// `unless-stopped`.
+    pub restart: Option<String>,
+    /// The role's own `stop_timeout` (Kamal 2.12).
+    pub stop_timeout: Option<u64>,
     /// Effective logging: root logging deep-merged with the role's.
     pub logging: Logging,
     pub proxy: RoleProxy,
@@ -285,7 +300,10 @@ pub struct Accessory {
     pub cmd: Option<String>,
     pub port: Option<String>,
     pub labels: Labels,
+    /// `options:` without `restart`, which is [`Accessory::restart`].
     pub options: DockerOptions,
+    /// `options.restart` (Kamal 2.12); `None`: `unless-stopped`.
+    pub restart: Option<String>,
     pub env: EnvSpec,
     pub files: Vec<PathSpec>,
     pub directories: Vec<PathSpec>,
@@ -315,6 +333,10 @@ pub struct Ssh {
     /// Secret names (or, deprecated, inline keys) of private keys.
     pub key_data: Vec<String>,
     pub config: SshConfigFiles,
+    /// `forward_agent` (Kamal 2.12). Validated; berth never forwards an
+    /// agent (its sessions run docker and sh, which need none), so `true`
+    /// is a warning.
+    pub forward_agent: Option<bool>,
 }
 
 impl Ssh {
@@ -341,8 +363,47 @@ impl Default for Ssh {
             keys: Vec::new(),
             key_data: Vec::new(),
             config: SshConfigFiles::Default,
+            forward_agent: None,
         }
     }
+}
+
+/// Kamal's default `--restart` policy, when `options.restart` is not set.
+pub const DEFAULT_RESTART: &str = "unless-stopped";
+
+impl Role {
+    /// The `--restart` policy Kamal 2.12 renders (`restart_policy`).
+    pub fn restart_policy(&self) -> &str {
+        self.restart.as_deref().unwrap_or(DEFAULT_RESTART)
+    }
+}
+
+impl Accessory {
+    /// The `--restart` policy Kamal 2.12 renders (`restart_policy`).
+    pub fn restart_policy(&self) -> &str {
+        self.restart.as_deref().unwrap_or(DEFAULT_RESTART)
+    }
+}
+
+impl Config {
+    /// `docker stop -t` for a role's old containers, as Kamal 2.12's
+    /// `stop_args`: the role's `stop_timeout`, else the root one, else
+    /// `drain_timeout` without the proxy (with it, kamal-proxy drained the
+    /// container already) and docker's default with it.
+    pub fn stop_timeout(&self, role: &Role) -> Option<u64> {
+        role.stop_timeout
+            .or(self.stop_timeout)
+            .or((!role.running_proxy()).then_some(self.drain_timeout))
+    }
+}
+
+/// `output:` (Kamal 2.12), validated as Kamal validates it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// `output.otel.endpoint`.
+    pub otel_endpoint: Option<String>,
+    /// `output.file.path`.
+    pub file_path: Option<String>,
 }
 
 /// `builder:` is validated (so the same file stays valid for Kamal) but not

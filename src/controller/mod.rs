@@ -454,6 +454,7 @@ impl Controller {
             .await
             .map_err(|e| CycleError::Internal(e.to_string()))?
             .map_err(|e| CycleError::Source(e.to_string()))?;
+        let new_revision = self.lock().revision.as_deref() != Some(rev.id.as_str());
         self.lock().revision = Some(rev.id.clone());
         let refused = |message: String| CycleError::Revision {
             revision: short(&rev.id).to_string(),
@@ -475,6 +476,12 @@ impl Controller {
             AppLoadError::NoVersion(_) => refused("x-berth.version is not set".into()),
             other => refused(other.to_string()),
         })?;
+        // What berth went on without (ERB in `builder:` …), once per revision.
+        if new_revision {
+            for w in &cfg.warnings {
+                tracing::warn!(revision = short(&rev.id), "{w}");
+            }
+        }
         // `ssh.proxy_command` was refused by the untrusted load.
         let version = desired.version.clone();
         self.lock().version = Some(version.clone());

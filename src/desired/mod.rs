@@ -112,7 +112,8 @@ pub struct AppUnit {
     pub env_file: EnvFile,
     pub cmd: Vec<String>,
     pub proxy: Option<ProxyRoute>,
-    /// `docker stop` arguments (`-t drain_timeout` without the proxy).
+    /// `docker stop -t` seconds for this role's old containers
+    /// ([`Config::stop_timeout`]); `None`: docker's default.
     pub stop_timeout: Option<u64>,
     /// A `--hostname` is generated per boot (`<host>-<12 hex>`), as Kamal does.
     pub hostname_prefix: String,
@@ -121,6 +122,18 @@ pub struct AppUnit {
 }
 
 impl AppUnit {
+    /// `docker stop [-t N] <container>`: how this role's old containers are
+    /// stopped (Kamal's `stop_args`).
+    pub fn stop_argv(&self, container: &str) -> Vec<String> {
+        let mut argv = strings(&["docker", "stop"]);
+        if let Some(t) = self.stop_timeout {
+            argv.push("-t".into());
+            argv.push(t.to_string());
+        }
+        argv.push(container.to_string());
+        argv
+    }
+
     /// The full `docker run` argv, with the hostname chosen for this boot.
     pub fn run_argv(&self, hostname: Option<&str>) -> Vec<String> {
         let mut argv = self.argv_head.clone();
@@ -500,15 +513,9 @@ fn app_unit(
         &format!("servers.{}.env", role.name),
     )?;
 
-    let head = strings(&[
-        "docker",
-        "run",
-        "--detach",
-        "--restart",
-        "unless-stopped",
-        "--name",
-    ]);
-    let mut argv_head = head;
+    let mut argv_head = strings(&["docker", "run", "--detach", "--restart"]);
+    argv_head.push(role.restart_policy().to_string());
+    argv_head.push("--name".into());
     argv_head.push(container_name.clone());
     argv_head.push("--network".into());
     argv_head.push(NETWORK.into());
@@ -611,7 +618,7 @@ fn app_unit(
         clear_env,
         env_file,
         cmd,
-        stop_timeout: (!role.running_proxy()).then_some(config.drain_timeout),
+        stop_timeout: config.stop_timeout(role),
         proxy,
         hostname_prefix,
         argv_head,
@@ -635,12 +642,9 @@ fn accessory_unit(
     )?;
     let mut argv = strings(&["docker", "run", "--name"]);
     argv.push(acc.service_name.clone());
-    argv.extend(strings(&[
-        "--detach",
-        "--restart",
-        "unless-stopped",
-        "--network",
-    ]));
+    argv.extend(strings(&["--detach", "--restart"]));
+    argv.push(acc.restart_policy().to_string());
+    argv.push("--network".into());
     argv.push(acc.network.clone());
     logging_args(&config.logging, &mut argv);
     if let Some(port) = &acc.port {

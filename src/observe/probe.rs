@@ -446,14 +446,25 @@ pub fn parse_proxy_list(text: &str) -> Vec<ProxyRouteState> {
     routes
 }
 
-/// Kamal's lock `details` file is base64 of "Locked by: …\nAt: …\nVersion: …\nMessage: …".
+/// Kamal's lock `details` file is base64 (wrapped, as Ruby's `encode64`
+/// and `base64` write it) of "Locked by: …\nAt: …\nVersion: …\nMessage: …";
+/// the probe sends the file itself base64-encoded again (`base64 -w0`), so
+/// no byte of it can break the probe's framing. The user name may be UTF-8
+/// (Kamal 2.12 writes it so); other bytes are shown replaced, not refused.
 fn decode_lock(b64: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD
+    let engine = base64::engine::general_purpose::STANDARD;
+    engine
         .decode(b64.trim())
         .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .map(|s| s.trim().to_string())
+        .and_then(|file| {
+            let inner: Vec<u8> = file
+                .into_iter()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            engine.decode(inner).ok()
+        })
+        .map(|details| String::from_utf8_lossy(&details).trim().to_string())
         .unwrap_or_else(|| "held (details unreadable)".to_string())
 }
 
@@ -544,6 +555,26 @@ mod tests {
     }
 
     #[test]
+    fn a_kamal_lock_with_a_utf8_user_name_reads_as_written() {
+        // As Kamal 2.12 writes it (`Base64.encode64`, wrapped at 60) and the
+        // probe sends it (`base64 -w0` of the file).
+        let details =
+            "Locked by: Сергей Федоров at 2026-12-01T00:00:00Z\nVersion: v1\nMessage: Manual lock";
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(details);
+        let wrapped: Vec<String> = b64
+            .as_bytes()
+            .chunks(60)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let file = format!("{}\n", wrapped.join("\n"));
+        assert!(wrapped.len() > 1);
+        let sent = base64::engine::general_purpose::STANDARD.encode(file);
+        assert_eq!(decode_lock(&sent), details);
+        assert_eq!(decode_lock("%%%"), "held (details unreadable)");
+    }
+
+    #[test]
     fn parses_a_probe_output() {
         let out = r#"@@inspect
 [{"Id":"abc","Name":"/demo-web-v1","Image":"sha256:1","Config":{"Image":"reg/demo:v1","Labels":{"service":"demo","role":"web","img":"x"},"Env":["PATH=/bin","KAMAL_VERSION=v1","DB_PASSWORD=hunter2"],"Cmd":["/bin/sh","-c","serve"]},
@@ -554,7 +585,7 @@ mod tests {
 Service    Host  Path  Target     State    TLS
 demo-web   *     /     abc:80     running  no
 @@lock
-held TG9ja2VkIGJ5OiBtZQ==
+held VEc5amEyVmtJR0o1T2lCdFpRPT0K
 @@files
 0123  .kamal/apps/demo/env/roles/web.env
 @@end

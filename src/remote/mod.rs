@@ -301,6 +301,11 @@ impl Connections {
         if let Some(c) = &o.proxy_command {
             cfg.push_str(&format!("ProxyCommand {c}\n"));
         }
+        // Never an agent on the hosts, whatever `ssh.forward_agent` or the
+        // user's config (included below; the first value ssh reads wins)
+        // say: the sessions berth opens through the master (native mux)
+        // never ask for one either, and nothing berth runs there needs one.
+        cfg.push_str("ForwardAgent no\n");
         for f in &o.config_files {
             // Relative to where berth runs, as Kamal reads them.
             let f = std::path::absolute(f)?;
@@ -774,6 +779,25 @@ pub fn random_hex(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_agent_is_forwarded_whatever_the_config_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        for set in [Some(true), Some(false), None] {
+            let ssh = Ssh {
+                forward_agent: set,
+                ..Ssh::default()
+            };
+            let mut opts = SshOptions::from_config(&ssh, None);
+            opts.control_dir = tmp.path().to_path_buf();
+            let conns = Connections::new(opts);
+            let text = std::fs::read_to_string(conns.ssh_config_file().unwrap()).unwrap();
+            let forward = text.lines().position(|l| l == "ForwardAgent no");
+            let include = text.lines().position(|l| l.starts_with("Include"));
+            assert!(forward.is_some(), "{set:?}:\n{text}");
+            assert!(include.is_none_or(|i| Some(i) > forward), "{text}");
+        }
+    }
 
     #[test]
     fn a_killed_berths_ssh_directory_is_swept_a_live_ones_is_not() {

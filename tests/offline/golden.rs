@@ -1,8 +1,9 @@
-//! berth's rendering against REAL Kamal 2.11: every scenario under
-//! `tests/golden/` holds a config and `kamal.json`, the `docker run` /
-//! `kamal-proxy deploy` argv and env files that real Kamal produced on a
-//! testbed (regenerate with `scripts/capture-golden.sh`). berth must render
-//! exactly the same commands and files.
+//! berth's rendering against REAL Kamal (2.11, and 2.12 where the scenario
+//! says `kamal=2.12`): every scenario under `tests/golden/` holds a config
+//! and `kamal.json`, the `docker run` / `kamal-proxy deploy` argv and env
+//! files that real Kamal produced on a testbed, and with `redeploy=` the
+//! `docker stop` it ran on the old containers (regenerate with
+//! `scripts/capture-golden.sh`). berth must render exactly the same.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +14,19 @@ use berth::desired::{self, RenderOptions};
 
 #[derive(serde::Deserialize)]
 struct Golden {
+    kamal: String,
     commands: Vec<Command>,
+    #[serde(default)]
+    stops: Vec<Stop>,
     env_files: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// `docker stop …` as Kamal ran it on `container` (the scenario's version).
+#[derive(serde::Deserialize)]
+struct Stop {
+    host: String,
+    container: String,
+    argv: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -29,10 +41,12 @@ fn scenario_value(dir: &Path, key: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
-/// (host → sorted argv list, host → env files) as berth renders them.
+/// (host → sorted argv list, host → env files, (host, container) → `docker
+/// stop` argv) as berth renders them.
 type Rendered = (
     BTreeMap<String, Vec<Vec<String>>>,
     BTreeMap<String, BTreeMap<String, String>>,
+    BTreeMap<(String, String), Vec<String>>,
 );
 
 fn render(dir: &Path) -> Rendered {
@@ -72,11 +86,16 @@ fn render(dir: &Path) -> Rendered {
     .expect("render");
     let mut cmds: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
     let mut files: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut stops = BTreeMap::new();
     for h in &d.hosts {
         let list = cmds.entry(h.host.clone()).or_default();
         let host_files = files.entry(h.host.clone()).or_default();
         for app in &h.apps {
             list.push(app.run_argv(Some(&format!("{}-HOSTNAME", h.host))));
+            // Kamal pipes the container in (`| xargs docker stop …`).
+            let mut stop = app.stop_argv("");
+            stop.pop();
+            stops.insert((h.host.clone(), app.container_name.clone()), stop);
             if let Some(route) = &app.proxy {
                 list.push(route.deploy_argv("CONTAINER_ID"));
             }
@@ -101,7 +120,7 @@ fn render(dir: &Path) -> Rendered {
     }
     cmds.retain(|_, v| !v.is_empty());
     files.retain(|_, v| !v.is_empty());
-    (cmds, files)
+    (cmds, files, stops)
 }
 
 fn golden(dir: &Path) -> Rendered {
@@ -121,7 +140,18 @@ fn golden(dir: &Path) -> Rendered {
     for v in cmds.values_mut() {
         v.sort();
     }
-    (cmds, g.env_files)
+    let stops = g
+        .stops
+        .into_iter()
+        .map(|s| ((s.host, s.container), s.argv))
+        .collect();
+    (cmds, g.env_files, stops)
+}
+
+fn kamal_of(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("kamal.json")).expect("kamal.json");
+    let g: Golden = serde_json::from_str(&text).expect("golden json");
+    g.kamal
 }
 
 #[test]
@@ -140,8 +170,24 @@ fn berth_renders_what_real_kamal_runs() {
     let mut failures = Vec::new();
     for dir in &scenarios {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let (want_cmds, want_files) = golden(dir);
-        let (got_cmds, got_files) = render(dir);
+        let (want_cmds, want_files, want_stops) = golden(dir);
+        let (got_cmds, got_files, mut got_stops) = render(dir);
+        if want_stops.is_empty() {
+            got_stops.clear();
+        }
+        if want_stops != got_stops {
+            failures.push(format!(
+                "{name}: docker stop differs\nkamal: {want_stops:#?}\nberth: {got_stops:#?}"
+            ));
+        }
+        let wanted =
+            scenario_value(dir, "kamal").map_or("2.11.0".to_string(), |v| format!("{v}.0"));
+        if kamal_of(dir) != wanted {
+            failures.push(format!(
+                "{name}: captured from Kamal {}, the scenario says {wanted}",
+                kamal_of(dir)
+            ));
+        }
         if want_cmds != got_cmds {
             let (want, got) = (format!("{want_cmds:#?}"), format!("{got_cmds:#?}"));
             let diff = similar::TextDiff::from_lines(want.as_str(), got.as_str())

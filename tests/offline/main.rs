@@ -17,5 +17,6 @@ mod examples;
 mod golden;
 mod hostile;
 mod http_hardening;
+mod kamal_fixtures;
 mod plan_props;
 mod render_props;
