@@ -57,6 +57,11 @@ pub struct ConfigArgs {
     /// ssh.proxy_command — and no read leaves the project directory.
     #[arg(long, conflicts_with = "allow_secret_commands")]
     pub untrusted: bool,
+    /// Refuse a `$VAR` in `.kamal/secrets*` that the environment does not
+    /// set (as `berth run` always does). Without it the value is empty, as
+    /// in Kamal, with a warning naming file:line and the variable.
+    #[arg(long)]
+    pub strict_secrets: bool,
 }
 
 impl ConfigArgs {
@@ -216,6 +221,19 @@ pub(crate) fn out(text: &str) {
         .and_then(|()| stdout.flush());
 }
 
+/// Warn (stderr) about each `$VAR` of the secrets that the environment did
+/// not set: its value is empty, as in Kamal; `--strict-secrets` refuses.
+pub(crate) fn warn_unset(secrets: &crate::config::secrets::Secrets) {
+    for u in secrets.unset() {
+        eprintln!(
+            "{}",
+            printable(&format!(
+                "warning: {u}: its value is empty (--strict-secrets refuses this; berth run always does)"
+            ))
+        );
+    }
+}
+
 /// Load a config (and its secrets) and render the desired state, as the
 /// subcommands do (for benchmarks and embedding).
 pub fn load_desired_for(
@@ -229,6 +247,7 @@ pub fn load_desired_for(
             allow_secret_commands: false,
             allow_outside_reads: false,
             untrusted: false,
+            strict_secrets: false,
         },
         None,
         None,

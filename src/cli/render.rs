@@ -41,11 +41,13 @@ pub fn load_all(
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
         secret_commands: cfg_args.secret_commands(),
+        strict_secrets: cfg_args.strict_secrets,
         app_version,
         home,
         env: &process_env,
         files: &files,
-    })?)
+    })
+    .inspect(|(_, secrets, _)| super::warn_unset(secrets))?)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {

@@ -83,6 +83,16 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
                 message: text.strip_prefix(&prefix).unwrap_or(&text).to_string(),
             }]
         }
+        AppLoadError::Secrets(SecretsError::Unset(list)) => list
+            .iter()
+            .map(|u| Problem {
+                file: u.file.display().to_string(),
+                line: Some(u.line),
+                column: None,
+                key: u.key.clone(),
+                message: format!("${} is not set in berth's environment", u.variable),
+            })
+            .collect(),
         other => vec![Problem {
             file: config_file.display().to_string(),
             line: None,
@@ -104,13 +114,15 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         } else {
             Commands::Refuse
         },
+        strict_secrets: args.config.strict_secrets,
         app_version: args.app_version.as_deref(),
         home: None,
         env: &process_env,
         files: &files,
     });
     match checked {
-        Ok((cfg, version)) => {
+        Ok((cfg, version, secrets)) => {
+            super::warn_unset(&secrets);
             if version.is_none() {
                 eprintln!(
                     "note: no x-berth.version: reconcile and berth run need one (or --app-version)"

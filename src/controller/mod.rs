@@ -420,6 +420,8 @@ impl Controller {
             config_file: &config_file,
             destination: spec.destination.as_deref(),
             secret_commands: Commands::Refuse,
+            // An unset variable would roll an empty secret out everywhere.
+            strict_secrets: true,
             app_version: None,
             home: None,
             env: &config::process_env,

@@ -178,7 +178,12 @@ impl UnitSpec {
             if want.map(|v| &v.sha256) != have.map(|v| &v.sha256) {
                 out.push(Change::Env {
                     key: k.clone(),
-                    from: have.map(shown),
+                    // Never an observed value: a container does not say
+                    // whether a value came from its env file (a secret) or
+                    // `--env`, and the config deciding it is the *new* one —
+                    // a key moved from `secret` to `clear` would print the
+                    // old secret.
+                    from: have.map(|_| SENSITIVE.to_string()),
                     to: want.map(shown),
                 });
             }
@@ -223,9 +228,13 @@ fn fmt_map(m: &BTreeMap<String, String>) -> String {
         .join(" ")
 }
 
-/// An env value for display: clear values as they are, the rest `(sensitive)`.
+/// What the plan shows for a value it must not show.
+pub const SENSITIVE: &str = "(sensitive)";
+
+/// A desired env value for display: clear values as they are, the rest
+/// `(sensitive)`.
 fn shown(v: &EnvValue) -> String {
-    v.clear.clone().unwrap_or_else(|| "(sensitive)".into())
+    v.clear.clone().unwrap_or_else(|| SENSITIVE.into())
 }
 
 /// One reason an action is needed.
@@ -252,7 +261,9 @@ pub enum Change {
         from: Option<String>,
         to: Option<String>,
     },
-    /// Env values are shown only when clear in the config; secrets as `(sensitive)`.
+    /// `to` is shown only when clear in the config, secrets as
+    /// `(sensitive)`; `from` (the running container's) is always
+    /// `(sensitive)`.
     Env {
         key: String,
         from: Option<String>,

@@ -886,6 +886,8 @@ proptest! {
                 | SecretsError::Command { line, .. } => prop_assert!(*line >= 1, "{e}"),
                 SecretsError::File(FileError::NotUtf8 { line, .. }) => prop_assert!(*line >= 1),
                 SecretsError::File(other) => prop_assert!(false, "unexpected: {other}"),
+                // Only `load_app` refuses unset variables; `Secrets::load` records them.
+                SecretsError::Unset(_) => prop_assert!(false, "unexpected: {e}"),
             }
             if matches!(mode, Mode::Skip) {
                 prop_assert!(!matches!(e, SecretsError::CommandNotAllowed { .. }), "{e}");

@@ -19,3 +19,4 @@ mod hostile;
 mod http_hardening;
 mod plan_props;
 mod render_props;
+mod trust;
