@@ -134,6 +134,13 @@ pub struct AppStatus {
     /// The last plan, as text (secrets never in it).
     pub last_plan: String,
     pub last_error: Option<String>,
+    /// With `--verify`: whether the last fetched revision verified
+    /// (`None`: no verification asked).
+    pub source_verified: Option<bool>,
+    /// The signature of the revision in use (the last verified one).
+    pub signature: Option<crate::source::verify::Verified>,
+    /// Why the newest revision was refused, while it is (`commit …: not signed`).
+    pub source_refusal: Option<String>,
     pub last_apply_unix: Option<u64>,
     /// When a cycle last completed without error (alerts on staleness).
     pub last_success_unix: Option<u64>,
@@ -407,8 +414,26 @@ impl Controller {
         let rev = tokio::task::spawn_blocking(move || source.fetch())
             .await
             .map_err(|e| CycleError::Internal(e.to_string()))?
-            .map_err(|e| CycleError::Source(e.to_string()))?;
-        self.lock().revision = Some(rev.id.clone());
+            .map_err(|e| {
+                if let Some(refused) = &e.refused {
+                    // Logged once per cycle it stays refused; the fleet keeps
+                    // the last verified revision.
+                    tracing::error!(app = %spec.name, object = %refused.object, reason = %refused.reason, "revision refused: signature not verified");
+                    let mut st = self.lock();
+                    st.source_verified = Some(false);
+                    st.source_refusal = Some(refused.to_string());
+                }
+                CycleError::Source(e.to_string())
+            })?;
+        {
+            let mut st = self.lock();
+            st.revision = Some(rev.id.clone());
+            if rev.verified.is_some() {
+                st.source_verified = Some(true);
+                st.source_refusal = None;
+                st.signature = rev.verified.clone();
+            }
+        }
         let refused = |message: String| CycleError::Revision {
             revision: short(&rev.id).to_string(),
             message,

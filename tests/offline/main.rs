@@ -20,3 +20,4 @@ mod http_hardening;
 mod plan_props;
 mod render_props;
 mod trust;
+mod verify;
