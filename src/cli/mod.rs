@@ -62,6 +62,9 @@ pub struct ConfigArgs {
     /// in Kamal, with a warning naming file:line and the variable.
     #[arg(long)]
     pub strict_secrets: bool,
+    /// The age key file that decrypts SOPS-encrypted `.kamal/secrets*`.
+    #[arg(long, env = "SOPS_AGE_KEY_FILE")]
+    pub age_key_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -76,6 +79,15 @@ impl ConfigArgs {
         } else {
             Checkout::confined(&root)?
         })
+    }
+
+    /// The age keys of `--age-key-file`, if given.
+    pub fn age_keys(&self) -> anyhow::Result<Option<crate::config::sops::AgeKeys>> {
+        self.age_key_file
+            .as_deref()
+            .map(crate::config::sops::AgeKeys::load)
+            .transpose()
+            .map_err(anyhow::Error::msg)
     }
 
     pub fn secret_commands(&self) -> crate::config::secrets::Commands {
@@ -248,6 +260,7 @@ pub fn load_desired_for(
             allow_outside_reads: false,
             untrusted: false,
             strict_secrets: false,
+            age_key_file: None,
         },
         None,
         None,

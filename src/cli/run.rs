@@ -51,6 +51,10 @@ pub struct Args {
     /// Trusted OpenPGP keys (armored public keys).
     #[arg(long, requires = "verify")]
     pub openpgp_keyring: Option<PathBuf>,
+    /// The age key file that decrypts SOPS-encrypted `.kamal/secrets*` in
+    /// the repository (in Kubernetes: a Secret the chart mounts).
+    #[arg(long, env = "SOPS_AGE_KEY_FILE")]
+    pub age_key_file: Option<PathBuf>,
     /// A `berth.yml` kept outside the repository (a Kubernetes ConfigMap):
     /// used instead of the repository's own
     #[arg(long)]
@@ -207,6 +211,12 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         }
     };
     let limits = http_limits(args, fd_limit);
+    let age_keys = match &args.age_key_file {
+        Some(p) => Some(Arc::new(
+            crate::config::sops::AgeKeys::load(p).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
     let trust = match args.verify {
         None => None,
         Some(mode) => {
@@ -282,6 +292,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
             ssh: ssh.clone(),
             prune: None,
             suspended: false,
+            age_keys: age_keys.clone(),
         })),
         Some(apps) => {
             for app in apps {
@@ -313,6 +324,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
                         ssh: ssh.clone(),
                         prune: app.prune,
                         suspended: app.suspended,
+                        age_keys: age_keys.clone(),
                     }));
                 }
             }

@@ -83,6 +83,13 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
                 message: text.strip_prefix(&prefix).unwrap_or(&text).to_string(),
             }]
         }
+        AppLoadError::Secrets(SecretsError::Sops { file, error }) => vec![Problem {
+            file: file.display().to_string(),
+            line: error.line,
+            column: None,
+            key: String::new(),
+            message: error.message.clone(),
+        }],
         AppLoadError::Secrets(SecretsError::Unset(list)) => list
             .iter()
             .map(|u| Problem {
@@ -105,6 +112,7 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
 
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let files = args.config.checkout()?;
+    let age_keys = args.config.age_keys()?;
     let checked = check_app(&AppLoad {
         config_file: &args.config.config_file,
         destination: args.config.destination.as_deref(),
@@ -115,6 +123,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
             Commands::Refuse
         },
         strict_secrets: args.config.strict_secrets,
+        age_keys: age_keys.as_ref(),
         app_version: args.app_version.as_deref(),
         home: None,
         env: &process_env,

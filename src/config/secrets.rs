@@ -43,6 +43,8 @@ pub struct SecretsOptions<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Where the secrets files may be read from (the repository).
     pub files: &'a Checkout,
+    /// Keys for files encrypted with SOPS (age).
+    pub age_keys: Option<&'a crate::config::sops::AgeKeys>,
 }
 
 /// The most text one secret value may expand to (`$A$A` doubles at every
@@ -77,6 +79,15 @@ pub enum SecretsError {
         line: usize,
         key: String,
         message: String,
+    },
+    /// A SOPS-encrypted file that cannot be decrypted or whose MAC fails.
+    #[error("{}{}", file.display(), match error.line {
+        Some(l) => format!(":{l}: {}", error.message),
+        None => format!(": {}", error.message),
+    })]
+    Sops {
+        file: PathBuf,
+        error: crate::config::sops::SopsError,
     },
     /// Variables the secrets reference that berth's environment does not
     /// set, refused (`berth run`, `--untrusted`, `--strict-secrets`).
@@ -150,7 +161,22 @@ impl Secrets {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let parsed = parse(&text, &file, opts, &mut secrets.unset)?;
+            // Encrypted in the repository: decrypted here, then read as
+            // the text `sops -d` prints.
+            let decrypted;
+            let text = if crate::config::sops::is_sops(&text) {
+                decrypted =
+                    crate::config::sops::decrypt(&text, opts.age_keys).map_err(|error| {
+                        SecretsError::Sops {
+                            file: file.clone(),
+                            error,
+                        }
+                    })?;
+                decrypted.expose()
+            } else {
+                text.as_str()
+            };
+            let parsed = parse(text, &file, opts, &mut secrets.unset)?;
             secrets.values.extend(parsed);
             secrets.files.push(file);
         }
@@ -615,6 +641,7 @@ mod tests {
             },
             env: &lookup,
             files: &files,
+            age_keys: None,
         };
         Ok(
             parse(text, Path::new(".kamal/secrets"), &opts, &mut Vec::new())?
@@ -659,6 +686,7 @@ mod tests {
             commands: Commands::Refuse,
             env: &env,
             files: &files,
+            age_keys: None,
         };
         let mut unset = Vec::new();
         let text = "A=$SET\nB=\"x-${MISSING}\"\nC='$SINGLE'\nD=\\$ESCAPED\nE=$A$ALSO_MISSING\n";
@@ -781,6 +809,7 @@ mod tests {
                 commands: Commands::Refuse,
                 env: &env,
                 files: &Checkout::confined(dir.path()).unwrap(),
+                age_keys: None,
             },
         )
         .unwrap();
@@ -794,6 +823,7 @@ mod tests {
                 commands: Commands::Refuse,
                 env: &env,
                 files: &Checkout::confined(dir.path()).unwrap(),
+                age_keys: None,
             },
         )
         .unwrap();

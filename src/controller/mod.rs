@@ -55,6 +55,8 @@ pub struct AppSpec {
     pub prune: Option<bool>,
     /// Start suspended (observe and report only).
     pub suspended: bool,
+    /// Keys for SOPS-encrypted secrets in the repository.
+    pub age_keys: Option<Arc<crate::config::sops::AgeKeys>>,
 }
 
 /// berth's own SSH options (the config's `ssh:` is merged in per cycle).
@@ -447,6 +449,7 @@ impl Controller {
             secret_commands: Commands::Refuse,
             // An unset variable would roll an empty secret out everywhere.
             strict_secrets: true,
+            age_keys: spec.age_keys.as_deref(),
             app_version: None,
             home: None,
             env: &config::process_env,

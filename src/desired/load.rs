@@ -24,6 +24,8 @@ pub struct AppLoad<'a> {
     /// otherwise warns from [`Secrets::unset`] and uses an empty value, as
     /// Kamal does).
     pub strict_secrets: bool,
+    /// Keys for SOPS-encrypted secrets files.
+    pub age_keys: Option<&'a crate::config::sops::AgeKeys>,
     /// Overrides `x-berth.version`.
     pub app_version: Option<&'a str>,
     /// The SSH user's home on the hosts (default: from `ssh.user`).
@@ -94,6 +96,7 @@ fn load_checked(opts: &AppLoad<'_>) -> Result<(Config, Secrets), AppLoadError> {
             commands: opts.secret_commands,
             env: opts.env,
             files: opts.files,
+            age_keys: opts.age_keys,
         },
     )?;
     if opts.strict_secrets && !secrets.unset().is_empty() {

@@ -19,5 +19,6 @@ mod hostile;
 mod http_hardening;
 mod plan_props;
 mod render_props;
+mod sops;
 mod trust;
 mod verify;
