@@ -521,6 +521,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
             }
         }
     }
+    plan.notes.extend(moved_tags(desired, observed));
     plan.actions.extend(accessories);
     plan.actions.extend(proxies);
     for (_, mut list) in apps {
@@ -715,6 +716,46 @@ fn plan_accessories(units: &HostUnits, obs: &HostObservation) -> Vec<Action> {
         }
     }
     out
+}
+
+/// Hosts of one role whose current container runs the same image reference
+/// (`demo:v1`) as different images: the tag moved between pulls, so the
+/// fleet is not running one version. Named per role, with each image id and
+/// its hosts.
+fn moved_tags(desired: &Desired, observed: &Observed) -> Vec<String> {
+    // (role, image reference) → image id → hosts.
+    let mut seen: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for units in &desired.hosts {
+        let Some(HostState::Reached(obs)) = observed.host(&units.host).map(|h| &h.state) else {
+            continue;
+        };
+        for app in &units.apps {
+            if let Some(c) = obs.containers.iter().find(|c| {
+                c.name == app.container_name && c.image == app.image && !c.image_id.is_empty()
+            }) {
+                seen.entry((&app.role, &app.image))
+                    .or_default()
+                    .entry(&c.image_id)
+                    .or_default()
+                    .push(&units.host);
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|((role, image), ids)| {
+            let each: Vec<String> = ids
+                .iter()
+                .map(|(id, hosts)| {
+                    format!("{} on {}", id.get(..19).unwrap_or(id), hosts.join(", "))
+                })
+                .collect();
+            format!(
+                "role {role}: {image} is a different image on different hosts (the tag moved between pulls; pin a digest): {}",
+                each.join("; ")
+            )
+        })
+        .collect()
 }
 
 fn plan_proxy(units: &HostUnits, obs: &HostObservation) -> Option<Action> {

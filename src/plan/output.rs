@@ -126,6 +126,15 @@ fn reasons(out: &mut String, a: &Action) {
     }
 }
 
+fn notes(out: &mut String, plan: &Plan) {
+    if !plan.notes.is_empty() {
+        out.push_str("\nnotes:\n");
+        for n in &plan.notes {
+            let _ = writeln!(out, "  {n}");
+        }
+    }
+}
+
 /// The human plan.
 pub fn text(plan: &Plan) -> String {
     let mut out = String::new();
@@ -155,12 +164,7 @@ pub fn text(plan: &Plan) -> String {
     for (h, why) in &plan.unknown_hosts {
         let _ = writeln!(out, "\nhost {h}\n  ? unknown: {why}");
     }
-    if !plan.notes.is_empty() {
-        out.push_str("\nnotes:\n");
-        for n in &plan.notes {
-            let _ = writeln!(out, "  {n}");
-        }
-    }
+    notes(&mut out, plan);
     let s = Summary::of(plan);
     let _ = writeln!(
         out,
@@ -179,6 +183,9 @@ pub fn text(plan: &Plan) -> String {
     );
     if plan.in_sync() {
         out = "No changes. The fleet matches the configuration.\n".into();
+        // What is worth knowing without an action (a moved tag, a kept
+        // orphan) is still said.
+        notes(&mut out, plan);
     }
     out
 }
