@@ -67,3 +67,46 @@ fn an_unset_secret_variable_warns_and_strict_refuses() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
+
+/// `x-berth.image_digest` and `version: tag@sha256:…`: a digest must be
+/// `sha256:` + 64 hex digits, and the two forms must agree.
+#[test]
+fn image_digest_pins_are_validated() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    for (x_berth, ok, message) in [
+        (format!("  version: v1@{digest}\n"), true, ""),
+        (format!("  version: v1\n  image_digest: {digest}\n"), true, ""),
+        (
+            format!("  version: v1@{digest}\n  image_digest: {digest}\n"),
+            true,
+            "",
+        ),
+        (
+            "  version: v1@sha256:xyz\n".to_string(),
+            false,
+            "x-berth.version: \"sha256:xyz\" is not an image digest",
+        ),
+        (
+            "  version: v1\n  image_digest: latest\n".to_string(),
+            false,
+            "x-berth.image_digest: \"latest\" is not an image digest",
+        ),
+        (
+            format!("  version: v1@{digest}\n  image_digest: sha256:{}\n", "cd".repeat(32)),
+            false,
+            "x-berth.image_digest: differs from the digest in x-berth.version",
+        ),
+    ] {
+        let p = project("KAMAL_REGISTRY_PASSWORD=x\nDB_PASSWORD=y\n");
+        let yml = std::fs::read_to_string(p.path().join("config/deploy.yml")).unwrap();
+        std::fs::write(
+            p.path().join("config/deploy.yml"),
+            yml.replace("x-berth:\n  version: v1\n", &format!("x-berth:\n{x_berth}")),
+        )
+        .unwrap();
+        let out = berth(p.path(), &["validate"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{x_berth}: {err}");
+        assert!(err.contains(message), "{x_berth}: {err}");
+    }
+}
