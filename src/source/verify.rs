@@ -394,6 +394,7 @@ impl Trust {
             )
             .collect();
         let sig = &sig;
+        let mut bad = None;
         for key in &self.openpgp {
             let primary = format!("{:X}", key.fingerprint());
             let signer = key
@@ -432,9 +433,10 @@ impl Trust {
                     PgpKey::Sub(k) => sig.verify(k, data),
                 };
                 if verifies.is_err() {
-                    return Err(Refusal::BadSignature(format!(
-                        "does not verify with key {primary}"
-                    )));
+                    // Another key may still be the signer (a signature
+                    // naming no issuer is tried against every key).
+                    bad = Some(primary.clone());
+                    continue;
                 }
                 if !key.details.revocation_signatures.is_empty() {
                     return Err(Refusal::Revoked(primary));
@@ -452,6 +454,11 @@ impl Trust {
                     signer,
                 });
             }
+        }
+        if let Some(key) = bad {
+            return Err(Refusal::BadSignature(format!(
+                "does not verify with key {key}"
+            )));
         }
         Err(Refusal::UnknownSigner(
             issuers

@@ -332,6 +332,23 @@ fn openpgp_signed_commits() {
     assert_eq!(v.fingerprint, alice);
     assert_eq!(v.signer, "alice <alice@example.com>");
 
+    // The same commit with a header added after signing.
+    let raw = git(&repo.work, &["cat-file", "commit", &good]) + "\n";
+    let obj = repo.file(
+        &raw.replacen("\ngpgsig ", "\nencoding ISO-8859-1\ngpgsig ", 1),
+        "tampered-pgp",
+    );
+    let tampered = git(
+        &repo.work,
+        &["hash-object", "-t", "commit", "-w", "--literally", obj.to_str().unwrap()],
+    );
+    git(&repo.work, &["update-ref", "refs/heads/main", &tampered]);
+    assert_eq!(
+        refusal(&source),
+        Refusal::BadSignature(format!("does not verify with key {alice}"))
+    );
+    git(&repo.work, &["update-ref", "refs/heads/main", &good]);
+
     repo.commit("v2", Some(&gpg_signing(d, &eve_home, &eve, None)));
     assert!(
         matches!(refusal(&source), Refusal::UnknownSigner(ref f) if eve.ends_with(f.as_str())),
