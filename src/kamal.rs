@@ -55,6 +55,21 @@ pub fn role_env_file(service: &str, destination: Option<&str>, role: &str) -> St
 }
 
 /// An accessory's secret env file, relative to the SSH user's home.
+/// An accessory's container (and `service` label): `<service>-<name>`,
+/// without the destination, as Kamal names it.
+pub fn accessory_container(service: &str, accessory: &str) -> String {
+    format!("{service}-{accessory}")
+}
+
+/// Where Kamal keeps an app's accessory env files: one per accessory it
+/// booted on the host, which is how berth recognises a removed one.
+pub fn accessory_env_dir(service: &str, destination: Option<&str>) -> String {
+    format!(
+        ".kamal/apps/{}/env/accessories",
+        service_and_destination(service, destination)
+    )
+}
+
 pub fn accessory_env_file(service: &str, destination: Option<&str>, accessory: &str) -> String {
     format!(
         ".kamal/apps/{}/env/accessories/{accessory}.env",

@@ -10,10 +10,12 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod desired;
+pub mod docker_flags;
 pub mod kamal;
 pub mod observe;
 pub mod plan;
 pub mod policy;
+pub mod proxy_state;
 pub mod remote;
 pub mod secret;
 pub mod server;
@@ -29,10 +31,12 @@ mod layering {
     const LAYERS: &[(&str, u8)] = &[
         ("shell", 0),
         ("checkout", 0),
+        ("docker_flags", 0),
         ("kamal", 0),
         ("secret", 0),
         ("policy", 0),
         ("config", 1),
+        ("proxy_state", 1),
         ("source", 2),
         ("desired", 2),
         ("remote", 2),

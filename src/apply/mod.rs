@@ -283,13 +283,10 @@ pub fn audit_log(desired: &Desired) -> String {
 
 /// The host holding the lock: the primary role's first host, as Kamal.
 pub fn primary_host(desired: &Desired) -> Option<String> {
-    let primary = desired.roles.first();
     desired
-        .hosts
-        .iter()
-        .find(|h| h.apps.iter().any(|a| Some(&a.role) == primary))
-        .or(desired.hosts.first())
-        .map(|h| h.host.clone())
+        .lock_host
+        .clone()
+        .or_else(|| desired.hosts.first().map(|h| h.host.clone()))
 }
 
 /// What must hold before the first host is touched: a step that could
@@ -404,7 +401,8 @@ async fn walk(
     stages: &[Stage<'_>],
     report: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
-    for stage in stages {
+    let mut stages = stages.iter().peekable();
+    while let Some(stage) = stages.next() {
         match stage {
             Stage::Prep { hosts, booting } => {
                 for_hosts(hosts, |h| {
@@ -438,6 +436,17 @@ async fn walk(
                     h.run("post-app-boot", ctx.desired, &batch_hosts, &role_env)
                         .await
                         .map_err(ApplyError::Hook)?;
+                }
+                // `boot.wait`: a pause between batches, as Kamal's groups.
+                if ctx.desired.boot_wait > 0 && matches!(stages.peek(), Some(Stage::Batch { .. })) {
+                    ctx.say(
+                        &batch_hosts.join(","),
+                        &format!(
+                            "waiting {} s before the next batch (boot.wait)",
+                            ctx.desired.boot_wait
+                        ),
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(ctx.desired.boot_wait)).await;
                 }
             }
             Stage::Orphan(a) => {

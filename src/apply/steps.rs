@@ -8,7 +8,7 @@ use super::scripts::{
 };
 use super::{ApplyContext, ApplyError, Policy, audit_line_at, audit_log, strings, units};
 use crate::desired::{AccessoryUnit, AppUnit, Desired, PROXY_CONTAINER};
-use crate::plan::{Action, ActionKind, Plan, Unit};
+use crate::plan::{Action, ActionKind, Change, Plan, Unit};
 
 /// An image reference without its tag (`reg:5000/demo:v1` → `reg:5000/demo`).
 fn repository(image: &str) -> &str {
@@ -210,6 +210,22 @@ pub(super) async fn proxy(
             .await?;
         }
         _ => {
+            if a.kind == ActionKind::Reboot {
+                // As `kamal proxy reboot`: the routes survive in the
+                // kamal-proxy-config volume and are re-deployed below.
+                ctx.say(h, "rebooting kamal-proxy (its boot options changed)");
+                ctx.run(
+                    h,
+                    strings(&["docker", "container", "stop", PROXY_CONTAINER]),
+                )
+                .await?;
+                ctx.run_ok(
+                    h,
+                    "removing kamal-proxy",
+                    strings(&["docker", "container", "rm", PROXY_CONTAINER]),
+                )
+                .await?;
+            }
             ctx.say(h, "booting kamal-proxy");
             if p.boot_config {
                 ctx.run_ok(
@@ -463,6 +479,20 @@ pub(super) async fn orphan(ctx: &ApplyContext<'_>, a: &Action) -> Result<(), App
         strings(&["docker", "rm", &a.container]),
     )
     .await?;
+    // A removed accessory: its env file goes too (its data stays, as
+    // `kamal accessory remove` would ask first).
+    if let Some(Change::Orphan {
+        env_file: Some(path),
+        ..
+    }) = a.reasons.first()
+    {
+        ctx.run_ok(
+            &a.host,
+            "removing the accessory's env file",
+            strings(&["rm", "-f", "--", path]),
+        )
+        .await?;
+    }
     ctx.audit(&a.host, None, &format!("Removed orphan {}", a.container))
         .await
 }

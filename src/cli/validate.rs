@@ -4,6 +4,7 @@
 //! exit 0 valid, 1 invalid.
 
 use super::{ConfigArgs, Output, process_env};
+use crate::config as berth_config;
 use crate::config::LoadError;
 use crate::config::secrets::{Commands, SecretsError};
 use crate::desired::load::{AppLoad, AppLoadError, check_app};
@@ -110,6 +111,33 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
     }
 }
 
+/// Docker `options` whose flag berth does not compare (`docker_flags`).
+fn uncompared_options(cfg: &berth_config::Config) -> Vec<(String, String)> {
+    use crate::docker_flags::{Reading, reading};
+    let mut sets: Vec<(String, &berth_config::DockerOptions)> = Vec::new();
+    for r in &cfg.roles {
+        sets.push((format!("servers.{}.options", r.name), &r.options));
+        if let berth_config::RoleProxy::On(p) = &r.proxy
+            && let Some(run) = &p.run
+        {
+            sets.push(("proxy.run.options".into(), &run.options));
+        }
+    }
+    for a in &cfg.accessories {
+        sets.push((format!("accessories.{}.options", a.name), &a.options));
+    }
+    let mut out: Vec<(String, String)> = sets
+        .into_iter()
+        .flat_map(|(path, opts)| {
+            opts.iter()
+                .filter(|(k, _)| matches!(reading(&format!("--{k}")), Reading::Uncompared))
+                .map(move |(k, _)| (path.clone(), k.clone()))
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let files = args.config.checkout()?;
     let age_keys = args.config.age_keys()?;
@@ -135,6 +163,11 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
             if version.is_none() {
                 eprintln!(
                     "note: no x-berth.version: reconcile and berth run need one (or --app-version)"
+                );
+            }
+            for (path, flag) in uncompared_options(&cfg) {
+                eprintln!(
+                    "note: {path}: `--{flag}` is passed to docker run but berth cannot read it back from docker inspect, so a change to it is not seen as drift"
                 );
             }
             match args.output {

@@ -1738,7 +1738,11 @@ impl Decoder {
             ssh.config = match &c.value {
                 Value::Scalar(Scalar::Bool(true)) => SshConfigFiles::Default,
                 Value::Scalar(Scalar::Bool(false)) => SshConfigFiles::Ignore,
-                Value::Scalar(Scalar::Str(s)) => SshConfigFiles::Files(vec![s.clone()]),
+                Value::Scalar(Scalar::Str(s)) => {
+                    let files = vec![s.clone()];
+                    self.config_words(m, "config", &files);
+                    SshConfigFiles::Files(files)
+                }
                 Value::Seq(_) => {
                     let files = self.string_list(c, "ssh.config").unwrap_or_default();
                     self.config_words(m, "config", &files);
@@ -1749,6 +1753,15 @@ impl Decoder {
                     SshConfigFiles::Default
                 }
             };
+            // An ssh_config can run commands (ProxyCommand, LocalCommand,
+            // KnownHostsCommand, Match exec) on berth's machine.
+            if self.untrusted && matches!(ssh.config, SshConfigFiles::Files(_)) {
+                self.error(
+                    &c.mark,
+                    "ssh.config",
+                    "an ssh_config file can run commands on berth's machine, which berth refuses for an untrusted repository (berth run, --untrusted); configure SSH for berth itself",
+                );
+            }
         }
         ssh
     }

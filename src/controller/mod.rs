@@ -337,65 +337,111 @@ impl Controller {
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone();
-        watchers.retain(|h, w| {
-            let keep = hosts.contains(h) && !w.is_finished();
+        watchers.retain(|key, w| {
+            let host = key.split(' ').next().unwrap_or_default();
+            let keep = hosts.iter().any(|h| h == host) && !w.is_finished();
             if !keep {
                 w.abort();
             }
             keep
         });
         for host in hosts {
-            if watchers.contains_key(&host) {
-                continue;
-            }
             // Docker ANDs label filters, so one filter per service label
             // (the app's and each accessory's) would match no event at all:
             // filter on the `service` key, and keep the app's own services
             // here — read at each event, so a config that adds an accessory
             // is followed without restarting the stream.
-            let argv: Vec<String> = [
-                "docker",
-                "events",
-                "--format",
-                "{{.Status}} {{index .Actor.Attributes \"service\"}}",
-                "--filter",
-                "label=service",
-                "--filter",
-                "type=container",
-            ]
+            let apps = Watch {
+                filters: serde_json::json!({"type": ["container"], "label": ["service"]}),
+                format: "{{.Status}} {{index .Actor.Attributes \"service\"}}",
+                cli_filters: &["label=service", "type=container"],
+            };
+            // kamal-proxy has no `service` label: its own stream, for the
+            // proxy going down and for routes changed by hand (`docker exec
+            // kamal-proxy kamal-proxy deploy|remove|stop …`). berth's own
+            // probe runs `kamal-proxy list`, which must not wake it.
+            let proxy = Watch {
+                filters: serde_json::json!({"type": ["container"], "container": [crate::kamal::PROXY_CONTAINER]}),
+                format: "{{index .Actor.Attributes \"execID\"}} {{.Action}}",
+                cli_filters: &["container=kamal-proxy", "type=container"],
+            };
+            for (key, watch, is_app) in [
+                (host.clone(), apps, true),
+                (format!("{host} proxy"), proxy, false),
+            ] {
+                if watchers.contains_key(&key) {
+                    continue;
+                }
+                let task = self
+                    .clone()
+                    .watch_events(conns.clone(), host.clone(), watch, is_app);
+                watchers.insert(key, task);
+            }
+        }
+    }
+
+    /// Follow one event stream of `host` until berth stops, restarting it
+    /// when it ends; app events wake the loop for the app's services, proxy
+    /// events for anything but a read-only `kamal-proxy list`.
+    fn watch_events(
+        self: Arc<Self>,
+        conns: Arc<Connections>,
+        host: String,
+        watch: Watch,
+        is_app: bool,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut argv: Vec<String> = ["docker", "events", "--format", watch.format]
             .iter()
             .map(|s| s.to_string())
             .collect();
-            // The same, from the Engine API through the SSH connection: no
-            // `docker events` process kept running on the host.
-            let filters = serde_json::json!({
-                "type": ["container"],
-                "label": ["service"],
-            });
-            let (me, c, h) = (self.clone(), conns.clone(), host.clone());
-            let task = tokio::spawn(async move {
-                loop {
-                    let wake = |event: &serde_json::Value| {
-                        let service = event
-                            .pointer("/Actor/Attributes/service")
-                            .and_then(|v| v.as_str());
-                        if me.watches(service) {
+        for f in watch.cli_filters {
+            argv.push("--filter".into());
+            argv.push(f.to_string());
+        }
+        tokio::spawn(async move {
+            loop {
+                let me = &self;
+                let mut execs = std::collections::HashSet::new();
+                let wake = |event: &serde_json::Value| {
+                    let attr = |k: &str| {
+                        event
+                            .pointer(&format!("/Actor/Attributes/{k}"))
+                            .and_then(|v| v.as_str())
+                    };
+                    let wanted = if is_app {
+                        me.watches(attr("service"))
+                    } else {
+                        let action = event.get("Action").and_then(|v| v.as_str()).unwrap_or("");
+                        proxy_event_matters(&mut execs, attr("execID"), action)
+                    };
+                    if wanted {
+                        me.events.notify_one();
+                    }
+                };
+                if conns
+                    .engine_events(&host, &watch.filters, wake)
+                    .await
+                    .is_none()
+                {
+                    let mut execs = std::collections::HashSet::new();
+                    let line_wake = |line: &str| {
+                        let wanted = if is_app {
+                            me.watches(line.split_whitespace().nth(1))
+                        } else {
+                            // `<execID> <action>`, the id empty for other events.
+                            let (id, action) = line.split_once(' ').unwrap_or(("", line));
+                            let id = Some(id).filter(|i| !i.is_empty());
+                            proxy_event_matters(&mut execs, id, action)
+                        };
+                        if wanted {
                             me.events.notify_one();
                         }
                     };
-                    if c.engine_events(&h, &filters, wake).await.is_none() {
-                        let line_wake = |line: &str| {
-                            if me.watches(line.split_whitespace().nth(1)) {
-                                me.events.notify_one();
-                            }
-                        };
-                        let _ = c.stream_lines(&h, &argv, line_wake).await;
-                    }
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let _ = conns.stream_lines(&host, &argv, line_wake).await;
                 }
-            });
-            watchers.insert(host, task);
-        }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
     }
 
     /// Whether an event of a container labelled `service` concerns this app
@@ -587,6 +633,46 @@ impl Controller {
     }
 }
 
+/// One docker event stream: Engine API filters, and the same for `docker
+/// events` (its `--format` and `--filter`s) when the API is not reachable.
+struct Watch {
+    filters: serde_json::Value,
+    format: &'static str,
+    cli_filters: &'static [&'static str],
+}
+
+/// Whether a kamal-proxy container event may have changed what it serves:
+/// anything (it stopped, died, restarted) but its execs, except when an
+/// exec of a route-changing command (`kamal-proxy deploy|remove|stop …` run
+/// by hand) ends — its `exec_die` carries no command, so the ids of such
+/// execs are remembered in `pending` from their `exec_create`. berth's own
+/// probe (`kamal-proxy list`, `docker cp` of the state file) never wakes the
+/// loop: each cycle would wake the next.
+fn proxy_event_matters(
+    pending: &mut std::collections::HashSet<String>,
+    exec_id: Option<&str>,
+    action: &str,
+) -> bool {
+    if let Some(command) = action.strip_prefix("exec_create:") {
+        let mut words = command.split_whitespace();
+        let read_only =
+            words.next() == Some("kamal-proxy") && matches!(words.next(), Some("list" | "ls"));
+        if !read_only && let Some(id) = exec_id {
+            // Bounded: ids leave on their exec_die; a lost one is harmless.
+            if pending.len() < 1024 {
+                pending.insert(id.to_string());
+            }
+        }
+        false
+    } else if action.starts_with("exec_die") {
+        exec_id.is_some_and(|id| pending.remove(id))
+    } else {
+        // `archive-path`: berth's own probe reading the state file (docker
+        // cp), which would otherwise wake the loop after every cycle.
+        !action.starts_with("exec_") && action != "archive-path"
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -676,5 +762,28 @@ async fn stop_watchers(watchers: &mut BTreeMap<String, tokio::task::JoinHandle<(
     for (_, w) in std::mem::take(watchers) {
         w.abort();
         let _ = w.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_events_wake_except_for_read_only_execs() {
+        let mut pending = std::collections::HashSet::new();
+        let mut e = |id: Option<&str>, action: &str| proxy_event_matters(&mut pending, id, action);
+        assert!(e(None, "die"));
+        assert!(e(None, "start"));
+        assert!(!e(None, "archive-path"));
+        // berth's own probe.
+        assert!(!e(Some("a"), "exec_create: kamal-proxy list"));
+        assert!(!e(Some("a"), "exec_start: kamal-proxy list"));
+        assert!(!e(Some("a"), "exec_die"));
+        // A route changed by hand wakes once it has run.
+        assert!(!e(Some("b"), "exec_create: kamal-proxy remove demo-web"));
+        assert!(!e(Some("b"), "exec_start: kamal-proxy remove demo-web"));
+        assert!(e(Some("b"), "exec_die"));
+        assert!(!e(Some("b"), "exec_die"));
     }
 }

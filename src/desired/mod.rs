@@ -196,8 +196,15 @@ pub struct Desired {
     pub roles: Vec<String>,
     /// Hosts per boot batch (`boot.limit`), for a rollout's order.
     pub boot_batch: usize,
+    /// Seconds to wait after a boot batch before the next (`boot.wait`;
+    /// Kamal waits only between groups, so only with `boot.limit`).
+    pub boot_wait: u64,
     /// Hosts in Kamal's order (roles' hosts, then accessories').
     pub hosts: Vec<HostUnits>,
+    /// Where the deploy lock lives: the config's primary host (the primary
+    /// role's first host), where `kamal lock status` and a plain `kamal
+    /// deploy` look, whatever `--hosts`/`--roles` a run is limited to.
+    pub lock_host: Option<String>,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -821,6 +828,13 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         roles.insert(0, primary);
     }
     let boot_batch = config.boot.batch_size(config.all_hosts().len());
+    let lock_host = config
+        .roles
+        .iter()
+        .find(|r| r.name == config.primary_role)
+        .and_then(|r| r.hosts.first())
+        .map(|h| h.host.clone())
+        .or_else(|| config.all_hosts().into_iter().next());
     let mut hosts = Vec::new();
     for host in config.all_hosts() {
         let mut apps = Vec::new();
@@ -863,6 +877,14 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         image_digest: config.berth.image_digest.clone(),
         roles,
         boot_batch,
+        lock_host,
+        boot_wait: config
+            .boot
+            .limit
+            .is_some()
+            .then_some(config.boot.wait)
+            .flatten()
+            .unwrap_or(0),
         hosts,
     })
 }

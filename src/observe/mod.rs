@@ -46,6 +46,12 @@ pub struct ObservedContainer {
     pub from_image: (BTreeSet<String>, BTreeSet<String>),
     /// `None`: the image's default command.
     pub cmd: Option<Vec<String>>,
+    /// The image's own command (a config may name it explicitly).
+    pub image_cmd: Vec<String>,
+    /// The `docker run` flags [`crate::docker_flags`] reads back, and those
+    /// whose value is the image's own.
+    pub flags: crate::docker_flags::Flags,
+    pub flags_from_image: BTreeSet<String>,
     pub volumes: Vec<String>,
     pub log_opts: BTreeMap<String, String>,
     pub restart_policy: String,
@@ -77,10 +83,16 @@ pub struct HostObservation {
     pub containers: Vec<ObservedContainer>,
     /// `None` when no kamal-proxy container is running.
     pub proxy_routes: Option<Vec<ProxyRouteState>>,
+    /// Each service's route settings from kamal-proxy's state file (`None`:
+    /// no proxy, or a state file berth cannot read: nothing is compared).
+    pub proxy_settings: Option<BTreeMap<String, crate::proxy_state::Settings>>,
     /// Env file path → SHA-256 of its contents (`None`: missing).
     pub env_files: BTreeMap<String, Option<String>>,
     /// Kamal's deploy lock, if held (its decoded details).
     pub lock: Option<String>,
+    /// Accessories of this app Kamal booted here that the config no longer
+    /// names: (name, its container's status, `None` if it is gone).
+    pub stray_accessories: Vec<(String, Option<String>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +145,18 @@ pub fn probe_request(desired: &Desired, host: &str) -> probe::ProbeRequest {
         }
     }
     req.lock_dirs.push(lock_dir(desired));
+    req.accessory_dir = Some(crate::kamal::accessory_env_dir(
+        &desired.service,
+        desired.destination.as_deref(),
+    ));
+    req.service = desired.service.clone();
+    req.known_accessories = desired
+        .hosts
+        .iter()
+        .flat_map(|h| h.accessories.iter().map(|a| a.name.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     req.clear_keys = clear;
     req
 }
@@ -150,14 +174,26 @@ pub fn lock_dir(desired: &Desired) -> String {
 async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest) -> HostState {
     if !req.force_cli && conns.has_engine(host) {
         let lists = req.list_paths();
-        let engine_args = req.engine_args();
+        // kamal-proxy's state through the Engine API (no process on the
+        // host); once that worked, the shell no longer runs `kamal-proxy list`.
+        let others: Vec<String> = req
+            .proxy
+            .then(probe::proxy_state_path)
+            .into_iter()
+            .collect();
+        let quiet = req.proxy && conns.proxy_state_by_engine(host);
+        let engine_args = req.engine_args(quiet);
         let (snapshot, shell) = tokio::join!(
-            conns.engine_snapshot(host, &lists),
+            conns.engine_snapshot(host, &lists, &others),
             conns.call(host, "berth_probe", probe::SCRIPT, &engine_args)
         );
         match (snapshot, shell) {
             (Some(Ok(snapshot)), shell) => {
-                return from_probe(host, shell, |out| probe::parse_engine(snapshot, out, req));
+                return from_probe(host, shell, |out| {
+                    let (observation, state_read) = probe::parse_engine(snapshot, out, req)?;
+                    conns.set_proxy_state_by_engine(host, state_read);
+                    Ok(observation)
+                });
             }
             // The host itself cannot be reached: asking again would not help.
             (_, Err(e)) => return HostState::Unreachable(e.to_string()),

@@ -41,6 +41,11 @@ pub struct ProbeRequest {
     /// Use the docker CLI even where `curl` or the Engine API directly
     /// could be used (tests compare them).
     pub force_cli: bool,
+    /// Kamal's accessory env-file directory, the app's service and the
+    /// accessories the config names: the others found there are reported.
+    pub accessory_dir: Option<String>,
+    pub service: String,
+    pub known_accessories: Vec<String>,
     /// Env keys whose values may be kept in clear (the config's clear env);
     /// every other value is kept only as a hash.
     pub clear_keys: BTreeSet<String>,
@@ -54,8 +59,14 @@ impl ProbeRequest {
         argv.extend(self.service_labels.iter().map(|l| format!("L:{l}")));
         argv.extend(self.env_files.iter().map(|f| format!("F:{f}")));
         argv.extend(self.lock_dirs.iter().map(|d| format!("K:{d}")));
+        if let Some(dir) = &self.accessory_dir {
+            argv.push(format!("A:{dir}"));
+            argv.push(format!("V:{}", self.service));
+            argv.extend(self.known_accessories.iter().map(|n| format!("N:{n}")));
+        }
         if self.proxy {
             argv.push("P".into());
+            argv.push(format!("S:{}", crate::proxy_state::STATE_FILE));
         }
         if self.force_cli {
             argv.push("C".into());
@@ -64,9 +75,14 @@ impl ProbeRequest {
     }
 
     /// The arguments when the containers come from the Engine API directly.
-    pub fn engine_args(&self) -> Vec<String> {
+    /// The probe's arguments beside an Engine API snapshot; `quiet_proxy`:
+    /// the snapshot reads kamal-proxy's state, so no `kamal-proxy list`.
+    pub fn engine_args(&self, quiet_proxy: bool) -> Vec<String> {
         let mut argv = self.args();
         argv.push("E".into());
+        if quiet_proxy {
+            argv.push("Q".into());
+        }
         argv
     }
 
@@ -127,20 +143,65 @@ pub use crate::secret::fingerprint as hash;
 
 /// Parse the output of a probe run with [`ProbeRequest::engine_args`], with
 /// the containers the Engine API returned.
+/// The Engine API path of kamal-proxy's state file (a tar of that file).
+pub fn proxy_state_path() -> String {
+    format!(
+        "/containers/{}/archive?path={}",
+        crate::kamal::PROXY_CONTAINER,
+        crate::remote::percent_encode(crate::proxy_state::STATE_FILE)
+    )
+}
+
+/// Routes and route settings from the state file fetched with the
+/// snapshot: `Some` when kamal-proxy runs and its state reads (no file yet:
+/// no routes); `None` when it does not parse.
+#[allow(clippy::type_complexity)]
+fn proxy_from_engine(
+    body: Option<&Option<Vec<u8>>>,
+) -> Option<(
+    Vec<ProxyRouteState>,
+    BTreeMap<String, crate::proxy_state::Settings>,
+)> {
+    let text = match body? {
+        Some(tar) => std::str::from_utf8(crate::proxy_state::first_file_of_tar(tar)?).ok()?,
+        None => "[]",
+    };
+    let routes = crate::proxy_state::routes_from_state_file(text)?
+        .into_iter()
+        .map(|(service, target, state)| ProxyRouteState {
+            service,
+            target,
+            state,
+        })
+        .collect();
+    Some((routes, crate::proxy_state::from_state_file(text)?))
+}
+
+/// An observation from an Engine API snapshot and the probe beside it, and
+/// whether kamal-proxy's state came from the snapshot.
 pub fn parse_engine(
     snapshot: crate::remote::Snapshot,
     out: &str,
     req: &ProbeRequest,
-) -> Result<HostObservation, ProbeError> {
+) -> Result<(HostObservation, bool), ProbeError> {
     let proxy_running = snapshot.listed.iter().any(|c| {
         c.get("State").and_then(Value::as_str) == Some("running")
-            && strings_of(c.get("Names"))
+            && crate::docker_flags::strings(c.get("Names"))
                 .iter()
                 .any(|n| n == "/kamal-proxy")
     });
+    let from_engine = (req.proxy && proxy_running)
+        .then(|| proxy_from_engine(snapshot.others.first()))
+        .flatten();
     let mut objects = snapshot.containers;
     objects.extend(snapshot.images);
-    parse_with(objects, out, req, Some(proxy_running))
+    let mut observation = parse_with(objects, out, req, Some(proxy_running))?;
+    let read = from_engine.is_some();
+    if let Some((routes, settings)) = from_engine {
+        observation.proxy_routes = Some(routes);
+        observation.proxy_settings = Some(settings);
+    }
+    Ok((observation, read))
 }
 
 /// Parse the probe's stdout.
@@ -188,6 +249,7 @@ fn parse_with(
     containers.sort_by(|a, b| a.name.cmp(&b.name));
 
     let proxy_text = section(out, "proxy", "lock")?;
+    let mut proxy_settings = None;
     let proxy_routes = if proxy_text.starts_with("@@proxy-absent")
         || proxy_text.starts_with("@@proxy-unasked")
         || proxy_running == Some(false)
@@ -197,7 +259,11 @@ fn parse_with(
         let said: String = proxy_text[..end].trim().chars().take(300).collect();
         return Err(ProbeError::ProxyList(said));
     } else {
-        Some(parse_proxy_list(proxy_text))
+        let (list, state) = proxy_text
+            .split_once("@@proxy-state\n")
+            .unwrap_or((proxy_text, ""));
+        proxy_settings = crate::proxy_state::from_state_file(state);
+        Some(parse_proxy_list(list))
     };
 
     // `sha256sum` prints `<hash>  <path>` for the files that exist.
@@ -208,13 +274,28 @@ fn parse_with(
             env_files.insert(path.to_string(), Some(h.to_string()));
         }
     }
-    let lock = section(out, "lock", "files")?
+    let lock_text = section(out, "lock", "files")?;
+    let lock = lock_text
         .lines()
         .find_map(|l| l.strip_prefix("held "))
         .map(decode_lock);
+    // Names come from the host's file system: only accessory names count.
+    let stray_accessories = lock_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("stray ")?.split_once(' '))
+        .filter(|(name, _)| crate::config::grammar::is_config_word(name))
+        .map(|(name, status)| {
+            (
+                name.to_string(),
+                (status != "missing").then(|| status.to_string()),
+            )
+        })
+        .collect();
     Ok(HostObservation {
         containers,
         proxy_routes,
+        proxy_settings,
+        stray_accessories,
         env_files,
         lock,
     })
@@ -229,16 +310,6 @@ fn str_of(v: &Value, path: &[&str]) -> String {
         }
     }
     cur.as_str().unwrap_or_default().to_string()
-}
-
-fn strings_of(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn map_of(v: Option<&Value>) -> BTreeMap<String, String> {
@@ -260,10 +331,11 @@ fn container(
     let image_id = str_of(c, &["Image"]);
     let image_cfg = images.get(&image_id).copied();
     let image_labels = map_of(image_cfg.and_then(|i| i.get("Labels")));
-    let image_env: BTreeSet<String> = strings_of(image_cfg.and_then(|i| i.get("Env")))
-        .into_iter()
-        .collect();
-    let image_cmd = strings_of(image_cfg.and_then(|i| i.get("Cmd")));
+    let image_env: BTreeSet<String> =
+        crate::docker_flags::strings(image_cfg.and_then(|i| i.get("Env")))
+            .into_iter()
+            .collect();
+    let image_cmd = crate::docker_flags::strings(image_cfg.and_then(|i| i.get("Cmd")));
 
     // Note which labels and env the image brings (same value as the image's):
     // the plan ignores them unless the config sets them too.
@@ -275,7 +347,7 @@ fn container(
         .collect();
     let mut env = BTreeMap::new();
     let mut from_image_env = BTreeSet::new();
-    for entry in strings_of(config.and_then(|c| c.get("Env"))) {
+    for entry in crate::docker_flags::strings(config.and_then(|c| c.get("Env"))) {
         let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
         if image_env.contains(&entry) {
             from_image_env.insert(k.to_string());
@@ -288,9 +360,16 @@ fn container(
             },
         );
     }
-    let cmd = strings_of(config.and_then(|c| c.get("Cmd")));
+    let cmd = crate::docker_flags::strings(config.and_then(|c| c.get("Cmd")));
     let state = c.get("State");
     let host_config = c.get("HostConfig");
+    let (flags, flags_from_image) = crate::docker_flags::observed(c, image_cfg);
+    let restart = str_of(c, &["HostConfig", "RestartPolicy", "Name"]);
+    let retries = host_config
+        .and_then(|h| h.get("RestartPolicy"))
+        .and_then(|r| r.get("MaximumRetryCount"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let mut networks: Vec<String> = c
         .get("NetworkSettings")
         .and_then(|n| n.get("Networks"))
@@ -307,13 +386,21 @@ fn container(
         env,
         from_image: (from_image_labels, from_image_env),
         cmd: if cmd == image_cmd { None } else { Some(cmd) },
-        volumes: strings_of(host_config.and_then(|h| h.get("Binds"))),
+        image_cmd,
+        flags,
+        flags_from_image,
+        volumes: crate::docker_flags::strings(host_config.and_then(|h| h.get("Binds"))),
         log_opts: map_of(
             host_config
                 .and_then(|h| h.get("LogConfig"))
                 .and_then(|l| l.get("Config")),
         ),
-        restart_policy: str_of(c, &["HostConfig", "RestartPolicy", "Name"]),
+        // `on-failure:N` as `docker run --restart` names it.
+        restart_policy: if restart == "on-failure" && retries > 0 {
+            format!("{restart}:{retries}")
+        } else {
+            restart
+        },
         networks,
         status: state.map(|s| str_of(s, &["Status"])).unwrap_or_default(),
         health: state
@@ -390,8 +477,44 @@ mod tests {
             ..Default::default()
         };
         assert!(parse_engine(listed("running"), out, &req).is_err());
-        let o = parse_engine(listed("exited"), out, &req).unwrap();
+        let (o, read) = parse_engine(listed("exited"), out, &req).unwrap();
         assert_eq!(o.proxy_routes, None);
+        assert!(!read);
+    }
+
+    /// With the state file in the snapshot, routes come from it and the
+    /// shell's `kamal-proxy list` is not needed (it said "unasked").
+    #[test]
+    fn the_proxy_state_from_the_engine_api_gives_routes_and_settings() {
+        let out = "@@inspect\n@@proxy\n@@proxy-unasked\n@@lock\n@@files\n@@end\n";
+        let req = ProbeRequest {
+            proxy: true,
+            ..Default::default()
+        };
+        let state = br#"[{"name":"demo-web","options":{"hosts":[""],"path_prefixes":["/"],"tls_enabled":false},
+            "target_options":{"health_check_config":{"path":"/up"}},"active_targets":["abc:80"],
+            "pause_controller":{"state":2}}]"#;
+        let mut tar = vec![0u8; 512];
+        tar[124..136].copy_from_slice(format!("{:011o}\0", state.len()).as_bytes());
+        tar[156] = b'0';
+        tar.extend_from_slice(state);
+        tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+        let snapshot = crate::remote::Snapshot {
+            listed: vec![
+                serde_json::json!({"Id": "ab", "Names": ["/kamal-proxy"], "State": "running"}),
+            ],
+            others: vec![Some(tar)],
+            ..Default::default()
+        };
+        let (o, read) = parse_engine(snapshot, out, &req).unwrap();
+        assert!(read);
+        let routes = o.proxy_routes.unwrap();
+        assert_eq!(routes[0].target.as_deref(), Some("abc:80"));
+        assert_eq!(routes[0].state, "stopped");
+        assert_eq!(
+            o.proxy_settings.unwrap()["demo-web"]["health_check_path"],
+            "/up"
+        );
     }
 
     #[test]

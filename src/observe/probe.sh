@@ -1,11 +1,13 @@
 # shellcheck shell=sh
 # observe::probe::SCRIPT: the arguments and sections are documented there.
-want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""
+want=" "; proxy_wanted=""; urls=""; force_cli=""; engine=""; proxy_state=""; proxy_quiet=""
 for a in "$@"; do case "$a" in
   L:*) want="$want${a#L:} "; urls="$urls http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22service%3D${a#L:}%22%5D%7D";;
   P) proxy_wanted=1;;
+  S:*) proxy_state="${a#S:}";;
   C) force_cli=1;;
   E) engine=1;;
+  Q) proxy_quiet=1;;
 esac; done
 sock=""
 case "${DOCKER_HOST:-}" in unix://*) sock="${DOCKER_HOST#unix://}";; "") sock=/var/run/docker.sock;; esac
@@ -46,13 +48,33 @@ PS
   if [ -n "$sel" ]; then docker inspect $sel $refs 2>/dev/null || docker inspect $sel || exit 3; else echo '[]'; fi
 fi
 echo "@@proxy"
-if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ]; then
+if [ -n "$proxy_running" ] && [ -n "$proxy_wanted" ] && [ -z "$proxy_quiet" ]; then
   docker exec kamal-proxy kamal-proxy list 2>&1 || echo "@@proxy-error"
+  echo "@@proxy-state"
+  # docker cp, not exec: the proxy's image need not have a cat.
+  docker cp "kamal-proxy:$proxy_state" - 2>/dev/null | tar -xOf - 2>/dev/null || :
 elif [ -n "$proxy_running" ]; then echo "@@proxy-unasked"
 else echo "@@proxy-absent"; fi
 echo "@@lock"
-for a in "$@"; do case "$a" in K:*) d="${a#K:}"
-  if [ -d "$d" ]; then printf 'held %s\n' "$(base64 -w0 "$d/details" 2>/dev/null)"; fi;; esac; done
+acc_dir=""; acc_service=""; known=" "
+for a in "$@"; do case "$a" in
+  K:*) d="${a#K:}"
+    if [ -d "$d" ]; then printf 'held %s\n' "$(base64 -w0 "$d/details" 2>/dev/null)"; fi;;
+  A:*) acc_dir="${a#A:}";;
+  V:*) acc_service="${a#V:}";;
+  N:*) known="$known${a#N:} ";;
+esac; done
+# Accessories Kamal booted here (their env files) that the config no longer
+# names: `stray <name> <container status|missing>`.
+if [ -n "$acc_dir" ] && [ -d "$acc_dir" ]; then
+  for f in "$acc_dir"/*.env; do
+    [ -f "$f" ] || continue
+    n=${f##*/}; n=${n%.env}
+    case "$known" in *" $n "*) continue;; esac
+    st=$(docker inspect -f '{{.State.Status}}' "$acc_service-$n" 2>/dev/null) || st=missing
+    printf 'stray %s %s\n' "$n" "$st"
+  done
+fi
 echo "@@files"
 n=$#
 for a in "$@"; do case "$a" in F:*) f="${a#F:}"; [ -f "$f" ] && set -- "$@" "$f";; esac; done

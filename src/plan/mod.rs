@@ -14,7 +14,9 @@ pub mod output;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::desired::{AccessoryUnit, AppUnit, Desired, EnvFile, HostUnits};
+use crate::docker_flags;
 use crate::observe::{EnvValue, HostObservation, HostState, Observed, ObservedContainer};
+use crate::proxy_state;
 use crate::secret::fingerprint as hash;
 
 /// The config-determined part of a container.
@@ -28,34 +30,17 @@ pub struct UnitSpec {
     pub log_opts: BTreeMap<String, String>,
     pub restart: String,
     pub network: String,
+    /// Every other `docker run` flag, as [`docker_flags`] normalizes it.
+    pub flags: docker_flags::Flags,
+    /// Flags of the argv berth cannot read back from `docker inspect`.
+    pub uncompared: Vec<String>,
 }
-
-/// `docker run` flags that take no value (so the next word is not theirs).
-const BOOL_FLAGS: &[&str] = &[
-    "--detach",
-    "-d",
-    "--init",
-    "--privileged",
-    "--rm",
-    "--read-only",
-    "--tty",
-    "-t",
-    "--interactive",
-    "-i",
-    "--oom-kill-disable",
-    "--no-healthcheck",
-    "--publish-all",
-    "-P",
-    "--disable-content-trust",
-    "--sig-proxy",
-    "--quiet",
-    "-q",
-];
 
 impl UnitSpec {
     /// Read a spec off a `docker run` argv and the env file it names.
     pub fn from_run_argv(argv: &[String], env_file: Option<&EnvFile>) -> UnitSpec {
         let mut spec = UnitSpec::default();
+        let mut other: Vec<(&str, &str)> = Vec::new();
         let mut i = argv
             .iter()
             .position(|a| a == "run")
@@ -69,14 +54,16 @@ impl UnitSpec {
                 break;
             }
             let (flag, value) = match a.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ if BOOL_FLAGS.contains(&a.as_str()) => (a.as_str(), None),
+                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+                _ if docker_flags::is_bare(a) => (a.as_str(), None),
                 _ => {
                     i += 1;
-                    (a.as_str(), argv.get(i).cloned())
+                    (a.as_str(), argv.get(i).map(String::as_str))
                 }
             };
             let value = value.unwrap_or_default();
+            other.push((flag, value));
+            let value = value.to_string();
             match flag {
                 "--label" | "-l" => {
                     let (k, v) = value.split_once('=').unwrap_or((&value, ""));
@@ -98,11 +85,12 @@ impl UnitSpec {
                     spec.log_opts.insert(k.to_string(), v.to_string());
                 }
                 "--restart" => spec.restart = value,
-                "--network" => spec.network = value,
+                "--network" | "--net" => spec.network = value,
                 _ => {}
             }
             i += 1;
         }
+        (spec.flags, spec.uncompared) = docker_flags::desired(other);
         if let Some(f) = env_file {
             // docker reads env files literally: the value is what Kamal wrote.
             for line in f.contents.expose().lines() {
@@ -140,7 +128,18 @@ impl UnitSpec {
                 .filter(|(k, _)| !c.from_image.1.contains(*k) || want.env.contains_key(*k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            cmd: c.cmd.clone(),
+            // A config that names the image's own command asks for what runs.
+            cmd: match (&c.cmd, &want.cmd) {
+                (None, Some(w)) if *w == c.image_cmd => Some(w.clone()),
+                _ => c.cmd.clone(),
+            },
+            flags: c
+                .flags
+                .iter()
+                .filter(|(k, _)| !c.flags_from_image.contains(*k) || want.flags.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            uncompared: Vec::new(),
             volumes: c.volumes.clone(),
             log_opts: c.log_opts.clone(),
             restart: if c.restart_policy.is_empty() {
@@ -188,6 +187,17 @@ impl UnitSpec {
                 });
             }
         }
+        let keys: BTreeSet<&String> = self.flags.keys().chain(observed.flags.keys()).collect();
+        for k in keys {
+            let (want, have) = (self.flags.get(k), observed.flags.get(k));
+            if want != have {
+                out.push(Change::Flag {
+                    flag: k.clone(),
+                    from: have.map(|v| v.join(", ")),
+                    to: want.map(|v| v.join(", ")),
+                });
+            }
+        }
         if self.cmd != observed.cmd {
             out.push(Change::Field {
                 field: "cmd",
@@ -196,11 +206,8 @@ impl UnitSpec {
             });
         }
         for (field, want, have) in [
-            (
-                "volumes",
-                self.volumes.join(" "),
-                observed.volumes.join(" "),
-            ),
+            // dockerd does not keep `--volume` order (nor does it matter).
+            ("volumes", sorted(&self.volumes), sorted(&observed.volumes)),
             ("restart", self.restart.clone(), observed.restart.clone()),
             ("network", self.network.clone(), observed.network.clone()),
             (
@@ -219,6 +226,12 @@ impl UnitSpec {
         }
         out
     }
+}
+
+fn sorted(v: &[String]) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    v.join(" ")
 }
 
 fn fmt_map(m: &BTreeMap<String, String>) -> String {
@@ -274,6 +287,13 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// A `docker run` flag (from `options`, ports …), normalized as
+    /// `docker_flags` reads it; `None`: not set.
+    Flag {
+        flag: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
     /// The env file on the host differs from what the config renders.
     EnvFile {
         path: String,
@@ -285,8 +305,20 @@ pub enum Change {
         from: Option<String>,
         to: String,
     },
-    /// A container no role or accessory of the config declares.
-    Orphan,
+    /// kamal-proxy routes the service with another setting (as its
+    /// `deploy` flag names it).
+    RouteSetting {
+        service: String,
+        setting: String,
+        from: String,
+        to: String,
+    },
+    /// A container no role or accessory of the config declares, and why;
+    /// for a removed accessory, Kamal's env file for it (removed with it).
+    Orphan {
+        why: String,
+        env_file: Option<String>,
+    },
 }
 
 impl Change {
@@ -301,9 +333,11 @@ impl Change {
             Change::Label { .. } => "label",
             Change::Env { .. } => "env",
             Change::Field { .. } => "field",
+            Change::Flag { .. } => "flag",
             Change::EnvFile { .. } => "env_file",
             Change::Route { .. } => "route",
-            Change::Orphan => "orphan",
+            Change::RouteSetting { .. } => "route_setting",
+            Change::Orphan { .. } => "orphan",
         }
     }
 }
@@ -499,24 +533,27 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
             }
         }
         let orphans_here = if opts.orphans {
-            orphan_containers(desired, units, obs)
+            orphans_on_host(desired, units, obs)
         } else {
             Vec::new()
         };
-        for c in orphans_here {
+        for (name, why, running) in orphans_here {
             if opts.prune {
                 orphans.push(Action {
                     host: units.host.clone(),
                     unit: Unit::Orphan,
-                    container: c.name.clone(),
+                    container: name,
                     kind: ActionKind::Remove,
                     replaces: None,
-                    reasons: vec![Change::Orphan],
+                    reasons: vec![why],
                 });
-            } else if c.running() {
+            } else if running {
+                let Change::Orphan { why, .. } = why else {
+                    continue;
+                };
                 plan.notes.push(format!(
-                    "{}: {} runs but no role declares it (kept: x-berth.prune is off)",
-                    units.host, c.name
+                    "{}: {name} runs but {why} (kept: x-berth.prune is off)",
+                    units.host
                 ));
             }
         }
@@ -616,6 +653,10 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
                         None,
                     ));
                 }
+                let settings = route_setting_changes(route, obs);
+                if !settings.is_empty() {
+                    return Some(action(ActionKind::Route, settings, None));
+                }
             }
             None
         }
@@ -639,6 +680,28 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
             None => Some(action(ActionKind::Create, vec![Change::Missing], None)),
         },
     }
+}
+
+/// The route settings kamal-proxy holds for `route` that differ from what
+/// berth would deploy (nothing when the proxy's state file is unreadable).
+fn route_setting_changes(route: &crate::desired::ProxyRoute, obs: &HostObservation) -> Vec<Change> {
+    let Some(have) = obs
+        .proxy_settings
+        .as_ref()
+        .and_then(|s| s.get(&route.service))
+    else {
+        return Vec::new();
+    };
+    let want = proxy_state::from_deploy_flags(&route.deploy_flags);
+    want.iter()
+        .filter(|(k, v)| have.get(*k) != Some(*v))
+        .map(|(k, v)| Change::RouteSetting {
+            service: route.service.clone(),
+            setting: proxy_state::flag_name(k).to_string(),
+            from: have.get(*k).cloned().unwrap_or_default(),
+            to: v.clone(),
+        })
+        .collect()
 }
 
 /// Running containers of `app`'s role other than the desired one and other
@@ -774,24 +837,43 @@ fn plan_proxy(units: &HostUnits, obs: &HostObservation) -> Option<Action> {
         .find(|c| c.name == crate::desired::PROXY_CONTAINER)
     {
         None => Some(action(ActionKind::Create, vec![Change::Missing])),
-        Some(c) if !c.running() => Some(action(
-            ActionKind::Start,
-            vec![Change::State {
-                status: c.status.clone(),
-            }],
-        )),
-        Some(_) => None,
+        Some(c) => {
+            // Booted from the host's boot config, the proxy's argv is the
+            // host's business (`kamal proxy boot_config`), not the repository's.
+            let diff = match units.proxy.as_ref().filter(|p| !p.boot_config) {
+                Some(p) => {
+                    let want = UnitSpec::from_run_argv(&p.run_argv, None);
+                    want.diff(&UnitSpec::from_observed(c, &want))
+                }
+                None => Vec::new(),
+            };
+            if !diff.is_empty() {
+                Some(action(ActionKind::Reboot, diff))
+            } else if !c.running() {
+                Some(action(
+                    ActionKind::Start,
+                    vec![Change::State {
+                        status: c.status.clone(),
+                    }],
+                ))
+            } else {
+                None
+            }
+        }
     }
 }
 
-/// Containers of this service on the host that no unit explains: a role not
-/// (or no longer) on this host, or an extra running version of a role.
-fn orphan_containers<'a>(
+/// What on the host no unit explains, and why: a container of a role not
+/// (or no longer) on this host, an accessory declared for other hosts, and
+/// an accessory removed from the config (Kamal's env file for it remains).
+/// The name to remove, the reason, and whether it runs.
+fn orphans_on_host(
     desired: &Desired,
     units: &HostUnits,
-    obs: &'a HostObservation,
-) -> Vec<&'a ObservedContainer> {
+    obs: &HostObservation,
+) -> Vec<(String, Change, bool)> {
     let roles: BTreeSet<&str> = units.apps.iter().map(|a| a.role.as_str()).collect();
+    let declared_roles: BTreeSet<&str> = desired.roles.iter().map(String::as_str).collect();
     let accessory_names: BTreeSet<&str> = units
         .accessories
         .iter()
@@ -802,30 +884,60 @@ fn orphan_containers<'a>(
         .iter()
         .flat_map(|h| h.accessories.iter().map(|a| a.container_name.as_str()))
         .collect();
-    obs.containers
-        .iter()
-        .filter(|c| {
-            if c.name == crate::desired::PROXY_CONTAINER
-                || accessory_names.contains(c.name.as_str())
-            {
-                return false;
+    let orphan = |why: String| Change::Orphan {
+        why,
+        env_file: None,
+    };
+    let mut out = Vec::new();
+    for c in &obs.containers {
+        if c.name == crate::desired::PROXY_CONTAINER || accessory_names.contains(c.name.as_str()) {
+            continue;
+        }
+        if all_accessories.contains(c.name.as_str()) {
+            out.push((
+                c.name.clone(),
+                orphan(format!(
+                    "accessory {} is not declared for this host",
+                    c.name
+                )),
+                c.running(),
+            ));
+            continue;
+        }
+        if c.labels.get("service") != Some(&desired.service) {
+            continue;
+        }
+        match c.labels.get("role") {
+            // Old versions of a role on this host are retained stopped,
+            // as Kamal does; a running one is a leftover (`Stop`).
+            Some(role) if roles.contains(role.as_str()) => {}
+            Some(role) if c.running() => {
+                let why = if declared_roles.contains(role.as_str()) {
+                    format!("role {role} does not run on this host")
+                } else {
+                    format!("role {role} is no longer in the config")
+                };
+                out.push((c.name.clone(), orphan(why), true));
             }
-            if all_accessories.contains(c.name.as_str()) {
-                // An accessory that should not be on this host.
-                return true;
-            }
-            if c.labels.get("service") != Some(&desired.service) {
-                return false;
-            }
-            match c.labels.get("role") {
-                // Old versions of a role on this host are retained stopped,
-                // as Kamal does; a running one is a leftover (`Stop`).
-                Some(role) if roles.contains(role.as_str()) => false,
-                Some(_) => c.running(),
-                None => false,
-            }
-        })
-        .collect()
+            _ => {}
+        }
+    }
+    for (name, status) in &obs.stray_accessories {
+        let Some(status) = status else { continue };
+        out.push((
+            crate::kamal::accessory_container(&desired.service, name),
+            Change::Orphan {
+                why: format!("accessory {name} is no longer in the config"),
+                env_file: Some(crate::kamal::accessory_env_file(
+                    &desired.service,
+                    desired.destination.as_deref(),
+                    name,
+                )),
+            },
+            status == "running" || status == "restarting",
+        ));
+    }
+    out
 }
 
 /// Apply a plan's effects to an observed state, as a perfect executor would:
@@ -892,6 +1004,12 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
                         target: Some(format!("{id}:{}", route.app_port)),
                         state: "running".into(),
                     });
+                    if let Some(settings) = obs.proxy_settings.as_mut() {
+                        settings.insert(
+                            route.service.clone(),
+                            proxy_state::from_deploy_flags(&route.deploy_flags),
+                        );
+                    }
                 }
             }
             Unit::Accessory { name } => {
@@ -923,13 +1041,25 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
             Unit::Proxy => {
                 obs.containers
                     .retain(|c| c.name != crate::desired::PROXY_CONTAINER);
-                let mut c =
-                    container_from_spec(crate::desired::PROXY_CONTAINER, &UnitSpec::default());
-                c.labels.clear();
+                let spec = match units.proxy.as_ref().filter(|p| !p.boot_config) {
+                    Some(p) => UnitSpec::from_run_argv(&p.run_argv, None),
+                    None => UnitSpec::default(),
+                };
+                let c = container_from_spec(crate::desired::PROXY_CONTAINER, &spec);
                 obs.containers.push(c);
                 obs.proxy_routes.get_or_insert_with(Vec::new);
             }
-            Unit::Orphan => obs.containers.retain(|c| c.name != action.container),
+            Unit::Orphan => {
+                obs.containers.retain(|c| c.name != action.container);
+                if let Some(Change::Orphan {
+                    env_file: Some(_), ..
+                }) = action.reasons.first()
+                {
+                    obs.stray_accessories.retain(|(n, _)| {
+                        crate::kamal::accessory_container(&desired.service, n) != action.container
+                    });
+                }
+            }
         }
     }
     // A newly booted proxy learns the routes of the apps it fronts.
@@ -980,6 +1110,9 @@ fn container_from_spec(name: &str, spec: &UnitSpec) -> ObservedContainer {
         env: spec.env.clone(),
         from_image: Default::default(),
         cmd: spec.cmd.clone(),
+        image_cmd: Vec::new(),
+        flags: spec.flags.clone(),
+        flags_from_image: Default::default(),
         volumes: spec.volumes.clone(),
         log_opts: spec.log_opts.clone(),
         restart_policy: spec.restart.clone(),
@@ -1051,7 +1184,10 @@ mod tests {
             Change::State {
                 status: "exited".into(),
             },
-            Change::Orphan,
+            Change::Orphan {
+                why: "role jobs is no longer in the config".into(),
+                env_file: None,
+            },
             Change::EnvFile {
                 path: "p".into(),
                 missing: true,
@@ -1060,5 +1196,49 @@ mod tests {
         for c in changes {
             assert_eq!(serde_json::to_value(&c).unwrap()["kind"], c.kind());
         }
+    }
+
+    fn argv(words: &str) -> Vec<String> {
+        words.split(' ').map(str::to_string).collect()
+    }
+
+    /// A `cmd:` naming the image's own command: inspect shows the image's
+    /// command either way, so nothing differs (it used to be replaced on
+    /// every cycle: desired "some", observed "none").
+    #[test]
+    fn a_cmd_equal_to_the_images_cmd_is_in_sync() {
+        let want = UnitSpec::from_run_argv(
+            &argv("docker run --name a --network kamal img:1 /bin/sh -c serve"),
+            None,
+        );
+        let mut c = container_from_spec("a", &want);
+        c.image_cmd = argv("/bin/sh -c serve");
+        c.cmd = None;
+        assert_eq!(want.diff(&UnitSpec::from_observed(&c, &want)), vec![]);
+        // Another command still differs.
+        c.image_cmd = argv("/bin/sh -c other");
+        assert_eq!(want.diff(&UnitSpec::from_observed(&c, &want)).len(), 1);
+    }
+
+    /// Options read off the argv compare with what inspect reports, and a
+    /// removed option is a change.
+    #[test]
+    fn a_removed_option_is_a_change() {
+        let with = UnitSpec::from_run_argv(
+            &argv("docker run --name a --memory 256m --cap-add net_admin img:1"),
+            None,
+        );
+        let without = UnitSpec::from_run_argv(&argv("docker run --name a img:1"), None);
+        let c = container_from_spec("a", &with);
+        let diff = without.diff(&UnitSpec::from_observed(&c, &without));
+        let flags: Vec<&str> = diff
+            .iter()
+            .filter_map(|d| match d {
+                Change::Flag { flag, to: None, .. } => Some(flag.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flags, vec!["cap-add", "memory", "memory-swap"]);
+        assert!(with.uncompared.is_empty());
     }
 }

@@ -94,6 +94,15 @@ fn reasons(out: &mut String, a: &Action) {
             Change::Field { field, from, to } => {
                 let _ = writeln!(out, "      {field}: {from} → {to}");
             }
+            Change::Flag { flag, from, to } => {
+                let unset = || "(not set)".to_string();
+                let _ = writeln!(
+                    out,
+                    "      --{flag}: {} → {}",
+                    from.clone().unwrap_or_else(unset),
+                    to.clone().unwrap_or_else(unset)
+                );
+            }
             Change::EnvFile { path, missing } => {
                 let _ = writeln!(
                     out,
@@ -108,8 +117,16 @@ fn reasons(out: &mut String, a: &Action) {
             Change::Route { service, from, to } => {
                 let _ = writeln!(out, "      route {service}: {} → {to}", opt(from));
             }
-            Change::Orphan => {
-                let _ = writeln!(out, "      declared by no role or accessory");
+            Change::RouteSetting {
+                service,
+                setting,
+                from,
+                to,
+            } => {
+                let _ = writeln!(out, "      route {service} --{setting}: {from} → {to}");
+            }
+            Change::Orphan { why, .. } => {
+                let _ = writeln!(out, "      orphan: {why}");
             }
         }
     }
@@ -122,15 +139,6 @@ fn reasons(out: &mut String, a: &Action) {
                 similar::ChangeTag::Equal => ' ',
             };
             let _ = write!(out, "      {sign} {change}");
-        }
-    }
-}
-
-fn notes(out: &mut String, plan: &Plan) {
-    if !plan.notes.is_empty() {
-        out.push_str("\nnotes:\n");
-        for n in &plan.notes {
-            let _ = writeln!(out, "  {n}");
         }
     }
 }
@@ -164,7 +172,14 @@ pub fn text(plan: &Plan) -> String {
     for (h, why) in &plan.unknown_hosts {
         let _ = writeln!(out, "\nhost {h}\n  ? unknown: {why}");
     }
-    notes(&mut out, plan);
+    let mut notes = String::new();
+    if !plan.notes.is_empty() {
+        notes.push_str("\nnotes:\n");
+        for n in &plan.notes {
+            let _ = writeln!(notes, "  {n}");
+        }
+    }
+    out.push_str(&notes);
     let s = Summary::of(plan);
     let _ = writeln!(
         out,
@@ -182,10 +197,8 @@ pub fn text(plan: &Plan) -> String {
         }
     );
     if plan.in_sync() {
-        out = "No changes. The fleet matches the configuration.\n".into();
-        // What is worth knowing without an action (a moved tag, a kept
-        // orphan) is still said.
-        notes(&mut out, plan);
+        // What is kept as it is (orphans, locks) is still worth saying.
+        out = format!("No changes. The fleet matches the configuration.\n{notes}");
     }
     out
 }

@@ -74,6 +74,8 @@ pub struct Snapshot {
     pub containers: Vec<Value>,
     /// `/images/{id}/json` for their images.
     pub images: Vec<Value>,
+    /// The bodies of the other paths asked (`None`: not 200), in order.
+    pub others: Vec<Option<Vec<u8>>>,
 }
 
 struct Response {
@@ -130,6 +132,7 @@ impl Connections {
         &self,
         host: &str,
         lists: &[String],
+        others: &[String],
     ) -> Option<Result<Snapshot, RemoteError>> {
         let slot = {
             let map = self.engines.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,9 +142,12 @@ impl Connections {
         if engine.resting() {
             return None;
         }
-        let result = tokio::time::timeout(CALL_TIMEOUT, self.snapshot(host, &mut engine, lists))
-            .await
-            .unwrap_or_else(|_| Err("no answer in time".to_string()));
+        let result = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.snapshot(host, &mut engine, lists, others),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".to_string()));
         Some(match result {
             Ok(s) => {
                 engine.failures = 0;
@@ -168,10 +174,17 @@ impl Connections {
         host: &str,
         engine: &mut Engine,
         lists: &[String],
+        others: &[String],
     ) -> Result<Snapshot, String> {
         let mut paths: Vec<String> = lists.to_vec();
+        paths.extend(others.iter().cloned());
         paths.extend(engine.last_containers.iter().map(|id| container_path(id)));
-        let answers = self.batch(host, engine, &paths).await?;
+        let mut answers = self.batch(host, engine, &paths).await?;
+        let others: Vec<Option<Vec<u8>>> = answers
+            .drain(lists.len()..(lists.len() + others.len()).min(answers.len()))
+            .map(|r| (r.status == 200).then_some(r.body))
+            .collect();
+        paths.drain(lists.len()..lists.len() + others.len());
 
         let mut listed = Vec::new();
         for (path, r) in paths.iter().zip(&answers).take(lists.len()) {
@@ -253,6 +266,7 @@ impl Connections {
             listed,
             containers,
             images,
+            others,
         })
     }
 

@@ -45,6 +45,11 @@ pub struct SshOptions {
     pub proxy_command: Option<String>,
     /// Read `~/.ssh/config` (Kamal's `ssh.config`, default true).
     pub use_ssh_config: bool,
+    /// `ssh.config` naming files: those instead of `~/.ssh/config`.
+    pub config_files: Vec<PathBuf>,
+    /// `ssh.key_data`: private keys given as text, written to private files
+    /// beside berth's ssh_config and offered like `ssh.keys`.
+    pub key_data: Vec<crate::secret::Secret>,
     pub known_hosts: Option<PathBuf>,
     pub accept_new_host_keys: bool,
     pub connect_timeout: Duration,
@@ -66,6 +71,17 @@ impl SshOptions {
             jump: ssh.proxy.clone(),
             proxy_command: ssh.proxy_command.clone(),
             use_ssh_config: !matches!(ssh.config, crate::config::SshConfigFiles::Ignore),
+            config_files: match &ssh.config {
+                crate::config::SshConfigFiles::Files(files) => {
+                    files.iter().map(|f| expand(f)).collect()
+                }
+                _ => Vec::new(),
+            },
+            key_data: ssh
+                .key_data
+                .iter()
+                .map(|k| crate::secret::Secret::new(k.clone()))
+                .collect(),
             known_hosts: None,
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
@@ -166,9 +182,32 @@ pub struct Connections {
     /// Hosts' Docker Engine APIs, once the shell probe found their sockets.
     engines: std::sync::Mutex<HashMap<String, engine::EngineSlot>>,
     engine_batches: std::sync::atomic::AtomicU64,
+    /// Hosts whose kamal-proxy state the Engine API read last time: their
+    /// probe skips `docker exec kamal-proxy kamal-proxy list`.
+    proxy_state_by_engine: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Connections {
+    /// Whether the Engine API read `host`'s kamal-proxy state last time.
+    pub fn proxy_state_by_engine(&self, host: &str) -> bool {
+        self.proxy_state_by_engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(host)
+    }
+
+    pub fn set_proxy_state_by_engine(&self, host: &str, read: bool) {
+        let mut set = self
+            .proxy_state_by_engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if read {
+            set.insert(host.to_string());
+        } else {
+            set.remove(host);
+        }
+    }
+
     pub fn new(opts: SshOptions) -> Connections {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         static SWEPT: std::sync::Once = std::sync::Once::new();
@@ -183,6 +222,7 @@ impl Connections {
             ssh_config: std::sync::OnceLock::new(),
             engines: std::sync::Mutex::new(HashMap::new()),
             engine_batches: std::sync::atomic::AtomicU64::new(0),
+            proxy_state_by_engine: Default::default(),
         }
     }
 
@@ -211,6 +251,7 @@ impl Connections {
             .keys
             .iter()
             .chain(&o.known_hosts)
+            .chain(&o.config_files)
             .map(|k| k.to_string_lossy().into_owned())
             .chain(o.proxy_command.clone());
         for v in values {
@@ -239,13 +280,34 @@ impl Connections {
         for k in &o.keys {
             cfg.push_str(&format!("IdentityFile \"{}\"\n", k.display()));
         }
+        for (i, key) in o.key_data.iter().enumerate() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = self.dir.join(format!("key_data-{i}"));
+            let mut text = key.expose().trim().to_string();
+            text.push('\n');
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)?
+                .write_all(text.as_bytes())?;
+            cfg.push_str(&format!("IdentityFile \"{}\"\n", file.display()));
+        }
         if o.keys_only {
             cfg.push_str("IdentitiesOnly yes\n");
         }
         if let Some(c) = &o.proxy_command {
             cfg.push_str(&format!("ProxyCommand {c}\n"));
         }
+        for f in &o.config_files {
+            // Relative to where berth runs, as Kamal reads them.
+            let f = std::path::absolute(f)?;
+            cfg.push_str(&format!("Include \"{}\"\n", f.display()));
+        }
         if o.use_ssh_config
+            && o.config_files.is_empty()
             && let Some(home) = std::env::var_os("HOME")
         {
             let user_cfg = PathBuf::from(home).join(".ssh/config");

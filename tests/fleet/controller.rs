@@ -812,10 +812,12 @@ fn drift_on_an_app_with_an_accessory_is_seen_through_docker_events() {
     let (dir, work) = workspace(&fleet);
     let host = fleet.addrs()[0].clone();
     let yml = format!(
-        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\n\
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\nreadiness_delay: 0\n\
+         proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
          accessories:\n  kv:\n    image: {reg}/kv:1\n    host: {host}\n\
          x-berth:\n  version: v1\n{common}",
         reg = fleet.tb.registry(),
+        pv = testbed::images::PROXY_VERSION,
         common = KAMAL_COMMON
             .replace("{registry}", &fleet.tb.registry())
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
@@ -841,11 +843,12 @@ fn drift_on_an_app_with_an_accessory_is_seen_through_docker_events() {
     wait(Duration::from_secs(20), "in sync", || {
         in_sync(&detect) == Some(1.0)
     });
-    wait(Duration::from_secs(10), "event stream attached", || {
+    // Two streams: the app's containers, and kamal-proxy's.
+    wait(Duration::from_secs(10), "event streams attached", || {
         fleet
             .host(0)
             .docker_ok(&["info", "--format", "{{.NEventsListener}}"])
-            .is_ok_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n >= 1))
+            .is_ok_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n >= 2))
     });
     // Drift on the app's own container and on the accessory's.
     for (container, unit) in [("demo-web-v1", "web"), ("demo-kv", "accessory:kv")] {
@@ -866,6 +869,24 @@ fn drift_on_an_app_with_an_accessory_is_seen_through_docker_events() {
             in_sync(&detect) == Some(1.0)
         });
     }
+    // A route removed by hand inside kamal-proxy: no container changes, the
+    // proxy's exec events tell (berth's own `kamal-proxy list` does not).
+    fleet
+        .host(0)
+        .docker_ok(&["exec", "kamal-proxy", "kamal-proxy", "remove", "demo-web"])
+        .unwrap();
+    let t = Instant::now();
+    wait(Duration::from_secs(10), "route drift seen", || {
+        in_sync(&detect) == Some(0.0)
+    });
+    let seen = t.elapsed();
+    eprintln!("route: drift seen after {seen:?}");
+    assert!(seen < Duration::from_secs(5), "route: drift took {seen:?}");
+    assert!(
+        detect.apps().contains("\"action\":\"route\""),
+        "{}",
+        detect.apps()
+    );
     assert_eq!(detect.stop(), Some(0));
     drop(dir);
     assert_eq!(fleet.teardown(), Vec::<String>::new());

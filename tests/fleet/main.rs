@@ -10,6 +10,7 @@ mod support;
 
 mod container_image;
 mod controller;
+mod converge;
 mod kamal_realism;
 mod reconcile_apply;
 mod reconcile_dry_run;

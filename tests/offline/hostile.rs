@@ -625,6 +625,16 @@ fn findings() -> Vec<Case> {
         Verdict::Refused("ssh.proxy_command: runs a command on berth's machine"),
     ));
     {
+        // An included ssh_config could say `ProxyCommand touch …`.
+        let r = Repo::new(&with_ssh("config: [ssh/evil]"));
+        r.write("ssh/evil", "Host *\n  ProxyCommand touch {M}/sshconfig\n");
+        cases.push(case(
+            "ssh.config file under --untrusted",
+            r,
+            Verdict::Refused("ssh.config: an ssh_config file can run commands on berth's machine"),
+        ));
+    }
+    {
         let r = Repo::new("");
         std::fs::write(
             r.project().join("config/deploy.yml"),

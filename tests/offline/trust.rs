@@ -75,7 +75,11 @@ fn image_digest_pins_are_validated() {
     let digest = format!("sha256:{}", "ab".repeat(32));
     for (x_berth, ok, message) in [
         (format!("  version: v1@{digest}\n"), true, ""),
-        (format!("  version: v1\n  image_digest: {digest}\n"), true, ""),
+        (
+            format!("  version: v1\n  image_digest: {digest}\n"),
+            true,
+            "",
+        ),
         (
             format!("  version: v1@{digest}\n  image_digest: {digest}\n"),
             true,
@@ -92,7 +96,10 @@ fn image_digest_pins_are_validated() {
             "x-berth.image_digest: \"latest\" is not an image digest",
         ),
         (
-            format!("  version: v1@{digest}\n  image_digest: sha256:{}\n", "cd".repeat(32)),
+            format!(
+                "  version: v1@{digest}\n  image_digest: sha256:{}\n",
+                "cd".repeat(32)
+            ),
             false,
             "x-berth.image_digest: differs from the digest in x-berth.version",
         ),

@@ -55,6 +55,28 @@ impl Repo {
         }
     }
 
+    /// `commit` with a header added after signing, written as a new
+    /// object (its signature now covers other bytes); the new id.
+    fn tamper(&self, commit: &str) -> String {
+        let raw = git(&self.work, &["cat-file", "commit", commit]) + "\n";
+        let tampered = raw.replacen("\ngpgsig ", "\nencoding ISO-8859-1\ngpgsig ", 1);
+        assert_ne!(tampered, raw);
+        let obj = self.file(&tampered, &format!("tampered-{commit}"));
+        let id = git(
+            &self.work,
+            &[
+                "hash-object",
+                "-t",
+                "commit",
+                "-w",
+                "--literally",
+                obj.to_str().unwrap(),
+            ],
+        );
+        assert_ne!(id, commit);
+        id
+    }
+
     fn file(&self, text: &str, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -135,22 +157,7 @@ fn ssh_signed_commits_are_applied_and_the_rest_refused() {
 
     // A header added after signing: the signed bytes differ.
     let good = repo.commit("v4", Some(&ssh_signing(&alice)));
-    let raw = git(&repo.work, &["cat-file", "commit", &good]) + "\n";
-    let tampered_raw = raw.replacen("\ngpgsig ", "\nencoding ISO-8859-1\ngpgsig ", 1);
-    assert_ne!(tampered_raw, raw);
-    let obj = repo.file(&tampered_raw, "tampered");
-    let tampered = git(
-        &repo.work,
-        &[
-            "hash-object",
-            "-t",
-            "commit",
-            "-w",
-            "--literally",
-            obj.to_str().unwrap(),
-        ],
-    );
-    assert_ne!(tampered, good);
+    let tampered = repo.tamper(&good);
     git(&repo.work, &["update-ref", "refs/heads/main", &tampered]);
     assert!(
         matches!(refusal(&source), Refusal::BadSignature(_)),
@@ -333,15 +340,7 @@ fn openpgp_signed_commits() {
     assert_eq!(v.signer, "alice <alice@example.com>");
 
     // The same commit with a header added after signing.
-    let raw = git(&repo.work, &["cat-file", "commit", &good]) + "\n";
-    let obj = repo.file(
-        &raw.replacen("\ngpgsig ", "\nencoding ISO-8859-1\ngpgsig ", 1),
-        "tampered-pgp",
-    );
-    let tampered = git(
-        &repo.work,
-        &["hash-object", "-t", "commit", "-w", "--literally", obj.to_str().unwrap()],
-    );
+    let tampered = repo.tamper(&good);
     git(&repo.work, &["update-ref", "refs/heads/main", &tampered]);
     assert_eq!(
         refusal(&source),

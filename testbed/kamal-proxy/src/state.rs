@@ -244,7 +244,14 @@ impl Shared {
         }
         let tmp = self.state_path.with_extension("tmp");
         std::fs::write(&tmp, out)?;
-        std::fs::rename(&tmp, &self.state_path)
+        std::fs::rename(&tmp, &self.state_path)?;
+        // What real kamal-proxy keeps beside (and berth reads to compare
+        // route settings): its own JSON state, as `Router.saveStateSnapshot`
+        // writes it.
+        let real = self.state_path.with_file_name("kamal-proxy.state");
+        let tmp = real.with_extension("state.tmp");
+        std::fs::write(&tmp, real_state_json(services))?;
+        std::fs::rename(&tmp, &real)
     }
 
     fn persist(&self, services: &BTreeMap<String, Service>) {
@@ -545,4 +552,76 @@ pub(crate) fn load_state(path: &Path) -> BTreeMap<String, Service> {
         }
     }
     services
+}
+
+/// kamal-proxy's state file: a JSON list of services with their `options`
+/// and `target_options` (durations in nanoseconds, as Go marshals them).
+fn real_state_json(services: &BTreeMap<String, Service>) -> String {
+    use crate::log::json_str;
+    let list = |v: &[String]| {
+        let items: Vec<String> = v.iter().map(|s| json_str(s)).collect();
+        format!("[{}]", items.join(","))
+    };
+    let ns = |d: Duration| d.as_nanos().to_string();
+    let opt = |v: &Option<String>| json_str(v.as_deref().unwrap_or(""));
+    let mut out = Vec::new();
+    for (name, s) in services {
+        let o = &s.opts;
+        let hosts = if o.hosts.is_empty() {
+            vec![String::new()]
+        } else {
+            o.hosts.clone()
+        };
+        let prefixes = if o.path_prefixes.is_empty() {
+            vec!["/".to_string()]
+        } else {
+            o.path_prefixes.clone()
+        };
+        out.push(format!(
+            concat!(
+                "{{\"name\":{},\"options\":{{\"hosts\":{},\"path_prefixes\":{},",
+                "\"tls_enabled\":{},\"tls_certificate_path\":{},\"tls_private_key_path\":{},",
+                "\"tls_redirect\":{},\"canonical_host\":\"\",\"acme_directory\":\"\",",
+                "\"acme_cache_path\":{},\"error_page_path\":{},\"strip_prefix\":{},",
+                "\"writer_affinity_timeout\":{},\"read_targets_accept_websockets\":false}},",
+                "\"target_options\":{{\"health_check_config\":{{\"path\":{},\"port\":0,",
+                "\"interval\":{},\"timeout\":{},\"host\":\"\"}},\"response_timeout\":{},",
+                "\"buffer_requests\":{},\"buffer_responses\":{},\"max_memory_buffer_size\":{},",
+                "\"max_request_body_size\":{},\"max_response_body_size\":{},",
+                "\"log_request_headers\":{},\"log_response_headers\":{},",
+                "\"forward_headers\":{},\"scope_cookie_paths\":false}},",
+                "\"active_targets\":{},\"active_readers\":{},\"rollout_targets\":null,",
+                "\"rollout_readers\":null,\"pause_controller\":{{\"state\":{}}},",
+                "\"rollout_controller\":null}}"
+            ),
+            json_str(name),
+            list(&hosts),
+            list(&prefixes),
+            o.tls,
+            opt(&o.tls_certificate_path),
+            opt(&o.tls_private_key_path),
+            o.tls_redirect,
+            opt(&o.tls_acme_cache_path),
+            opt(&o.error_pages),
+            o.strip_path_prefix,
+            ns(o.writer_affinity_timeout),
+            json_str(&o.health_check_path),
+            ns(o.health_check_interval),
+            ns(o.health_check_timeout),
+            ns(o.target_timeout),
+            o.buffer_requests,
+            o.buffer_responses,
+            o.buffer_memory,
+            o.max_request_body,
+            o.max_response_body,
+            list(&o.log_request_headers),
+            list(&o.log_response_headers),
+            o.forward_headers,
+            list(std::slice::from_ref(&s.target.spec)),
+            list(&o.read_targets),
+            // PauseStateStopped: this stand-in's pause is a stop with a message.
+            if s.paused.is_some() { "2" } else { "0" },
+        ));
+    }
+    format!("[{}]\n", out.join(","))
 }
