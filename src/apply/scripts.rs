@@ -50,6 +50,9 @@ pub struct PrepArgs {
     pub log: String,
     /// `$6` the audit line for the pull.
     pub line: String,
+    /// `$7` `repository@sha256:…` to pull instead of the tag and tag as
+    /// `$3` (`x-berth.image_digest`); empty: pull the tag.
+    pub pinned: String,
 }
 
 impl PrepArgs {
@@ -64,6 +67,7 @@ impl PrepArgs {
                 &self.service,
                 &self.log,
                 &self.line,
+                &self.pinned,
             ]
             .map(Clone::clone),
         )
@@ -82,6 +86,8 @@ pub enum PrepExit {
     Pull,
     /// 13: the image's `service` label is another service's.
     Label,
+    /// 14: the image tagged for the version is not the pinned digest.
+    Digest,
     /// Anything else (a signal, a shell error).
     Other,
 }
@@ -94,6 +100,7 @@ impl PrepExit {
             Some(11) => PrepExit::Login,
             Some(12) => PrepExit::Pull,
             Some(13) => PrepExit::Label,
+            Some(14) => PrepExit::Digest,
             _ => PrepExit::Other,
         }
     }
@@ -296,7 +303,9 @@ mod tests {
             (
                 names(PREP, "server="),
                 PrepArgs::default().argv(),
-                &["server", "user", "image", "service", "log", "line"][..],
+                &[
+                    "server", "user", "image", "service", "log", "line", "pinned",
+                ][..],
             ),
             (
                 names(BOOT, "f="),

@@ -10,6 +10,14 @@ use super::{ApplyContext, ApplyError, Policy, audit_line_at, audit_log, strings,
 use crate::desired::{AccessoryUnit, AppUnit, Desired, PROXY_CONTAINER};
 use crate::plan::{Action, ActionKind, Change, Plan, Unit};
 
+/// An image reference without its tag (`reg:5000/demo:v1` → `reg:5000/demo`).
+fn repository(image: &str) -> &str {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => image,
+    }
+}
+
 /// Network, login and, where the app boots (`boots`), the pull.
 pub(super) async fn prep(ctx: &ApplyContext<'_>, h: &str, boots: bool) -> Result<(), ApplyError> {
     let image = if boots {
@@ -38,12 +46,16 @@ pub(super) async fn prep(ctx: &ApplyContext<'_>, h: &str, boots: bool) -> Result
             None,
             &format!("Pulled image with version {}", ctx.desired.version),
         ),
+        pinned: match (&ctx.desired.image_digest, boots) {
+            (Some(d), true) => format!("{}@{d}", repository(&image)),
+            _ => String::new(),
+        },
     };
     let out = ctx.conns.run_with_stdin(h, &args.argv(), &password).await?;
     let message = out.stderr.trim().to_string();
     match PrepExit::from_code(out.status) {
         PrepExit::Ok => Ok(()),
-        PrepExit::Pull | PrepExit::Label => Err(ApplyError::Pull {
+        PrepExit::Pull | PrepExit::Label | PrepExit::Digest => Err(ApplyError::Pull {
             host: h.to_string(),
             image,
             message,

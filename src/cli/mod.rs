@@ -57,6 +57,14 @@ pub struct ConfigArgs {
     /// ssh.proxy_command — and no read leaves the project directory.
     #[arg(long, conflicts_with = "allow_secret_commands")]
     pub untrusted: bool,
+    /// Refuse a `$VAR` in `.kamal/secrets*` that the environment does not
+    /// set (as `berth run` always does). Without it the value is empty, as
+    /// in Kamal, with a warning naming file:line and the variable.
+    #[arg(long)]
+    pub strict_secrets: bool,
+    /// The age key file that decrypts SOPS-encrypted `.kamal/secrets*`.
+    #[arg(long, env = "SOPS_AGE_KEY_FILE")]
+    pub age_key_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -71,6 +79,15 @@ impl ConfigArgs {
         } else {
             Checkout::confined(&root)?
         })
+    }
+
+    /// The age keys of `--age-key-file`, if given.
+    pub fn age_keys(&self) -> anyhow::Result<Option<crate::config::sops::AgeKeys>> {
+        self.age_key_file
+            .as_deref()
+            .map(crate::config::sops::AgeKeys::load)
+            .transpose()
+            .map_err(anyhow::Error::msg)
     }
 
     pub fn secret_commands(&self) -> crate::config::secrets::Commands {
@@ -216,6 +233,19 @@ pub(crate) fn out(text: &str) {
         .and_then(|()| stdout.flush());
 }
 
+/// Warn (stderr) about each `$VAR` of the secrets that the environment did
+/// not set: its value is empty, as in Kamal; `--strict-secrets` refuses.
+pub(crate) fn warn_unset(secrets: &crate::config::secrets::Secrets) {
+    for u in secrets.unset() {
+        eprintln!(
+            "{}",
+            printable(&format!(
+                "warning: {u}: its value is empty (--strict-secrets refuses this; berth run always does)"
+            ))
+        );
+    }
+}
+
 /// Load a config (and its secrets) and render the desired state, as the
 /// subcommands do (for benchmarks and embedding).
 pub fn load_desired_for(
@@ -229,6 +259,8 @@ pub fn load_desired_for(
             allow_secret_commands: false,
             allow_outside_reads: false,
             untrusted: false,
+            strict_secrets: false,
+            age_key_file: None,
         },
         None,
         None,

@@ -37,10 +37,13 @@ pub fn load_all(
     home: Option<&str>,
 ) -> anyhow::Result<(config::Config, Secrets, Desired)> {
     let files = cfg_args.checkout()?;
+    let age_keys = cfg_args.age_keys()?;
     let loaded = desired::load::load_app(&desired::load::AppLoad {
         config_file: &cfg_args.config_file,
         destination: cfg_args.destination.as_deref(),
         secret_commands: cfg_args.secret_commands(),
+        strict_secrets: cfg_args.strict_secrets,
+        age_keys: age_keys.as_ref(),
         app_version,
         home,
         env: &process_env,
@@ -49,6 +52,7 @@ pub fn load_all(
     for w in &loaded.0.warnings {
         eprintln!("warning: {}", super::printable(&w.to_string()));
     }
+    super::warn_unset(&loaded.1);
     Ok(loaded)
 }
 

@@ -38,6 +38,23 @@ pub struct Args {
     /// known_hosts for the Git server's host key (default: `--known-hosts`).
     #[arg(long)]
     pub git_known_hosts: Option<PathBuf>,
+    /// Apply only signed revisions: `head` (the commit to apply is signed),
+    /// `tag` (the followed annotated tag is; with `--tag`) or `tag_and_head`.
+    /// An unsigned or badly signed revision is not checked out: the fleet
+    /// keeps the last verified one.
+    #[arg(long, value_enum, requires = "repo")]
+    pub verify: Option<crate::source::verify::VerifyMode>,
+    /// Trusted SSH signing keys, as an `allowed_signers` file (`ssh-keygen
+    /// -Y verify`'s format; namespace `git`).
+    #[arg(long, requires = "verify")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Trusted OpenPGP keys (armored public keys).
+    #[arg(long, requires = "verify")]
+    pub openpgp_keyring: Option<PathBuf>,
+    /// The age key file that decrypts SOPS-encrypted `.kamal/secrets*` in
+    /// the repository (in Kubernetes: a Secret the chart mounts).
+    #[arg(long, env = "SOPS_AGE_KEY_FILE")]
+    pub age_key_file: Option<PathBuf>,
     /// A `berth.yml` kept outside the repository (a Kubernetes ConfigMap):
     /// used instead of the repository's own
     #[arg(long)]
@@ -194,6 +211,31 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         }
     };
     let limits = http_limits(args, fd_limit);
+    let age_keys = match &args.age_key_file {
+        Some(p) => Some(Arc::new(
+            crate::config::sops::AgeKeys::load(p).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    let trust = match args.verify {
+        None => None,
+        Some(mode) => {
+            use crate::source::verify::{Trust, VerifyMode};
+            if mode != VerifyMode::Head && args.tag.is_none() {
+                anyhow::bail!("--verify {mode:?} verifies the followed tag: give --tag PATTERN");
+            }
+            if args.allowed_signers.is_none() && args.openpgp_keyring.is_none() {
+                anyhow::bail!(
+                    "--verify needs --allowed-signers FILE and/or --openpgp-keyring FILE"
+                );
+            }
+            Some(Arc::new(Trust::load(
+                mode,
+                args.allowed_signers.as_deref(),
+                args.openpgp_keyring.as_deref(),
+            )?))
+        }
+    };
     let source = match (&args.repo, &args.dir) {
         // `<checkout>/index` holds the first fetch (and a single app);
         // `<checkout>/apps/<name>[-<dest>]` one checkout per app instance.
@@ -213,6 +255,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
                     .or_else(|| args.known_hosts.clone()),
                 token: git_token,
             },
+            trust: trust.clone(),
         },
         (None, Some(d)) => Source::Dir(d.clone()),
         (None, None) => anyhow::bail!("give --repo URL or --dir PATH"),
@@ -249,6 +292,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
             ssh: ssh.clone(),
             prune: None,
             suspended: false,
+            age_keys: age_keys.clone(),
         })),
         Some(apps) => {
             for app in apps {
@@ -280,6 +324,7 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
                         ssh: ssh.clone(),
                         prune: app.prune,
                         suspended: app.suspended,
+                        age_keys: age_keys.clone(),
                     }));
                 }
             }

@@ -84,6 +84,23 @@ fn problems(e: &AppLoadError, config_file: &std::path::Path) -> Vec<Problem> {
                 message: text.strip_prefix(&prefix).unwrap_or(&text).to_string(),
             }]
         }
+        AppLoadError::Secrets(SecretsError::Sops { file, error }) => vec![Problem {
+            file: file.display().to_string(),
+            line: error.line,
+            column: None,
+            key: String::new(),
+            message: error.message.clone(),
+        }],
+        AppLoadError::Secrets(SecretsError::Unset(list)) => list
+            .iter()
+            .map(|u| Problem {
+                file: u.file.display().to_string(),
+                line: Some(u.line),
+                column: None,
+                key: u.key.clone(),
+                message: format!("${} is not set in berth's environment", u.variable),
+            })
+            .collect(),
         other => vec![Problem {
             file: config_file.display().to_string(),
             line: None,
@@ -139,6 +156,7 @@ fn warnings_json(warnings: &[crate::config::ConfigError]) -> Vec<serde_json::Val
 
 pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let files = args.config.checkout()?;
+    let age_keys = args.config.age_keys()?;
     let checked = check_app(&AppLoad {
         config_file: &args.config.config_file,
         destination: args.config.destination.as_deref(),
@@ -148,16 +166,19 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         } else {
             Commands::Refuse
         },
+        strict_secrets: args.config.strict_secrets,
+        age_keys: age_keys.as_ref(),
         app_version: args.app_version.as_deref(),
         home: None,
         env: &process_env,
         files: &files,
     });
     match checked {
-        Ok((cfg, version)) => {
+        Ok((cfg, version, secrets)) => {
             for w in &cfg.warnings {
                 eprintln!("warning: {}", super::printable(&w.to_string()));
             }
+            super::warn_unset(&secrets);
             if version.is_none() {
                 eprintln!(
                     "note: no x-berth.version: reconcile and berth run need one (or --app-version)"

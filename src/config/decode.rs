@@ -1302,6 +1302,13 @@ impl Decoder {
     }
 
     fn berth(&mut self, map: &[(Key, Node)]) -> BerthSettings {
+        fn valid_digest(d: &str) -> bool {
+            d.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+        }
         let mut settings = BerthSettings::default();
         let Some(node) = get(map, "x-berth") else {
             return settings;
@@ -1309,10 +1316,47 @@ impl Decoder {
         if node.is_null() {
             return settings;
         }
-        let Some(m) = self.map(node, "x-berth", &["version", "prune"], false) else {
+        let Some(m) = self.map(
+            node,
+            "x-berth",
+            &["version", "prune", "image_digest"],
+            false,
+        ) else {
             return settings;
         };
         settings.version = self.opt_string(m, "version", "x-berth");
+        let digest_in_version = match settings.version.as_deref().map(|v| v.split_once('@')) {
+            Some(Some((tag, digest))) => {
+                let (tag, digest) = (tag.to_string(), digest.to_string());
+                settings.version = Some(tag);
+                Some(digest)
+            }
+            _ => None,
+        };
+        let digest = self.opt_string(m, "image_digest", "x-berth");
+        for (key, d) in [("version", &digest_in_version), ("image_digest", &digest)] {
+            if let Some(d) = d
+                && !valid_digest(d)
+            {
+                let mark = get(m, key).map_or(node.mark.clone(), |n| n.mark.clone());
+                self.error(
+                    &mark,
+                    &format!("x-berth.{key}"),
+                    format!("{d:?} is not an image digest (sha256: and 64 lowercase hex digits)"),
+                );
+            }
+        }
+        if let (Some(a), Some(b)) = (&digest_in_version, &digest)
+            && a != b
+        {
+            let mark = get(m, "image_digest").map_or(node.mark.clone(), |n| n.mark.clone());
+            self.error(
+                &mark,
+                "x-berth.image_digest",
+                "differs from the digest in x-berth.version",
+            );
+        }
+        settings.image_digest = digest.or(digest_in_version);
         if let Some(v) = &settings.version
             && !valid_docker_tag(v)
         {

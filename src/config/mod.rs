@@ -12,6 +12,7 @@ pub mod erb;
 pub mod grammar;
 pub mod model;
 pub mod secrets;
+pub mod sops;
 pub mod words;
 pub mod yaml;
 

@@ -111,6 +111,10 @@ pub struct BerthSettings {
     pub version: Option<String>,
     /// Remove containers of this service that no role or accessory declares.
     pub prune: bool,
+    /// `x-berth.image_digest` (or `version: tag@sha256:…`): the image the
+    /// version must be; pulled by digest, a host whose image differs
+    /// refuses to boot.
+    pub image_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

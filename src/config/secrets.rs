@@ -9,6 +9,9 @@
 //! it cannot parse, berth reports it with file and line: a secret that
 //! vanished silently is worse than a refused config. `$(command)` runs only
 //! with an explicit opt-in, because it executes code from the repository.
+//! A `$VAR` that berth's environment does not set becomes empty, as in
+//! Kamal, but is recorded ([`Secrets::unset`]): `berth run` (and
+//! `--strict-secrets`) refuse the revision on it, the CLI warns.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +43,8 @@ pub struct SecretsOptions<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Where the secrets files may be read from (the repository).
     pub files: &'a Checkout,
+    /// Keys for files encrypted with SOPS (age).
+    pub age_keys: Option<&'a crate::config::sops::AgeKeys>,
 }
 
 /// The most text one secret value may expand to (`$A$A` doubles at every
@@ -75,6 +80,51 @@ pub enum SecretsError {
         key: String,
         message: String,
     },
+    /// A SOPS-encrypted file that cannot be decrypted or whose MAC fails.
+    #[error("{}{}", file.display(), match error.line {
+        Some(l) => format!(":{l}: {}", error.message),
+        None => format!(": {}", error.message),
+    })]
+    Sops {
+        file: PathBuf,
+        error: crate::config::sops::SopsError,
+    },
+    /// Variables the secrets reference that berth's environment does not
+    /// set, refused (`berth run`, `--untrusted`, `--strict-secrets`).
+    #[error("{}", unset_list(.0))]
+    Unset(Vec<UnsetVariable>),
+}
+
+/// A `$VAR` in a secrets file that berth's environment does not set (its
+/// value became empty, as in Kamal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsetVariable {
+    pub file: PathBuf,
+    pub line: usize,
+    /// The secret whose value references it.
+    pub key: String,
+    pub variable: String,
+}
+
+impl std::fmt::Display for UnsetVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: ${} is not set in berth's environment",
+            self.file.display(),
+            self.line,
+            self.key,
+            self.variable
+        )
+    }
+}
+
+fn unset_list(v: &[UnsetVariable]) -> String {
+    let lines: Vec<String> = v.iter().map(ToString::to_string).collect();
+    format!(
+        "{} (an unset variable would deploy an empty secret; set it, or remove the reference)",
+        lines.join("; ")
+    )
 }
 
 /// The merged secrets of one destination.
@@ -85,6 +135,8 @@ pub struct Secrets {
     files: Vec<PathBuf>,
     /// The files Kamal would look for (for error messages).
     candidates: Vec<PathBuf>,
+    /// Variables referenced but not set (their values are empty).
+    unset: Vec<UnsetVariable>,
 }
 
 impl Secrets {
@@ -109,7 +161,22 @@ impl Secrets {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let parsed = parse(&text, &file, opts)?;
+            // Encrypted in the repository: decrypted here, then read as
+            // the text `sops -d` prints.
+            let decrypted;
+            let text = if crate::config::sops::is_sops(&text) {
+                decrypted =
+                    crate::config::sops::decrypt(&text, opts.age_keys).map_err(|error| {
+                        SecretsError::Sops {
+                            file: file.clone(),
+                            error,
+                        }
+                    })?;
+                decrypted.expose()
+            } else {
+                text.as_str()
+            };
+            let parsed = parse(text, &file, opts, &mut secrets.unset)?;
             secrets.values.extend(parsed);
             secrets.files.push(file);
         }
@@ -141,6 +208,11 @@ impl Secrets {
         &self.files
     }
 
+    /// The `$VAR`s berth's environment did not set, in file order.
+    pub fn unset(&self) -> &[UnsetVariable] {
+        &self.unset
+    }
+
     /// Where a missing secret was looked for, phrased for an error message.
     pub fn describe_files(&self) -> String {
         let join = |v: &[PathBuf]| {
@@ -163,6 +235,7 @@ fn parse(
     text: &str,
     file: &Path,
     opts: &SecretsOptions<'_>,
+    unset: &mut Vec<UnsetVariable>,
 ) -> Result<IndexMap<String, Secret>, SecretsError> {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut out: IndexMap<String, Secret> = IndexMap::new();
@@ -257,17 +330,15 @@ fn parse(
             out.insert(key, Secret::default());
             continue;
         };
+        let place = Place {
+            file,
+            line,
+            key: &key,
+        };
         let value = match quote {
             Some(b'\'') => raw,
-            Some(_) => substitute(
-                &unescape(&expand_newlines(&raw)),
-                &out,
-                file,
-                line,
-                &key,
-                opts,
-            )?,
-            None => substitute(&unescape(&raw), &out, file, line, &key, opts)?,
+            Some(_) => substitute(&unescape(&expand_newlines(&raw)), &out, &place, opts, unset)?,
+            None => substitute(&unescape(&raw), &out, &place, opts, unset)?,
         };
         total = total.saturating_add(value.len());
         if total > MAX_VALUE_BYTES {
@@ -384,15 +455,23 @@ fn unescape(v: &str) -> String {
     out
 }
 
+/// Where a value is: for its errors.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    file: &'a Path,
+    line: usize,
+    key: &'a str,
+}
+
 /// `$VAR`, `${VAR}` (then `$(command)` when allowed). `\$` is a literal `$`.
 fn substitute(
     v: &str,
     defined: &IndexMap<String, Secret>,
-    file: &Path,
-    line: usize,
-    key: &str,
+    at: &Place<'_>,
     opts: &SecretsOptions<'_>,
+    unset: &mut Vec<UnsetVariable>,
 ) -> Result<String, SecretsError> {
+    let Place { file, line, key } = *at;
     let b = v.as_bytes();
     let mut out = String::with_capacity(v.len());
     let mut i = 0;
@@ -486,7 +565,15 @@ fn substitute(
             out.push_str(&v[last..i]);
             match defined.get(name) {
                 Some(s) => out.push_str(s.expose()),
-                None => out.push_str(&(opts.env)(name).unwrap_or_default()),
+                None => match (opts.env)(name) {
+                    Some(value) => out.push_str(&value),
+                    None => unset.push(UnsetVariable {
+                        file: file.to_path_buf(),
+                        line,
+                        key: key.to_string(),
+                        variable: name.to_string(),
+                    }),
+                },
             }
             // Checked at each expansion, so `$A$A$A…` stops at the bound.
             if out.len() > MAX_VALUE_BYTES {
@@ -554,11 +641,14 @@ mod tests {
             },
             env: &lookup,
             files: &files,
+            age_keys: None,
         };
-        Ok(parse(text, Path::new(".kamal/secrets"), &opts)?
-            .into_iter()
-            .map(|(k, v)| (k, v.expose().to_string()))
-            .collect())
+        Ok(
+            parse(text, Path::new(".kamal/secrets"), &opts, &mut Vec::new())?
+                .into_iter()
+                .map(|(k, v)| (k, v.expose().to_string()))
+                .collect(),
+        )
     }
 
     fn one(text: &str) -> String {
@@ -585,6 +675,33 @@ mod tests {
         assert_eq!(one("A="), "");
         assert_eq!(one("A=a#b"), "a");
         assert_eq!(one("A=\"a#b\""), "a#b");
+    }
+
+    #[test]
+    fn unset_variables_are_recorded_with_their_place() {
+        let env = |k: &str| (k == "SET").then(|| "v".to_string());
+        let files = Checkout::unconfined();
+        let opts = SecretsOptions {
+            destination: None,
+            commands: Commands::Refuse,
+            env: &env,
+            files: &files,
+            age_keys: None,
+        };
+        let mut unset = Vec::new();
+        let text = "A=$SET\nB=\"x-${MISSING}\"\nC='$SINGLE'\nD=\\$ESCAPED\nE=$A$ALSO_MISSING\n";
+        let v = parse(text, Path::new(".kamal/secrets"), &opts, &mut unset).unwrap();
+        assert_eq!(v["B"].expose(), "x-");
+        let shown: Vec<String> = unset.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                ".kamal/secrets:2: B: $MISSING is not set in berth's environment",
+                ".kamal/secrets:5: E: $ALSO_MISSING is not set in berth's environment",
+            ]
+        );
+        let err = SecretsError::Unset(unset).to_string();
+        assert!(err.contains("would deploy an empty secret"), "{err}");
     }
 
     #[test]
@@ -692,6 +809,7 @@ mod tests {
                 commands: Commands::Refuse,
                 env: &env,
                 files: &Checkout::confined(dir.path()).unwrap(),
+                age_keys: None,
             },
         )
         .unwrap();
@@ -705,6 +823,7 @@ mod tests {
                 commands: Commands::Refuse,
                 env: &env,
                 files: &Checkout::confined(dir.path()).unwrap(),
+                age_keys: None,
             },
         )
         .unwrap();

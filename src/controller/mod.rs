@@ -55,6 +55,8 @@ pub struct AppSpec {
     pub prune: Option<bool>,
     /// Start suspended (observe and report only).
     pub suspended: bool,
+    /// Keys for SOPS-encrypted secrets in the repository.
+    pub age_keys: Option<Arc<crate::config::sops::AgeKeys>>,
 }
 
 /// berth's own SSH options (the config's `ssh:` is merged in per cycle).
@@ -134,6 +136,13 @@ pub struct AppStatus {
     /// The last plan, as text (secrets never in it).
     pub last_plan: String,
     pub last_error: Option<String>,
+    /// With `--verify`: whether the last fetched revision verified
+    /// (`None`: no verification asked).
+    pub source_verified: Option<bool>,
+    /// The signature of the revision in use (the last verified one).
+    pub signature: Option<crate::source::verify::Verified>,
+    /// Why the newest revision was refused, while it is (`commit …: not signed`).
+    pub source_refusal: Option<String>,
     pub last_apply_unix: Option<u64>,
     /// When a cycle last completed without error (alerts on staleness).
     pub last_success_unix: Option<u64>,
@@ -453,9 +462,27 @@ impl Controller {
         let rev = tokio::task::spawn_blocking(move || source.fetch())
             .await
             .map_err(|e| CycleError::Internal(e.to_string()))?
-            .map_err(|e| CycleError::Source(e.to_string()))?;
+            .map_err(|e| {
+                if let Some(refused) = &e.refused {
+                    // Logged once per cycle it stays refused; the fleet keeps
+                    // the last verified revision.
+                    tracing::error!(app = %spec.name, object = %refused.object, reason = %refused.reason, "revision refused: signature not verified");
+                    let mut st = self.lock();
+                    st.source_verified = Some(false);
+                    st.source_refusal = Some(refused.to_string());
+                }
+                CycleError::Source(e.to_string())
+            })?;
         let new_revision = self.lock().revision.as_deref() != Some(rev.id.as_str());
-        self.lock().revision = Some(rev.id.clone());
+        {
+            let mut st = self.lock();
+            st.revision = Some(rev.id.clone());
+            if rev.verified.is_some() {
+                st.source_verified = Some(true);
+                st.source_refusal = None;
+                st.signature = rev.verified.clone();
+            }
+        }
         let refused = |message: String| CycleError::Revision {
             revision: short(&rev.id).to_string(),
             message,
@@ -467,6 +494,9 @@ impl Controller {
             config_file: &config_file,
             destination: spec.destination.as_deref(),
             secret_commands: Commands::Refuse,
+            // An unset variable would roll an empty secret out everywhere.
+            strict_secrets: true,
+            age_keys: spec.age_keys.as_deref(),
             app_version: None,
             home: None,
             env: &config::process_env,

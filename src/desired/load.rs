@@ -19,6 +19,13 @@ pub struct AppLoad<'a> {
     /// What `$(command)` in the secrets does (always refused when the
     /// checkout is untrusted).
     pub secret_commands: Commands,
+    /// Refuse a `$VAR` in the secrets that berth's environment does not
+    /// set (always under `berth run`; `--strict-secrets` for the CLI, which
+    /// otherwise warns from [`Secrets::unset`] and uses an empty value, as
+    /// Kamal does).
+    pub strict_secrets: bool,
+    /// Keys for SOPS-encrypted secrets files.
+    pub age_keys: Option<&'a crate::config::sops::AgeKeys>,
     /// Overrides `x-berth.version`.
     pub app_version: Option<&'a str>,
     /// The SSH user's home on the hosts (default: from `ssh.user`).
@@ -58,8 +65,9 @@ pub fn load_app(opts: &AppLoad<'_>) -> Result<(Config, Secrets, Desired), AppLoa
 
 /// What `berth validate` runs: everything [`load_app`] refuses, with a
 /// stand-in version when the config declares none (`version` is then
-/// `None`), and no secret command executed.
-pub fn check_app(opts: &AppLoad<'_>) -> Result<(Config, Option<String>), AppLoadError> {
+/// `None`), and no secret command executed. The secrets are returned for
+/// their [`Secrets::unset`] warnings.
+pub fn check_app(opts: &AppLoad<'_>) -> Result<(Config, Option<String>, Secrets), AppLoadError> {
     let (cfg, secrets) = load_checked(opts)?;
     let version = opts
         .app_version
@@ -71,7 +79,7 @@ pub fn check_app(opts: &AppLoad<'_>) -> Result<(Config, Option<String>), AppLoad
         version.as_deref().unwrap_or("validate"),
         opts,
     )?;
-    Ok((cfg, version))
+    Ok((cfg, version, secrets))
 }
 
 fn load_checked(opts: &AppLoad<'_>) -> Result<(Config, Secrets), AppLoadError> {
@@ -88,8 +96,12 @@ fn load_checked(opts: &AppLoad<'_>) -> Result<(Config, Secrets), AppLoadError> {
             commands: opts.secret_commands,
             env: opts.env,
             files: opts.files,
+            age_keys: opts.age_keys,
         },
     )?;
+    if opts.strict_secrets && !secrets.unset().is_empty() {
+        return Err(SecretsError::Unset(secrets.unset().to_vec()).into());
+    }
     let missing: Vec<ConfigError> = cfg
         .secret_refs
         .iter()

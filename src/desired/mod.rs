@@ -202,6 +202,8 @@ pub struct Desired {
     pub destination: Option<String>,
     pub version: String,
     pub image: String,
+    /// The digest `image` must have (`x-berth.image_digest`): pulled by it.
+    pub image_digest: Option<String>,
     /// Role names in boot order: the primary role first, then the others as
     /// the config lists them (Kamal boots the primary role first).
     pub roles: Vec<String>,
@@ -876,6 +878,7 @@ pub fn render(config: &Config, opts: &RenderOptions<'_>) -> Result<Desired, Rend
         destination: config.destination.clone(),
         version: opts.version.to_string(),
         image,
+        image_digest: config.berth.image_digest.clone(),
         roles,
         boot_batch,
         lock_host,

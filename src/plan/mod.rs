@@ -177,7 +177,12 @@ impl UnitSpec {
             if want.map(|v| &v.sha256) != have.map(|v| &v.sha256) {
                 out.push(Change::Env {
                     key: k.clone(),
-                    from: have.map(shown),
+                    // Never an observed value: a container does not say
+                    // whether a value came from its env file (a secret) or
+                    // `--env`, and the config deciding it is the *new* one —
+                    // a key moved from `secret` to `clear` would print the
+                    // old secret.
+                    from: have.map(|_| SENSITIVE.to_string()),
                     to: want.map(shown),
                 });
             }
@@ -236,9 +241,13 @@ fn fmt_map(m: &BTreeMap<String, String>) -> String {
         .join(" ")
 }
 
-/// An env value for display: clear values as they are, the rest `(sensitive)`.
+/// What the plan shows for a value it must not show.
+pub const SENSITIVE: &str = "(sensitive)";
+
+/// A desired env value for display: clear values as they are, the rest
+/// `(sensitive)`.
 fn shown(v: &EnvValue) -> String {
-    v.clear.clone().unwrap_or_else(|| "(sensitive)".into())
+    v.clear.clone().unwrap_or_else(|| SENSITIVE.into())
 }
 
 /// One reason an action is needed.
@@ -265,7 +274,9 @@ pub enum Change {
         from: Option<String>,
         to: Option<String>,
     },
-    /// Env values are shown only when clear in the config; secrets as `(sensitive)`.
+    /// `to` is shown only when clear in the config, secrets as
+    /// `(sensitive)`; `from` (the running container's) is always
+    /// `(sensitive)`.
     Env {
         key: String,
         from: Option<String>,
@@ -547,6 +558,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
             }
         }
     }
+    plan.notes.extend(moved_tags(desired, observed));
     plan.actions.extend(accessories);
     plan.actions.extend(proxies);
     for (_, mut list) in apps {
@@ -767,6 +779,46 @@ fn plan_accessories(units: &HostUnits, obs: &HostObservation) -> Vec<Action> {
         }
     }
     out
+}
+
+/// Hosts of one role whose current container runs the same image reference
+/// (`demo:v1`) as different images: the tag moved between pulls, so the
+/// fleet is not running one version. Named per role, with each image id and
+/// its hosts.
+fn moved_tags(desired: &Desired, observed: &Observed) -> Vec<String> {
+    // (role, image reference) → image id → hosts.
+    let mut seen: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for units in &desired.hosts {
+        let Some(HostState::Reached(obs)) = observed.host(&units.host).map(|h| &h.state) else {
+            continue;
+        };
+        for app in &units.apps {
+            if let Some(c) = obs.containers.iter().find(|c| {
+                c.name == app.container_name && c.image == app.image && !c.image_id.is_empty()
+            }) {
+                seen.entry((&app.role, &app.image))
+                    .or_default()
+                    .entry(&c.image_id)
+                    .or_default()
+                    .push(&units.host);
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|((role, image), ids)| {
+            let each: Vec<String> = ids
+                .iter()
+                .map(|(id, hosts)| {
+                    format!("{} on {}", id.get(..19).unwrap_or(id), hosts.join(", "))
+                })
+                .collect();
+            format!(
+                "role {role}: {image} is a different image on different hosts (the tag moved between pulls; pin a digest): {}",
+                each.join("; ")
+            )
+        })
+        .collect()
 }
 
 fn plan_proxy(units: &HostUnits, obs: &HostObservation) -> Option<Action> {

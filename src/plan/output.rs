@@ -237,3 +237,49 @@ pub fn json(plan: &Plan) -> String {
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::EnvValue;
+    use crate::plan::UnitSpec;
+    use crate::secret::fingerprint;
+
+    fn env(value: &str, clear: bool) -> EnvValue {
+        EnvValue {
+            sha256: fingerprint(value),
+            clear: clear.then(|| value.to_string()),
+        }
+    }
+
+    /// A key moved from `secret` to `clear`: the probe keeps the running
+    /// value in clear (the new config calls the key clear), yet neither the
+    /// text nor the JSON plan shows it; the new clear value is shown.
+    #[test]
+    fn a_running_value_is_never_shown() {
+        let mut want = UnitSpec::default();
+        want.env.insert("DB".into(), env("now-clear", true));
+        want.env.insert("TOKEN".into(), env("new-token", false));
+        let mut have = UnitSpec::default();
+        have.env.insert("DB".into(), env("old-secret", true));
+        have.env.insert("TOKEN".into(), env("old-token", true));
+        let plan = Plan {
+            actions: vec![Action {
+                host: "h".into(),
+                unit: Unit::App { role: "web".into() },
+                container: "demo-web-v1".into(),
+                kind: ActionKind::Replace,
+                replaces: None,
+                reasons: want.diff(&have),
+            }],
+            ..Plan::default()
+        };
+        for shown in [text(&plan), json(&plan)] {
+            assert!(shown.contains("now-clear"), "{shown}");
+            for secret in ["old-secret", "old-token", "new-token"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        assert!(text(&plan).contains("env TOKEN: value changed (sensitive)"));
+    }
+}

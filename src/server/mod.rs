@@ -16,6 +16,7 @@
 //! - `berth_reconcile_duration_seconds` histogram
 //! - `berth_host_up{host}` 1/0
 //! - `berth_source_info{revision}` 1
+//! - `berth_source_verified` 1/0 (with `--verify`), `berth_source_signer_info{fingerprint,signer}` 1
 //! - `berth_last_apply_timestamp_seconds`, `berth_last_success_timestamp_seconds`
 
 use std::collections::BTreeMap;
@@ -314,6 +315,39 @@ pub fn render_metrics(apps: &[AppStatus]) -> String {
                 "berth_source_info{{{},revision=\"{}\"}} 1",
                 instance(a),
                 label(r)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "berth_source_verified",
+        "gauge",
+        "With --verify: 1 when the newest revision's signature verified, 0 when it was refused.",
+    );
+    for a in apps {
+        if let Some(v) = a.source_verified {
+            let _ = writeln!(
+                out,
+                "berth_source_verified{{{}}} {}",
+                instance(a),
+                u8::from(v)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "berth_source_signer_info",
+        "gauge",
+        "The key that signed the revision in use.",
+    );
+    for a in apps {
+        if let Some(s) = &a.signature {
+            let _ = writeln!(
+                out,
+                "berth_source_signer_info{{{},fingerprint=\"{}\",signer=\"{}\"}} 1",
+                instance(a),
+                label(&s.fingerprint),
+                label(&s.signer)
             );
         }
     }

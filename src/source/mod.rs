@@ -4,11 +4,15 @@
 //! following a branch, the highest tag matching a pattern, or a pinned
 //! commit; or a local directory (development). A fetch that fails (unreachable, deleted ref)
 //! leaves the last good checkout in place: the fleet keeps its last applied
-//! state. A force-pushed branch is followed.
+//! state. A force-pushed branch is followed. With a [`verify::Trust`], a
+//! revision whose signature does not verify is not checked out at all (the
+//! same: the last verified checkout stays).
 
 pub mod index;
+pub mod verify;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::secret::Secret;
 
@@ -22,6 +26,8 @@ pub enum Source {
         reference: GitRef,
         checkout: PathBuf,
         auth: GitAuth,
+        /// Signatures required before a revision is checked out.
+        trust: Option<Arc<verify::Trust>>,
     },
 }
 
@@ -53,6 +59,8 @@ pub struct Revision {
     pub id: String,
     /// The project root to read the Kamal config from.
     pub dir: PathBuf,
+    /// The signature that made it trusted (`None`: no verification asked).
+    pub verified: Option<verify::Verified>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,8 @@ pub struct Revision {
 pub struct SourceError {
     pub what: String,
     pub message: String,
+    /// Set when the fetched revision was refused by verification.
+    pub refused: Option<verify::VerifyError>,
 }
 
 fn fail(what: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
@@ -75,6 +85,7 @@ fn fail(what: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
         } else {
             e.message().to_string()
         },
+        refused: None,
     }
 }
 
@@ -212,23 +223,26 @@ impl Source {
                 url,
                 reference,
                 auth,
+                trust,
                 ..
             } => Source::Git {
                 url: url.clone(),
                 reference: reference.clone(),
                 checkout,
                 auth: auth.clone(),
+                trust: trust.clone(),
             },
         }
     }
 
     /// Bring the checkout to the reference and say which commit it is.
     pub fn fetch(&self) -> Result<Revision, SourceError> {
-        let (url, reference, checkout, auth) = match self {
+        let (url, reference, checkout, auth, trust) = match self {
             Source::Dir(d) => {
                 return Ok(Revision {
                     id: "local".into(),
                     dir: d.clone(),
+                    verified: None,
                 });
             }
             Source::Git {
@@ -236,11 +250,13 @@ impl Source {
                 reference,
                 checkout,
                 auth,
-            } => (url, reference, checkout, auth),
+                trust,
+            } => (url, reference, checkout, auth, trust),
         };
         std::fs::create_dir_all(checkout).map_err(|e| SourceError {
             what: format!("create {}", checkout.display()),
             message: e.to_string(),
+            refused: None,
         })?;
         let repo = match git2::Repository::open(checkout) {
             Ok(r) => r,
@@ -267,6 +283,7 @@ impl Source {
                     return Err(SourceError {
                         what: format!("branch {b}"),
                         message: format!("{url} has no branch {b} (deleted?)"),
+                        refused: None,
                     });
                 }
                 vec![format!("+{name}:refs/remotes/origin/{b}")]
@@ -293,6 +310,7 @@ impl Source {
                     return Err(SourceError {
                         what: format!("tags matching {pattern:?}"),
                         message: "none found".into(),
+                        refused: None,
                     });
                 };
                 format!("refs/tags/{tag}")
@@ -303,6 +321,33 @@ impl Source {
             .revparse_single(&target)
             .and_then(|o| o.peel_to_commit())
             .map_err(fail(format!("resolve {target}")))?;
+        // Verified before anything is checked out: a refused revision
+        // leaves the last verified checkout (and so the fleet) as it was.
+        let verified = match trust {
+            None => None,
+            Some(trust) => {
+                let tag = match reference {
+                    GitRef::Tag(_) => repo
+                        .refname_to_id(&target)
+                        .ok()
+                        .map(|id| (target.trim_start_matches("refs/tags/"), id)),
+                    _ => None,
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                match trust.check(&repo, commit.id(), tag, now) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        return Err(SourceError {
+                            what: "verification".into(),
+                            message: e.to_string(),
+                            refused: Some(e),
+                        });
+                    }
+                }
+            }
+        };
         let mut co = git2::build::CheckoutBuilder::new();
         co.force().remove_untracked(true);
         repo.checkout_tree(commit.as_object(), Some(&mut co))
@@ -312,6 +357,7 @@ impl Source {
         Ok(Revision {
             id: commit.id().to_string(),
             dir: checkout.clone(),
+            verified,
         })
     }
 }

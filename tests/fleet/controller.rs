@@ -891,3 +891,131 @@ fn drift_on_an_app_with_an_accessory_is_seen_through_docker_events() {
     drop(dir);
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+#[test]
+fn only_signed_revisions_are_applied_and_a_refusal_is_reported() {
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    let key = support::ssh_signing_key(dir.path(), "deployer");
+    let allowed = dir.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        support::allowed_signer("deployer@example.com", "namespaces=\"git\"", &key),
+    )
+    .unwrap();
+    let sign = |on: bool| {
+        git(&work, &["config", "gpg.format", "ssh"]);
+        git(&work, &["config", "user.signingkey", key.to_str().unwrap()]);
+        git(
+            &work,
+            &[
+                "config",
+                "commit.gpgsign",
+                if on { "true" } else { "false" },
+            ],
+        );
+    };
+    sign(true);
+    push_version(&work, &fleet, "v1");
+    let allowed_arg = allowed.to_string_lossy().to_string();
+    let berth = Berth::start(
+        &fleet,
+        dir.path(),
+        &[
+            "--interval",
+            "1s",
+            "--verify",
+            "head",
+            "--allowed-signers",
+            &allowed_arg,
+        ],
+    );
+    let verified = |b: &Berth| {
+        metric(
+            &b.metrics(),
+            "berth_source_verified{app=\"demo\",destination=\"\"}",
+        )
+    };
+    wait(Duration::from_secs(40), "signed v1 deployed", || {
+        serves(&fleet, "demo v1\n")
+    });
+    assert_eq!(verified(&berth), Some(1.0));
+    assert!(
+        berth.metrics().contains(
+            "berth_source_signer_info{app=\"demo\",destination=\"\",fingerprint=\"SHA256:"
+        ),
+        "{}",
+        berth.metrics()
+    );
+
+    // An unsigned version bump on top: refused, the fleet keeps serving v1.
+    sign(false);
+    push_version(&work, &fleet, "v2");
+    let unsigned = support::git(&work, &["rev-parse", "HEAD"]);
+    wait(Duration::from_secs(20), "unsigned v2 refused", || {
+        verified(&berth) == Some(0.0)
+    });
+    let apps: serde_json::Value = serde_json::from_str(&berth.apps()).unwrap();
+    let app = &apps["apps"][0];
+    let refusal = app["source_refusal"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains(&format!("commit {unsigned} is not verified: not signed")),
+        "{app}"
+    );
+    assert_eq!(app["signature"]["signer"], "deployer@example.com", "{app}");
+    assert!(
+        app["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not signed")
+    );
+    // Polled every second: give it cycles to do something wrong.
+    let before = berth.reconciles("demo", "error");
+    wait(Duration::from_secs(20), "more refused cycles", || {
+        berth.reconciles("demo", "error") >= before + 3.0
+    });
+    assert!(serves(&fleet, "demo v1\n"));
+    let log =
+        std::fs::read_to_string(dir.path().join(format!("berth-{}.log", berth.port))).unwrap();
+    assert!(log.contains(&format!("commit {unsigned}")), "{log}");
+
+    // Signed, but a secret references a variable berth's environment lacks:
+    // refused with file:line and the variable; nothing changes on a host.
+    // (The tree still holds the unsigned commit's v2: only the secrets
+    // stop this signed commit from deploying it.)
+    sign(true);
+    std::fs::write(
+        work.join(".kamal/secrets"),
+        "KAMAL_REGISTRY_PASSWORD=unused\nAPI_KEY=$BERTH_TEST_NEVER_SET\n",
+    )
+    .unwrap();
+    git(&work, &["commit", "-qam", "reference an unset variable"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    wait(Duration::from_secs(20), "unset variable refused", || {
+        berth
+            .apps()
+            .contains(".kamal/secrets:2: API_KEY: $BERTH_TEST_NEVER_SET is not set")
+    });
+    assert_eq!(verified(&berth), Some(1.0));
+    assert!(serves(&fleet, "demo v1\n"));
+
+    // A signed bump with everything set: deployed (the testbed has demo:v1..v3).
+    push_version(&work, &fleet, "v3");
+    let deployed = testbed::poll(Instant::now() + Duration::from_secs(40), "v3", || {
+        serves(&fleet, "demo v3\n")
+    });
+    if deployed.is_err() {
+        let log = std::fs::read_to_string(dir.path().join(format!("berth-{}.log", berth.port)))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!(
+            "signed v3 not deployed: {}\n{}",
+            berth.apps(),
+            tail.join("\n")
+        );
+    }
+    assert_eq!(berth.stop(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

@@ -556,3 +556,54 @@ fn a_refused_accessory_file_leaves_the_running_accessory_alone() {
     assert_eq!(id(), before, "the accessory kept running, untouched");
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
+
+/// `x-berth.version: tag@sha256:…` pulls the digest, not the tag: pinned
+/// to v2's digest, "v1" runs v2's image; a pin the registry does not have
+/// boots nothing and leaves the running version alone.
+#[test]
+fn a_pinned_digest_is_what_runs_and_an_unknown_one_boots_nothing() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let h = fleet.host(0);
+    let reg = fleet.tb.registry();
+    let inspect = |r: &str, f: &str| h.docker_ok(&["image", "inspect", "-f", f, r]).unwrap();
+    h.docker_ok(&["pull", "-q", &format!("{reg}/demo:v2")])
+        .unwrap();
+    let repo_digest = inspect(&format!("{reg}/demo:v2"), "{{index .RepoDigests 0}}");
+    let digest = repo_digest.trim().split_once('@').unwrap().1.to_string();
+    let v2_id = inspect(&format!("{reg}/demo:v2"), "{{.Id}}");
+    h.docker_ok(&["rmi", &format!("{reg}/demo:v2")]).unwrap();
+    let yml = |x_berth: &str| {
+        format!(
+            "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n{x_berth}{}",
+            fleet.addrs()[0],
+            KAMAL_COMMON
+                .replace("{registry}", &reg)
+                .replace("{key}", &fleet.tb.ssh_key().to_string_lossy())
+        )
+    };
+    let project = fleet.project("", "KAMAL_REGISTRY_PASSWORD=unused\n");
+    let p = project.path();
+    set_config(p, &yml(&format!("  version: v1@{digest}\n")));
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let running = h
+        .docker_ok(&["inspect", "-f", "{{.Image}}", "demo-web-v1"])
+        .unwrap();
+    assert_eq!(running.trim(), v2_id.trim(), "the pin decides, not the tag");
+
+    let nobody = format!("sha256:{}", "0".repeat(64));
+    set_config(
+        p,
+        &yml(&format!("  version: v2\n  image_digest: {nobody}\n")),
+    );
+    let out = berth(&fleet, p, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pull"), "{}", text(&out));
+    let names = h
+        .docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+        .unwrap();
+    assert_eq!(names.trim(), "demo-web-v1 running", "nothing booted");
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}

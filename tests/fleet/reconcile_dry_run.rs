@@ -153,10 +153,13 @@ fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
         "3 web + 1 jobs (the env is the app's): {acts:?}"
     );
     let text = String::from_utf8_lossy(&berth.dry_run(&[]).stdout).to_string();
+    // The running value is never shown (a container does not say whether
+    // it was a secret), the config's clear one is.
     assert!(
-        text.contains("GREETING=hello") && text.contains("GREETING=changed"),
+        text.contains("- env GREETING=(sensitive)") && text.contains("+ env GREETING=changed"),
         "{text}"
     );
+    assert!(!text.contains("GREETING=hello"), "{text}");
     write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
 
     // A secret change: replace, the key named, no value anywhere.
@@ -179,6 +182,29 @@ fn dry_run_sees_what_kamal_deployed_and_every_kind_of_drift() {
         "KAMAL_REGISTRY_PASSWORD=unused\nDB_PASSWORD=first-secret\n",
     )
     .unwrap();
+
+    // A key moved from secret to clear: the running (secret) value is in no
+    // output — text, JSON, stderr — only the new clear one.
+    write_config(
+        p,
+        &fleet,
+        &deploy_yml(&three, "hello", "v1", "")
+            .replace("  secret: [DB_PASSWORD]\n", "")
+            .replace(
+                "    GREETING: hello\n",
+                "    GREETING: hello\n    DB_PASSWORD: now-clear\n",
+            ),
+    );
+    let text_out = berth.dry_run(&[]);
+    let json_out = berth.dry_run(&["--output", "json"]);
+    assert_eq!(text_out.status.code(), Some(2));
+    for out in [&text_out, &json_out] {
+        let all = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(all.contains("now-clear"), "{all}");
+        assert!(!all.contains("first-secret"), "{all}");
+    }
+    write_config(p, &fleet, &deploy_yml(&three, "hello", "v1", ""));
 
     // A new host: created there only (its proxy and its app).
     write_config(

@@ -35,6 +35,7 @@ fn branches_tags_commits_and_failures() {
         reference,
         checkout: d.join(name),
         auth: Default::default(),
+        trust: None,
     };
     let read =
         |r: &berth::source::Revision| std::fs::read_to_string(r.dir.join("version")).unwrap();
@@ -88,6 +89,7 @@ fn ssh_repositories_need_a_known_host_key() {
             known_hosts: Some(known_hosts.to_path_buf()),
             token: None,
         },
+        trust: None,
     };
     let r = source(&tb.known_hosts(), "ok").fetch().unwrap();
     assert_eq!(r.id, c);

@@ -868,6 +868,7 @@ proptest! {
                     commands,
                     env: &env,
                     files: &files,
+                    age_keys: None,
                 },
             )
             .map(|s| s.keys().filter_map(|k| s.get(k)).map(|v| v.expose().len()).sum::<usize>())
@@ -886,6 +887,10 @@ proptest! {
                 | SecretsError::Command { line, .. } => prop_assert!(*line >= 1, "{e}"),
                 SecretsError::File(FileError::NotUtf8 { line, .. }) => prop_assert!(*line >= 1),
                 SecretsError::File(other) => prop_assert!(false, "unexpected: {other}"),
+                // Only `load_app` refuses unset variables; `Secrets::load` records them.
+                SecretsError::Unset(_) => prop_assert!(false, "unexpected: {e}"),
+                // No generated file carries SOPS metadata.
+                SecretsError::Sops { .. } => prop_assert!(false, "unexpected: {e}"),
             }
             if matches!(mode, Mode::Skip) {
                 prop_assert!(!matches!(e, SecretsError::CommandNotAllowed { .. }), "{e}");
@@ -907,7 +912,7 @@ proptest! {
         let env = |_: &str| None;
         let s = Secrets::load(
             &dir.path().join(".kamal/secrets"),
-            &SecretsOptions { destination: None, commands: Commands::Refuse, env: &env, files: &files },
+            &SecretsOptions { destination: None, commands: Commands::Refuse, env: &env, files: &files, age_keys: None },
         );
         let s = match s {
             Ok(s) => s,

@@ -66,6 +66,7 @@ fn render(dir: &Path) -> Rendered {
             destination: destination.as_deref(),
             commands: berth::config::secrets::Commands::Refuse,
             files: &berth::checkout::Checkout::unconfined(),
+            age_keys: None,
             env: &env,
         },
     )

@@ -20,3 +20,6 @@ mod http_hardening;
 mod kamal_fixtures;
 mod plan_props;
 mod render_props;
+mod sops;
+mod trust;
+mod verify;

@@ -279,3 +279,35 @@ proptest! {
         }
     }
 }
+
+/// A tag that moved between pulls: one role's hosts run `app:v1` as two
+/// different images. The plan says so, naming the role and each image's
+/// hosts; one image everywhere says nothing.
+#[test]
+fn a_moved_tag_is_reported_naming_the_hosts() {
+    let d = desired_for(3, false, false, false, "v1");
+    let mut observed = plan::observed_from_desired(&d);
+    let set_id = |observed: &mut Observed, host: usize, id: &str| {
+        if let HostState::Reached(o) = &mut observed.hosts[host].state {
+            for c in &mut o.containers {
+                if c.name == "app-web-v1" {
+                    c.image_id = id.to_string();
+                }
+            }
+        }
+    };
+    for h in 0..3 {
+        set_id(&mut observed, h, "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    }
+    let p = plan::plan(&d, &observed, &PlanOptions::default());
+    assert!(p.in_sync() && p.notes.is_empty(), "{:?}", p.notes);
+    set_id(&mut observed, 2, "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+    let p = plan::plan(&d, &observed, &PlanOptions::default());
+    assert_eq!(
+        p.notes,
+        [
+            "role web: reg:5000/app:v1 is a different image on different hosts (the tag moved between pulls; pin a digest): sha256:aaaaaaaaaaaa on 10.9.0.1, 10.9.0.2; sha256:bbbbbbbbbbbb on 10.9.0.3"
+        ]
+    );
+    assert!(plan::output::text(&p).contains("10.9.0.3"));
+}

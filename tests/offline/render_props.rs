@@ -160,6 +160,7 @@ fn check(field: Field, value: &str) -> Result<(), TestCaseError> {
             destination: None,
             commands: berth::config::secrets::Commands::Refuse,
             files: &berth::checkout::Checkout::unconfined(),
+            age_keys: None,
             env: &env,
         },
     )

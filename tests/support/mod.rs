@@ -361,3 +361,48 @@ pub fn push_project(work: &Path, deploy_yml: &str, message: &str) -> String {
     git(work, &["push", "-q", "origin", "HEAD:main"]);
     git(work, &["rev-parse", "HEAD"])
 }
+
+/// A new ed25519 SSH key `dir/name` (no passphrase) for signing commits;
+/// its private key path.
+pub fn ssh_signing_key(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
+}
+
+/// An allowed_signers line for `key` (its `.pub` beside it).
+pub fn allowed_signer(principal: &str, options: &str, key: &Path) -> String {
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let mut words = public.split_whitespace();
+    let (kind, blob) = (words.next().unwrap(), words.next().unwrap());
+    format!("{principal} {options} {kind} {blob}\n").replace("  ", " ")
+}
+
+/// `git -c …` arguments that sign with the SSH key `key` (`-S`, `tag -s`).
+pub fn ssh_signing(key: &Path) -> Vec<String> {
+    vec![
+        "-c".into(),
+        "gpg.format=ssh".into(),
+        "-c".into(),
+        format!("user.signingkey={}", key.display()),
+    ]
+}
+
+/// `git <signing…> <args…>` in `dir`.
+pub fn git_signed(dir: &Path, signing: &[String], args: &[&str]) -> String {
+    let all: Vec<&str> = signing
+        .iter()
+        .map(String::as_str)
+        .chain(args.iter().copied())
+        .collect();
+    git(dir, &all)
+}

@@ -203,6 +203,10 @@ Only file paths are passed: no secret is ever on the command line.
 - --webhook-secret-file
 - /etc/berth/webhook/secret
 {{- end }}
+{{- if .Values.sopsAgeKey.existingSecret }}
+- --age-key-file
+- /etc/berth/sops/keys.txt
+{{- end }}
 - --log-format
 - {{ $v.logFormat | quote }}
 {{- range $v.extraArgs }}
