@@ -401,6 +401,13 @@ impl Controller {
         tokio::spawn(async move {
             loop {
                 let me = &self;
+                let conns_ref = &conns;
+                let host_ref = host.as_str();
+                // While this stream follows the proxy, observation may keep
+                // its state between cycles; each relevant event drops it.
+                if !is_app {
+                    conns.proxy_watched(&host, true);
+                }
                 let mut execs = std::collections::HashSet::new();
                 let wake = |event: &serde_json::Value| {
                     let attr = |k: &str| {
@@ -412,7 +419,11 @@ impl Controller {
                         me.watches(attr("service"))
                     } else {
                         let action = event.get("Action").and_then(|v| v.as_str()).unwrap_or("");
-                        proxy_event_matters(&mut execs, attr("execID"), action)
+                        let changed = proxy_event_matters(&mut execs, attr("execID"), action);
+                        if changed {
+                            conns_ref.proxy_changed(Some(host_ref));
+                        }
+                        changed
                     };
                     if wanted {
                         me.events.notify_one();
@@ -431,13 +442,20 @@ impl Controller {
                             // `<execID> <action>`, the id empty for other events.
                             let (id, action) = line.split_once(' ').unwrap_or(("", line));
                             let id = Some(id).filter(|i| !i.is_empty());
-                            proxy_event_matters(&mut execs, id, action)
+                            let changed = proxy_event_matters(&mut execs, id, action);
+                            if changed {
+                                conns_ref.proxy_changed(Some(host_ref));
+                            }
+                            changed
                         };
                         if wanted {
                             me.events.notify_one();
                         }
                     };
                     let _ = conns.stream_lines(&host, &argv, line_wake).await;
+                }
+                if !is_app {
+                    conns.proxy_watched(&host, false);
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -615,7 +633,10 @@ impl Controller {
             None,
             UnknownHosts::ApplyToReachable,
         );
-        match apply::apply(&ctx, &plan).await {
+        // berth's own route changes: read every proxy again next cycle.
+        let applied = apply::apply(&ctx, &plan).await;
+        c.proxy_changed(None);
+        match applied {
             Ok(_) => {
                 revisions.failed = None;
                 revisions.settled = Some(rev.id.clone());

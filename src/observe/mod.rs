@@ -176,8 +176,9 @@ async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest
         let lists = req.list_paths();
         // kamal-proxy's state through the Engine API (no process on the
         // host); once that worked, the shell no longer runs `kamal-proxy list`.
-        let others: Vec<String> = req
-            .proxy
+        // Kept between cycles while an event stream watches the proxy.
+        let kept = req.proxy.then(|| conns.kept_proxy_state(host)).flatten();
+        let others: Vec<String> = (req.proxy && kept.is_none())
             .then(probe::proxy_state_path)
             .into_iter()
             .collect();
@@ -190,8 +191,12 @@ async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest
         match (snapshot, shell) {
             (Some(Ok(snapshot)), shell) => {
                 return from_probe(host, shell, |out| {
-                    let (observation, state_read) = probe::parse_engine(snapshot, out, req)?;
-                    conns.set_proxy_state_by_engine(host, state_read);
+                    let (observation, state) =
+                        probe::parse_engine(snapshot, out, req, kept.as_deref())?;
+                    conns.set_proxy_state_by_engine(host, state.is_some());
+                    if let Some(text) = state.filter(|_| kept.is_none()) {
+                        conns.keep_proxy_state(host, &text);
+                    }
                     Ok(observation)
                 });
             }

@@ -157,15 +157,11 @@ pub fn proxy_state_path() -> String {
 /// no routes); `None` when it does not parse.
 #[allow(clippy::type_complexity)]
 fn proxy_from_engine(
-    body: Option<&Option<Vec<u8>>>,
+    text: &str,
 ) -> Option<(
     Vec<ProxyRouteState>,
     BTreeMap<String, crate::proxy_state::Settings>,
 )> {
-    let text = match body? {
-        Some(tar) => std::str::from_utf8(crate::proxy_state::first_file_of_tar(tar)?).ok()?,
-        None => "[]",
-    };
     let routes = crate::proxy_state::routes_from_state_file(text)?
         .into_iter()
         .map(|(service, target, state)| ProxyRouteState {
@@ -177,21 +173,37 @@ fn proxy_from_engine(
     Some((routes, crate::proxy_state::from_state_file(text)?))
 }
 
-/// An observation from an Engine API snapshot and the probe beside it, and
-/// whether kamal-proxy's state came from the snapshot.
+/// The state file's text from the snapshot's archive (no file: no routes).
+fn state_text(body: Option<&Option<Vec<u8>>>) -> Option<String> {
+    match body? {
+        Some(tar) => std::str::from_utf8(crate::proxy_state::first_file_of_tar(tar)?)
+            .ok()
+            .map(str::to_string),
+        None => Some("[]".to_string()),
+    }
+}
+
+/// An observation from an Engine API snapshot and the probe beside it
+/// (`kept`: kamal-proxy's state kept from an earlier cycle, instead of the
+/// snapshot's), and the proxy state's text when it was read and parsed.
 pub fn parse_engine(
     snapshot: crate::remote::Snapshot,
     out: &str,
     req: &ProbeRequest,
-) -> Result<(HostObservation, bool), ProbeError> {
+    kept: Option<&str>,
+) -> Result<(HostObservation, Option<String>), ProbeError> {
     let proxy_running = snapshot.listed.iter().any(|c| {
         c.get("State").and_then(Value::as_str) == Some("running")
             && crate::docker_flags::strings(c.get("Names"))
                 .iter()
                 .any(|n| n == "/kamal-proxy")
     });
+    let text = match kept {
+        Some(t) => Some(t.to_string()),
+        None => state_text(snapshot.others.first()),
+    };
     let from_engine = (req.proxy && proxy_running)
-        .then(|| proxy_from_engine(snapshot.others.first()))
+        .then(|| text.as_deref().and_then(proxy_from_engine))
         .flatten();
     let mut objects = snapshot.containers;
     objects.extend(snapshot.images);
@@ -201,7 +213,7 @@ pub fn parse_engine(
         observation.proxy_routes = Some(routes);
         observation.proxy_settings = Some(settings);
     }
-    Ok((observation, read))
+    Ok((observation, text.filter(|_| read)))
 }
 
 /// Parse the probe's stdout.
@@ -487,10 +499,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert!(parse_engine(listed("running"), out, &req).is_err());
-        let (o, read) = parse_engine(listed("exited"), out, &req).unwrap();
+        assert!(parse_engine(listed("running"), out, &req, None).is_err());
+        let (o, read) = parse_engine(listed("exited"), out, &req, None).unwrap();
         assert_eq!(o.proxy_routes, None);
-        assert!(!read);
+        assert!(read.is_none());
     }
 
     /// With the state file in the snapshot, routes come from it and the
@@ -517,8 +529,8 @@ mod tests {
             others: vec![Some(tar)],
             ..Default::default()
         };
-        let (o, read) = parse_engine(snapshot, out, &req).unwrap();
-        assert!(read);
+        let (o, read) = parse_engine(snapshot, out, &req, None).unwrap();
+        assert!(read.is_some());
         let routes = o.proxy_routes.unwrap();
         assert_eq!(routes[0].target.as_deref(), Some("abc:80"));
         assert_eq!(routes[0].state, "stopped");

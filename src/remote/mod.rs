@@ -185,7 +185,21 @@ pub struct Connections {
     /// Hosts whose kamal-proxy state the Engine API read last time: their
     /// probe skips `docker exec kamal-proxy kamal-proxy list`.
     proxy_state_by_engine: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// kamal-proxy's state per host, kept while an event stream watches the
+    /// proxy (`None` inside: changed since, read again).
+    proxy_state_cache: std::sync::Mutex<HashMap<String, ProxyStateCache>>,
 }
+
+/// One host's kept kamal-proxy state: the file's text and when it was read,
+/// or nothing once an event said the routes may have changed.
+#[derive(Default)]
+struct ProxyStateCache {
+    watched: bool,
+    text: Option<(std::time::Instant, String)>,
+}
+
+/// A kept proxy state is used at most this long, events or not.
+const PROXY_STATE_MAX_AGE: Duration = Duration::from_secs(60);
 
 impl Connections {
     /// Whether the Engine API read `host`'s kamal-proxy state last time.
@@ -194,6 +208,54 @@ impl Connections {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(host)
+    }
+
+    /// An event stream follows `host`'s kamal-proxy (`true`) or stopped
+    /// (`false`): only while one does is its state kept between cycles.
+    pub fn proxy_watched(&self, host: &str, watched: bool) {
+        let mut map = self
+            .proxy_state_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(host.to_string()).or_default();
+        entry.watched = watched;
+        entry.text = None;
+    }
+
+    /// The routes of `host`'s kamal-proxy may have changed (an event, an
+    /// apply): read its state again. `None`: every host.
+    pub fn proxy_changed(&self, host: Option<&str>) {
+        let mut map = self
+            .proxy_state_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (h, e) in map.iter_mut() {
+            if host.is_none_or(|x| x == h) {
+                e.text = None;
+            }
+        }
+    }
+
+    /// The kept state of `host`'s kamal-proxy, if an event stream watches it
+    /// and nothing changed since it was read.
+    pub fn kept_proxy_state(&self, host: &str) -> Option<String> {
+        let map = self
+            .proxy_state_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let e = map.get(host)?;
+        let (at, text) = e.text.as_ref()?;
+        (e.watched && at.elapsed() < PROXY_STATE_MAX_AGE).then(|| text.clone())
+    }
+
+    pub fn keep_proxy_state(&self, host: &str, text: &str) {
+        let mut map = self
+            .proxy_state_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(host).filter(|e| e.watched) {
+            e.text = Some((std::time::Instant::now(), text.to_string()));
+        }
     }
 
     pub fn set_proxy_state_by_engine(&self, host: &str, read: bool) {
@@ -223,6 +285,7 @@ impl Connections {
             engines: std::sync::Mutex::new(HashMap::new()),
             engine_batches: std::sync::atomic::AtomicU64::new(0),
             proxy_state_by_engine: Default::default(),
+            proxy_state_cache: Default::default(),
         }
     }
 
