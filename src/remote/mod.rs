@@ -863,6 +863,33 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_state_is_kept_only_while_watched_and_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut opts = SshOptions::from_config(&Ssh::default(), None);
+        opts.control_dir = tmp.path().to_path_buf();
+        let conns = Connections::new(opts);
+        // Not watched: nothing is kept.
+        conns.keep_proxy_state("h", "[]");
+        assert_eq!(conns.kept_proxy_state("h"), None);
+        conns.proxy_watched("h", true);
+        conns.keep_proxy_state("h", "[1]");
+        assert_eq!(conns.kept_proxy_state("h").as_deref(), Some("[1]"));
+        // An event on this host drops it; one on another host does not.
+        conns.keep_proxy_state("h", "[2]");
+        conns.proxy_watched("g", true);
+        conns.keep_proxy_state("g", "[3]");
+        conns.proxy_changed(Some("h"));
+        assert_eq!(conns.kept_proxy_state("h"), None);
+        assert_eq!(conns.kept_proxy_state("g").as_deref(), Some("[3]"));
+        // An apply drops every host's; a stream that stops, its host's.
+        conns.proxy_changed(None);
+        assert_eq!(conns.kept_proxy_state("g"), None);
+        conns.keep_proxy_state("g", "[4]");
+        conns.proxy_watched("g", false);
+        assert_eq!(conns.kept_proxy_state("g"), None);
+    }
+
+    #[test]
     fn a_killed_berths_ssh_directory_is_swept_a_live_ones_is_not() {
         let tmp = tempfile::tempdir().unwrap();
         // Above the kernel's largest pid: never alive.
