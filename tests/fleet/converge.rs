@@ -1,6 +1,7 @@
 //! Every key that reaches a host converges: walking keys of `kamal docs`
 //! that change what runs (docker `options` of roles, accessories and the
-//! proxy, an accessory's `port`, the proxy's route settings), each change is
+//! proxy, a role's env, labels and logging, an accessory's `port`, the
+//! proxy's host and route settings), each change is
 //! made in the config; the plan must name exactly that change (one action,
 //! its unit, the flag or route setting); berth applies it; the host shows it
 //! (`docker inspect`, not berth's own reading); the next plan is empty.
@@ -144,6 +145,33 @@ const STEPS: &[Step] = &[
         inspect: Some(("{{.HostConfig.ExtraHosts}}", "db.internal:10.0.0.5")),
     },
     Step {
+        what: "servers.jobs.env.clear added",
+        knobs: |k| k.jobs = "    options:\n      ulimit: nofile=1024:2048\n      add-host: db.internal:10.0.0.5\n    env:\n      clear:\n        MODE: fast\n",
+        kind: "replace",
+        container: "demo-jobs-v1",
+        reason: "env",
+        keys: &["MODE"],
+        inspect: Some(("{{.Config.Env}}", "MODE=fast")),
+    },
+    Step {
+        what: "servers.jobs.labels added",
+        knobs: |k| k.jobs = "    options:\n      ulimit: nofile=1024:2048\n      add-host: db.internal:10.0.0.5\n    env:\n      clear:\n        MODE: fast\n    labels:\n      team: ops\n",
+        kind: "replace",
+        container: "demo-jobs-v1",
+        reason: "label",
+        keys: &["team"],
+        inspect: Some(("{{index .Config.Labels \"team\"}}", "ops")),
+    },
+    Step {
+        what: "servers.jobs.logging.options changed",
+        knobs: |k| k.jobs = "    options:\n      ulimit: nofile=1024:2048\n      add-host: db.internal:10.0.0.5\n    env:\n      clear:\n        MODE: fast\n    labels:\n      team: ops\n    logging:\n      options:\n        max-size: 20m\n",
+        kind: "replace",
+        container: "demo-jobs-v1",
+        reason: "field",
+        keys: &["log options"],
+        inspect: Some(("{{.HostConfig.LogConfig.Config}}", "max-size:20m")),
+    },
+    Step {
         what: "accessories.kv.port added",
         knobs: |k| k.kv = "    port: \"127.0.0.1:16379:6379\"\n",
         kind: "reboot",
@@ -205,6 +233,15 @@ const STEPS: &[Step] = &[
         inspect: None,
     },
     Step {
+        what: "proxy.host set",
+        knobs: |k| k.proxy = "  host: demo.test\n  response_timeout: 10\n  forward_headers: false\n  buffering:\n    requests: false\n    memory: 2000000\n",
+        kind: "route",
+        container: "demo-web-v1",
+        reason: "route_setting",
+        keys: &["host"],
+        inspect: None,
+    },
+    Step {
         what: "proxy.run.options.memory added",
         knobs: |k| k.run = "    options:\n      memory: 512m\n",
         kind: "reboot",
@@ -218,6 +255,8 @@ const STEPS: &[Step] = &[
 fn reason_key(r: &Value) -> String {
     r.get("flag")
         .or_else(|| r.get("setting"))
+        .or_else(|| r.get("field"))
+        .or_else(|| r.get("key"))
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string()
@@ -285,7 +324,7 @@ fn every_key_that_reaches_a_host_converges_and_kamal_agrees() {
     // The proxy rebooted last still routes the app, and Kamal reads it all.
     let addr = format!("{}:80", fleet.addrs()[0]);
     assert_eq!(
-        http_get(&addr, "/", None).as_deref(),
+        http_get(&addr, "/", Some("demo.test")).as_deref(),
         Ok("demo v1\n"),
         "the app is not served after the proxy reboot"
     );
