@@ -1585,9 +1585,9 @@ impl Decoder {
                 Some(server) => format!("{server}/{image_name}"),
                 None => image_name,
             };
-            let service_name = self
-                .opt_string(m, "service", &path)
-                .unwrap_or_else(|| format!("{}-{}", service.clone().unwrap_or_default(), key.name));
+            let service_name = self.opt_string(m, "service", &path).unwrap_or_else(|| {
+                crate::kamal::accessory_container(service.as_deref().unwrap_or_default(), &key.name)
+            });
             if let Some(n) = get(m, "service")
                 && !grammar::is_container_name(&service_name)
             {

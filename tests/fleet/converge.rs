@@ -48,10 +48,15 @@ fn config(fleet: &Fleet, k: &Knobs) -> String {
             k.interval
         },
         pv = testbed::images::PROXY_VERSION,
-        common = KAMAL_COMMON
-            .replace("{registry}", &reg)
-            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+        common = common(fleet),
     )
+}
+
+/// The registry and SSH parts every config here shares, for this fleet.
+fn common(fleet: &Fleet) -> String {
+    KAMAL_COMMON
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy())
 }
 
 fn berth(fleet: &Fleet, p: &Path, extra: &[&str]) -> Output {
@@ -349,9 +354,7 @@ fn a_removed_role_and_accessory_are_orphans_and_prune_removes_them() {
     };
     let host = fleet.addrs()[0].clone();
     let reg = fleet.tb.registry();
-    let common = KAMAL_COMMON
-        .replace("{registry}", &reg)
-        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let common = common(&fleet);
     let yml = |jobs_and_kv: bool, prune: bool| {
         let mut y = format!(
             "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\n"
@@ -454,9 +457,7 @@ fn boot_wait_pauses_between_batches() {
     let Some(fleet) = Fleet::up(2) else {
         return;
     };
-    let common = KAMAL_COMMON
-        .replace("{registry}", &fleet.tb.registry())
-        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let common = common(&fleet);
     let yml = format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{}]\n    proxy: false\n\
          boot:\n  limit: 1\n  wait: 3\ndrain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: v1\n{common}",
@@ -553,9 +554,7 @@ fn the_lock_is_taken_on_the_primary_host_whatever_hosts_are_selected() {
          drain_timeout: 2\nreadiness_delay: 0\nx-berth:\n  version: v1\n{{common}}",
         addrs[0], addrs[1]
     );
-    let common = KAMAL_COMMON
-        .replace("{registry}", &fleet.tb.registry())
-        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    let common = common(&fleet);
     let project = fleet.project(
         &yml.replace("{common}", &common),
         "KAMAL_REGISTRY_PASSWORD=unused\n",
