@@ -16,6 +16,19 @@ pub enum Mode {
     Detect,
 }
 
+/// One app instance's settings (`berth.yml`'s `policy:`, capped by the
+/// command line), which a new revision of the index may change while the
+/// app runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub self_heal: bool,
+    /// Overrides `x-berth.prune`.
+    pub prune: Option<bool>,
+    /// Observe and report only.
+    pub suspended: bool,
+}
+
 /// How a cycle that did not fail ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

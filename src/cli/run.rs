@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::controller::{AppSpec, Controller, Mode, SshOptionsTemplate};
+use crate::controller::apps::{Apps, IndexSource, Reader, Template};
+use crate::controller::{Mode, SshOptionsTemplate};
 use crate::secret::Secret;
 use crate::server::{self, ServerState};
 use crate::source::{GitAuth, GitRef, Source};
@@ -145,26 +146,6 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-/// The config's `service`, the app's name when `--app` is not given
-/// (`app` if the config cannot be read yet: the cycles report why).
-fn service_name(
-    checkout: &std::path::Path,
-    config_file: &std::path::Path,
-    destination: Option<&str>,
-) -> String {
-    let Ok(files) = crate::checkout::Checkout::untrusted(checkout) else {
-        return "app".into();
-    };
-    crate::config::load(&crate::config::LoadOptions {
-        config_file: &checkout.join(config_file),
-        destination,
-        env: &super::process_env,
-        files: &files,
-    })
-    .map(|c| c.service)
-    .unwrap_or_else(|_| "app".into())
-}
-
 /// A secret file's content, trimmed. Empty is refused: an empty token or an
 /// HMAC under the empty key is what anyone can send. The error names the
 /// file, never its content.
@@ -237,8 +218,8 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         }
     };
     let source = match (&args.repo, &args.dir) {
-        // `<checkout>/index` holds the first fetch (and a single app);
-        // `<checkout>/apps/<name>[-<dest>]` one checkout per app instance.
+        // `<checkout>/index` follows the index (`berth.yml`);
+        // `<checkout>/apps/…` holds one checkout per app instance.
         (Some(url), _) => Source::Git {
             url: url.clone(),
             reference: match (&args.tag, &args.commit) {
@@ -266,72 +247,34 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     {
         super::check_known_hosts(kh)?;
     }
-    let ssh = SshOptionsTemplate {
-        known_hosts: args.known_hosts.clone(),
-        accept_new_host_keys: args.accept_new_host_keys,
+    let template = Template {
+        source: source.clone(),
+        checkout_root: args.checkout.clone(),
+        app: args.app.clone(),
+        config_file: args.config_file.clone(),
+        destination: args.destination.clone(),
+        mode: args.mode,
+        self_heal: args.self_heal,
+        interval: args.interval,
+        ssh: SshOptionsTemplate {
+            known_hosts: args.known_hosts.clone(),
+            accept_new_host_keys: args.accept_new_host_keys,
+        },
+        age_keys,
     };
     // A `berth.yml` at the repository root lists many apps; without one the
-    // repository is one app (`-c`, `-d`).
-    let first = source.fetch().context("first fetch")?;
-    let index = match &args.apps_file {
-        Some(f) => Some(crate::source::index::load_file(f)?),
-        None => crate::source::index::load(&first.dir)?,
+    // repository is one app (`-c`, `-d`). Read again every interval: a
+    // merged change to it is followed without a restart.
+    let index_source = match &args.apps_file {
+        Some(f) => IndexSource::File(f.clone()),
+        None => IndexSource::Repo(source),
     };
-    let mut controllers = Vec::new();
-    match index {
-        None => controllers.push(Controller::new(AppSpec {
-            name: args.app.clone().unwrap_or_else(|| {
-                service_name(&first.dir, &args.config_file, args.destination.as_deref())
-            }),
-            source,
-            config_file: args.config_file.clone(),
-            destination: args.destination.clone(),
-            mode: args.mode,
-            self_heal: args.self_heal,
-            interval: args.interval,
-            ssh: ssh.clone(),
-            prune: None,
-            suspended: false,
-            age_keys: age_keys.clone(),
-        })),
-        Some(apps) => {
-            for app in apps {
-                let dests: Vec<Option<String>> = if app.destinations.is_empty() {
-                    vec![None]
-                } else {
-                    app.destinations.iter().cloned().map(Some).collect()
-                };
-                for dest in dests {
-                    // Each instance has its own checkout: cycles never race on one work tree.
-                    let src = source.with_checkout(args.checkout.join("apps").join(match &dest {
-                        Some(d) => format!("{}-{d}", app.name),
-                        None => app.name.clone(),
-                    }));
-                    controllers.push(Controller::new(AppSpec {
-                        name: app.name.clone(),
-                        source: src,
-                        config_file: app.path.join(&app.config),
-                        destination: dest,
-                        // The command line is a ceiling over berth.yml's
-                        // policies: `--mode detect` makes every app report only.
-                        mode: if args.mode == Mode::Detect {
-                            Mode::Detect
-                        } else {
-                            app.mode
-                        },
-                        self_heal: app.self_heal && args.self_heal,
-                        interval: args.interval,
-                        ssh: ssh.clone(),
-                        prune: app.prune,
-                        suspended: app.suspended,
-                        age_keys: age_keys.clone(),
-                    }));
-                }
-            }
-        }
-    }
+    let mut reader = Reader::new(index_source, template);
+    // At start, an index that does not load is an error (nothing runs yet).
+    let first = reader.load()?;
+    let apps = Apps::new();
     let state = Arc::new(ServerState {
-        apps: controllers.clone(),
+        apps: apps.clone(),
         api_token,
         webhook_secret,
     });
@@ -339,11 +282,12 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        apps.begin(first).await;
         let listener = server::serve::bind(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(
             address = %listener.local_addr()?,
-            apps = controllers.len(),
+            apps = apps.controllers().len(),
             max_connections = limits.max_connections,
             fd_limit,
             "serving"
@@ -351,13 +295,10 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         // Directory mode: file changes trigger a cycle (debounced), no polling wait.
         let _watcher = match &args.dir {
-            Some(d) if args.repo.is_none() => Some(watch_dir(d, controllers.clone())?),
+            Some(d) if args.repo.is_none() => Some(watch_dir(d, apps.clone())?),
             _ => None,
         };
-        let loops: Vec<_> = controllers
-            .iter()
-            .map(|c| tokio::spawn(c.clone().run(shutdown.clone())))
-            .collect();
+        let follower = tokio::spawn(apps.clone().follow(reader, args.interval, shutdown.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let server = tokio::spawn(server::serve::serve(
             listener,
@@ -374,20 +315,15 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         // accepting, open connections finish their request.
         let _ = stop.send(true);
         let _ = server.await;
-        for l in loops {
-            let _ = l.await;
-        }
+        let _ = follower.await;
         anyhow::Ok(())
     })?;
     Ok(super::ExitStatus::Success)
 }
 
-/// Watch `dir` recursively; a burst of changes triggers every app once, after
-/// 300 ms of quiet (editors write files in several steps).
-fn watch_dir(
-    dir: &std::path::Path,
-    apps: Vec<Arc<Controller>>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
+/// Watch `dir` recursively; a burst of changes triggers the index and every
+/// app once, after 300 ms of quiet (editors write files in several steps).
+fn watch_dir(dir: &std::path::Path, apps: Arc<Apps>) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -407,9 +343,7 @@ fn watch_dir(
                 .is_ok()
             {}
             tracing::info!("configuration directory changed");
-            for a in &apps {
-                a.trigger_by(crate::controller::Trigger::Files);
-            }
+            apps.trigger_all(crate::controller::Trigger::Files);
         }
     });
     Ok(watcher)

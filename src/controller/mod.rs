@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+pub mod apps;
 mod requeue;
 
 /// Event wakes are debounced: the cycle runs once the hosts have been quiet
@@ -33,7 +34,7 @@ use crate::config::secrets::Commands;
 use crate::desired::load::{AppLoad, AppLoadError, load_app};
 use crate::observe::{self, HostState};
 use crate::plan::{self, PlanOptions};
-use crate::policy::{Decision, Outcome, Situation, decide};
+use crate::policy::{Decision, Outcome, Settings, Situation, decide};
 use crate::remote::{Connections, SshOptions};
 use crate::source::Source;
 
@@ -47,14 +48,10 @@ pub struct AppSpec {
     /// The Kamal config inside the source.
     pub config_file: PathBuf,
     pub destination: Option<String>,
-    pub mode: Mode,
-    pub self_heal: bool,
+    /// The policy it starts with (`suspended`: observe and report only).
+    pub settings: Settings,
     pub interval: Duration,
     pub ssh: SshOptionsTemplate,
-    /// Overrides `x-berth.prune` (from `berth.yml`).
-    pub prune: Option<bool>,
-    /// Start suspended (observe and report only).
-    pub suspended: bool,
     /// Keys for SOPS-encrypted secrets in the repository.
     pub age_keys: Option<Arc<crate::config::sops::AgeKeys>>,
 }
@@ -165,6 +162,9 @@ struct Revisions {
 pub struct Controller {
     pub spec: AppSpec,
     pub status: Mutex<AppStatus>,
+    /// Mode, self-heal and prune in force (a new `berth.yml` may change
+    /// them); suspension lives in `status`, where the API changes it too.
+    settings: Mutex<Settings>,
     /// Hosts and `service` labels to watch docker events for (set by a cycle).
     watch: Mutex<(Vec<String>, Vec<String>)>,
     wake: Notify,
@@ -181,12 +181,13 @@ impl Controller {
         let status = AppStatus {
             app: spec.name.clone(),
             destination: spec.destination.clone(),
-            suspended: spec.suspended,
-            mode: Some(spec.mode),
-            self_heal: spec.self_heal,
+            suspended: spec.settings.suspended,
+            mode: Some(spec.settings.mode),
+            self_heal: spec.settings.self_heal,
             ..AppStatus::default()
         };
         Arc::new(Controller {
+            settings: Mutex::new(spec.settings),
             spec,
             status: Mutex::new(status),
             watch: Mutex::new((Vec::new(), Vec::new())),
@@ -218,6 +219,27 @@ impl Controller {
 
     pub fn set_suspended(&self, suspended: bool) {
         self.lock().suspended = suspended;
+    }
+
+    /// New settings from a new revision of `berth.yml`, in force from the
+    /// next cycle, which runs now. Suspension changes only when the index's
+    /// value changed (`suspend`): one set through the API is kept otherwise.
+    pub fn set_settings(&self, settings: Settings, suspend: Option<bool>) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        {
+            let mut st = self.lock();
+            st.mode = Some(settings.mode);
+            st.self_heal = settings.self_heal;
+            if let Some(s) = suspend {
+                st.suspended = s;
+            }
+        }
+        self.trigger_by(Trigger::Policy);
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn snapshot(&self) -> AppStatus {
@@ -476,6 +498,7 @@ impl Controller {
         conns: &mut Option<(String, Arc<Connections>)>,
     ) -> Result<Outcome, CycleError> {
         let spec = &self.spec;
+        let settings = self.settings();
         let source = spec.source.clone();
         let rev = tokio::task::spawn_blocking(move || source.fetch())
             .await
@@ -564,7 +587,7 @@ impl Controller {
             &desired,
             &observed,
             &PlanOptions {
-                prune: spec.prune.unwrap_or(cfg.berth.prune),
+                prune: settings.prune.unwrap_or(cfg.berth.prune),
                 orphans: true,
             },
         );
@@ -604,8 +627,8 @@ impl Controller {
         let suspended = self.lock().suspended;
         let forced = self.forced.swap(false, std::sync::atomic::Ordering::SeqCst);
         let decision = decide(&Situation {
-            mode: spec.mode,
-            self_heal: spec.self_heal,
+            mode: settings.mode,
+            self_heal: settings.self_heal,
             suspended,
             forced,
             revision: &rev.id,

@@ -18,6 +18,9 @@
 //! - `berth_source_info{revision}` 1
 //! - `berth_source_verified` 1/0 (with `--verify`), `berth_source_signer_info{fingerprint,signer}` 1
 //! - `berth_last_apply_timestamp_seconds`, `berth_last_success_timestamp_seconds`
+//!
+//! And, without `app`: `berth_index_valid` 1/0 (the newest `berth.yml` is in
+//! use), `berth_index_apps`, `berth_index_removed_apps`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -32,13 +35,15 @@ use axum::routing::{get, post};
 use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
-use crate::controller::{AppStatus, BUCKETS, Controller};
+use crate::controller::apps::{Apps, IndexStatus};
+use crate::controller::{AppStatus, BUCKETS, Controller, Trigger};
 use crate::secret::Secret;
 
 pub mod serve;
 
 pub struct ServerState {
-    pub apps: Vec<Arc<Controller>>,
+    /// The app instances (the index may add and remove them while berth runs).
+    pub apps: Arc<Apps>,
     /// Bearer token for the write API (none: the write API is disabled).
     pub api_token: Option<Secret>,
     /// Shared secret of the webhooks (none: webhooks are disabled).
@@ -76,7 +81,7 @@ async fn status_page() -> Response {
 }
 
 async fn readyz(State(s): State<Arc<ServerState>>) -> Response {
-    if s.apps.iter().all(|a| a.snapshot().observed) {
+    if s.apps.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -88,8 +93,13 @@ async fn readyz(State(s): State<Arc<ServerState>>) -> Response {
 }
 
 async fn apps(State(s): State<Arc<ServerState>>) -> Response {
-    let all: Vec<AppStatus> = s.apps.iter().map(|a| a.snapshot()).collect();
-    axum::Json(serde_json::json!({ "schema": "berth.apps/v1", "apps": all })).into_response()
+    let all: Vec<AppStatus> = s.apps.controllers().iter().map(|a| a.snapshot()).collect();
+    axum::Json(serde_json::json!({
+        "schema": "berth.apps/v1",
+        "apps": all,
+        "index": s.apps.index_status(),
+    }))
+    .into_response()
 }
 
 /// A secret that can authenticate: not empty, not only whitespace (the
@@ -121,7 +131,12 @@ async fn app_op(
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
     // An app with several destinations is one controller per destination.
-    let targets: Vec<&Arc<Controller>> = s.apps.iter().filter(|a| a.spec.name == app).collect();
+    let targets: Vec<Arc<Controller>> = s
+        .apps
+        .controllers()
+        .into_iter()
+        .filter(|a| a.spec.name == app)
+        .collect();
     if targets.is_empty() {
         return (StatusCode::NOT_FOUND, "no such app\n").into_response();
     }
@@ -182,10 +197,8 @@ async fn webhook(
     if !webhook_authentic(&kind, &headers, &body, secret) {
         return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
     }
-    // A push anywhere in the repo: every app from it re-fetches now.
-    for a in &s.apps {
-        a.trigger(false);
-    }
+    // A push anywhere in the repo: the index and every app re-fetch now.
+    s.apps.trigger_all(Trigger::Webhook);
     (StatusCode::ACCEPTED, "sync triggered\n").into_response()
 }
 
@@ -205,12 +218,14 @@ fn instance(a: &AppStatus) -> String {
     )
 }
 
+/// A metric family's `HELP` and `TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// The Prometheus text exposition of every app's status.
 pub fn render_metrics(apps: &[AppStatus]) -> String {
     let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     family(
         &mut out,
         "berth_app_in_sync",
@@ -373,13 +388,38 @@ pub fn render_metrics(apps: &[AppStatus]) -> String {
     out
 }
 
+/// The index's series (no `app` label: one index per berth).
+pub fn render_index_metrics(index: &IndexStatus, instances: usize) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "berth_index_valid",
+        "gauge",
+        "1 when the newest index (berth.yml at the followed revision, or --apps-file) is in use; 0 while it does not load and the last good set of apps runs.",
+    );
+    let _ = writeln!(out, "berth_index_valid {}", u8::from(index.error.is_none()));
+    family(
+        &mut out,
+        "berth_index_apps",
+        "gauge",
+        "App instances running (one per app and destination).",
+    );
+    let _ = writeln!(out, "berth_index_apps {instances}");
+    family(
+        &mut out,
+        "berth_index_removed_apps",
+        "gauge",
+        "App instances the index stopped listing while berth ran: their hosts were left as they are.",
+    );
+    let _ = writeln!(out, "berth_index_removed_apps {}", index.removed.len());
+    out
+}
+
 async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
-    let all: Vec<AppStatus> = s.apps.iter().map(|a| a.snapshot()).collect();
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        render_metrics(&all),
-    )
-        .into_response()
+    let all: Vec<AppStatus> = s.apps.controllers().iter().map(|a| a.snapshot()).collect();
+    let mut body = render_metrics(&all);
+    body.push_str(&render_index_metrics(&s.apps.index_status(), all.len()));
+    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
 #[cfg(test)]

@@ -342,27 +342,7 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
         return;
     };
     let (dir, work) = workspace(&fleet);
-    let common = KAMAL_COMMON
-        .replace("{registry}", &fleet.tb.registry())
-        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
-    let app = |service: &str, image: &str, host: &str, version: &str| {
-        format!(
-            "service: {service}\nimage: {image}\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}"
-        )
-    };
-    for (path, yml) in [
-        ("shop", app("demo", "demo", &fleet.addrs()[0], "v1")),
-        ("cache", app("kv", "kv", &fleet.addrs()[1], "1")),
-    ] {
-        std::fs::create_dir_all(work.join(path).join("config")).unwrap();
-        std::fs::create_dir_all(work.join(path).join(".kamal")).unwrap();
-        std::fs::write(work.join(path).join("config/deploy.yml"), yml).unwrap();
-        std::fs::write(
-            work.join(path).join(".kamal/secrets"),
-            "KAMAL_REGISTRY_PASSWORD=unused\n",
-        )
-        .unwrap();
-    }
+    two_projects(&fleet, &work);
     std::fs::write(
         work.join("berth.yml"),
         "apps:\n  shop:\n    path: shop\n  cache:\n    path: cache\n    policy:\n      mode: detect\n",
@@ -430,9 +410,47 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
     wait(Duration::from_secs(30), "shop observed in sync", || {
         m(&berth, "shop") == Some(1.0)
     });
+    drift_is_reported_and_left(&fleet, &berth);
+    assert_eq!(berth.stop(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+/// Two Kamal projects in the clone `work` (not committed): `shop/` (service
+/// demo v1 on the first host) and `cache/` (kv 1 on the second), no proxy.
+fn two_projects(fleet: &Fleet, work: &Path) {
+    let common = KAMAL_COMMON
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    for (path, service, host, version) in [
+        ("shop", "demo", &fleet.addrs()[0], "v1"),
+        ("cache", "kv", &fleet.addrs()[1], "1"),
+    ] {
+        let yml = format!(
+            "service: {service}\nimage: {service}\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}"
+        );
+        std::fs::create_dir_all(work.join(path).join("config")).unwrap();
+        std::fs::create_dir_all(work.join(path).join(".kamal")).unwrap();
+        std::fs::write(work.join(path).join("config/deploy.yml"), yml).unwrap();
+        std::fs::write(
+            work.join(path).join(".kamal/secrets"),
+            "KAMAL_REGISTRY_PASSWORD=unused\n",
+        )
+        .unwrap();
+    }
+}
+
+/// With the shop app in `detect` mode: its container stopped by hand is
+/// reported, cycle after cycle, and left stopped.
+fn drift_is_reported_and_left(fleet: &Fleet, berth: &Berth) {
+    let in_sync = || {
+        metric(
+            &berth.metrics(),
+            "berth_app_in_sync{app=\"shop\",destination=\"\"}",
+        )
+    };
     fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
     wait(Duration::from_secs(30), "the drift reported", || {
-        m(&berth, "shop") == Some(0.0)
+        in_sync() == Some(0.0)
     });
     let seen = berth.reconciles("shop", "drifted");
     wait(Duration::from_secs(30), "more cycles", || {
@@ -443,6 +461,128 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
         .docker_ok(&["inspect", "-f", "{{.State.Running}}", "demo-web-v1"])
         .unwrap();
     assert_eq!(state.trim(), "false", "detect mode healed the drift");
+}
+
+/// Write `berth.yml` into the clone `work`, commit and push it.
+fn push_index(work: &Path, index: &str, message: &str) {
+    std::fs::write(work.join("berth.yml"), index).unwrap();
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-qm", message]);
+    git(work, &["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[test]
+fn a_merged_berth_yml_is_followed_live_and_a_broken_one_keeps_the_last_good_apps() {
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    two_projects(&fleet, &work);
+    push_index(&work, "apps:\n  shop:\n    path: shop\n", "one app");
+
+    let mut berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let in_sync = |b: &Berth, app: &str| {
+        metric(
+            &b.metrics(),
+            &format!("berth_app_in_sync{{app=\"{app}\",destination=\"\"}}"),
+        )
+    };
+    let index_valid = |b: &Berth| metric(&b.metrics(), "berth_index_valid");
+    let index = |b: &Berth| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&b.apps()).unwrap()["index"].clone()
+    };
+    let listed = |b: &Berth| -> Vec<String> {
+        let doc: serde_json::Value = serde_json::from_str(&b.apps()).unwrap();
+        doc["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["app"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait(Duration::from_secs(30), "shop deployed", || {
+        in_sync(&berth, "shop") == Some(1.0)
+    });
+    assert_eq!(listed(&berth), ["shop"]);
+    assert_eq!(index_valid(&berth), Some(1.0));
+
+    // A merged commit adds an app: the running berth deploys it.
+    push_index(
+        &work,
+        "apps:\n  shop:\n    path: shop\n  cache:\n    path: cache\n",
+        "add the cache app",
+    );
+    wait(
+        Duration::from_secs(60),
+        "cache deployed without a restart",
+        || in_sync(&berth, "cache") == Some(1.0),
+    );
+    assert!(berth.child.try_wait().unwrap().is_none(), "berth restarted");
+    let running = fleet
+        .host(1)
+        .docker_ok(&["ps", "--format", "{{.Names}}"])
+        .unwrap();
+    assert!(running.contains("kv-web-1"), "{running}");
+    assert_eq!(listed(&berth), ["shop", "cache"]);
+
+    // A broken berth.yml: reported with its line and key, both apps keep running.
+    push_index(
+        &work,
+        "apps:\n  shop:\n    path: shop\n    polcy:\n      mode: detect\n",
+        "a typo",
+    );
+    wait(Duration::from_secs(30), "the broken index reported", || {
+        index_valid(&berth) == Some(0.0)
+    });
+    let error = index(&berth)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("berth.yml:4:5: apps.shop.polcy: unknown key"),
+        "{error}"
+    );
+    assert_eq!(listed(&berth), ["shop", "cache"]);
+    let cycles = berth.reconciles("cache", "in_sync");
+    wait(
+        Duration::from_secs(30),
+        "the cache app's loop still runs",
+        || berth.reconciles("cache", "in_sync") >= cycles + 2.0,
+    );
+
+    // Fixed, with the cache app dropped and shop's policy changed: the cache
+    // loop stops and its host is left as it is; shop only reports drift now.
+    push_index(
+        &work,
+        "apps:\n  shop:\n    path: shop\n    policy:\n      mode: detect\n",
+        "drop cache, shop detect-only",
+    );
+    wait(Duration::from_secs(30), "the fixed index in use", || {
+        index_valid(&berth) == Some(1.0) && listed(&berth) == ["shop"]
+    });
+    assert_eq!(index(&berth)["removed"], serde_json::json!(["cache"]));
+    assert_eq!(
+        metric(&berth.metrics(), "berth_index_removed_apps"),
+        Some(1.0)
+    );
+    let state = fleet
+        .host(1)
+        .docker_ok(&["inspect", "-f", "{{.State.Running}}", "kv-web-1"])
+        .unwrap();
+    assert_eq!(
+        state.trim(),
+        "true",
+        "a removed app's containers are left running"
+    );
+    let apps = berth.apps();
+    assert!(apps.contains("\"mode\":\"detect\""), "{apps}");
+    drift_is_reported_and_left(&fleet, &berth);
+    let log = std::fs::read_to_string(dir.path().join(format!("berth-{}.log", berth.port)))
+        .unwrap_or_default();
+    assert!(
+        log.contains("app no longer in the index"),
+        "the removal is logged: {log}"
+    );
     assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }

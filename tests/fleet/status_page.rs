@@ -441,6 +441,28 @@ fn the_status_page_shows_every_host_of_every_app_a_drifted_unit_and_its_sync_but
         ])
         .unwrap();
     assert_eq!(running.trim(), "true");
+
+    // A broken berth.yml: the page says so, and both destinations stay.
+    std::fs::write(
+        p.join("berth.yml"),
+        "apps:\n  demo:\n    destinations: staging\n",
+    )
+    .unwrap();
+    browser.wait_for(
+        "the index error shown",
+        "return !!document.querySelector('#index [data-index=\"error\"]')",
+    );
+    let shown = browser.eval("return document.querySelector('#index').innerText");
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(
+        shown.contains("berth.yml is not in use")
+            && shown.contains("berth.yml:3:19: apps.demo.destinations: should be a list"),
+        "{shown}"
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('.card').length"),
+        serde_json::json!(2)
+    );
     drop(browser);
 
     drop(_berth);
