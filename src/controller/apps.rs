@@ -308,6 +308,8 @@ pub struct Apps {
     /// Every app of the first set was observed once (readiness; an app
     /// added later does not take it back).
     ready: std::sync::atomic::AtomicBool,
+    /// What every instance's loop reports happening.
+    events: super::events::Events,
 }
 
 impl Apps {
@@ -318,6 +320,11 @@ impl Apps {
     /// Every instance's controller, in the index's order.
     pub fn controllers(&self) -> Vec<Arc<Controller>> {
         self.lock().iter().map(|i| i.controller.clone()).collect()
+    }
+
+    /// The events of every instance, from now on (notifications, history).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<super::events::Notice> {
+        self.events.subscribe()
     }
 
     /// Ready once every app was observed (then for good).
@@ -352,7 +359,7 @@ impl Apps {
     }
 
     fn start(&self, spec: AppSpec) {
-        let controller = Controller::new(spec.clone());
+        let controller = Controller::new(spec.clone(), self.events.clone());
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(controller.clone().run(stopped));
         self.lock().push(Instance {

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub mod apps;
+pub mod events;
 mod requeue;
 
 /// Event wakes are debounced: the cycle runs once the hosts have been quiet
@@ -157,6 +158,10 @@ struct Revisions {
     settled: Option<String>,
     /// A revision whose apply failed: not retried until a new one or a sync.
     failed: Option<String>,
+    /// The last cycle left differences (a drift episode is reported once).
+    drifting: bool,
+    /// The last revision (or signed object) reported refused, once each.
+    refused: Option<String>,
 }
 
 pub struct Controller {
@@ -174,10 +179,12 @@ pub struct Controller {
     woken_by: Mutex<Option<Trigger>>,
     /// A manual sync: retry even a revision that failed.
     forced: std::sync::atomic::AtomicBool,
+    /// Where what happened is told (notifications, history).
+    notices: events::Events,
 }
 
 impl Controller {
-    pub fn new(spec: AppSpec) -> Arc<Controller> {
+    pub fn new(spec: AppSpec, events: events::Events) -> Arc<Controller> {
         let status = AppStatus {
             app: spec.name.clone(),
             destination: spec.destination.clone(),
@@ -195,7 +202,21 @@ impl Controller {
             events: Notify::new(),
             woken_by: Mutex::new(None),
             forced: std::sync::atomic::AtomicBool::new(false),
+            notices: events,
         })
+    }
+
+    /// Tell subscribers about `event` of `revision`.
+    fn emit(&self, event: events::Event, revision: Option<&str>) {
+        let version = self.lock().version.clone();
+        self.notices.send(events::Notice {
+            app: self.spec.name.clone(),
+            destination: self.spec.destination.clone(),
+            revision: revision.map(str::to_string),
+            version,
+            at_unix: unix_now(),
+            event,
+        });
     }
 
     /// Run a cycle now (webhook, manual sync). `force` retries a failed revision.
@@ -508,9 +529,20 @@ impl Controller {
                     // Logged once per cycle it stays refused; the fleet keeps
                     // the last verified revision.
                     tracing::error!(app = %spec.name, object = %refused.object, reason = %refused.reason, "revision refused: signature not verified");
-                    let mut st = self.lock();
-                    st.source_verified = Some(false);
-                    st.source_refusal = Some(refused.to_string());
+                    {
+                        let mut st = self.lock();
+                        st.source_verified = Some(false);
+                        st.source_refusal = Some(refused.to_string());
+                    }
+                    if revisions.refused.as_deref() != Some(refused.object.as_str()) {
+                        revisions.refused = Some(refused.object.clone());
+                        self.emit(
+                            events::Event::RevisionRefused {
+                                reason: refused.to_string(),
+                            },
+                            Some(&refused.object),
+                        );
+                    }
                 }
                 CycleError::Source(e.to_string())
             })?;
@@ -543,9 +575,21 @@ impl Controller {
             env: &config::process_env,
             files: &files,
         })
-        .map_err(|e| match e {
-            AppLoadError::NoVersion(_) => refused("x-berth.version is not set".into()),
-            other => refused(other.to_string()),
+        .map_err(|e| {
+            let error = match e {
+                AppLoadError::NoVersion(_) => refused("x-berth.version is not set".into()),
+                other => refused(other.to_string()),
+            };
+            if revisions.refused.as_deref() != Some(rev.id.as_str()) {
+                revisions.refused = Some(rev.id.clone());
+                self.emit(
+                    events::Event::RevisionRefused {
+                        reason: error.to_string(),
+                    },
+                    Some(&rev.id),
+                );
+            }
+            error
         })?;
         // What berth went on without (ERB in `builder:` …), once per revision.
         if new_revision {
@@ -583,6 +627,7 @@ impl Controller {
             *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = (hosts, labels);
         }
         let observed = observe::observe(&desired, c, 32).await;
+        let host_events;
         let plan = plan::plan(
             &desired,
             &observed,
@@ -596,11 +641,13 @@ impl Controller {
             st.observed = true;
             st.in_sync = plan.in_sync();
             st.last_plan = plan::output::text(&plan);
-            st.hosts = observed
+            let hosts: BTreeMap<String, bool> = observed
                 .hosts
                 .iter()
                 .map(|h| (h.host.clone(), matches!(h.state, HostState::Reached(_))))
                 .collect();
+            host_events = events::host_transitions(&st.hosts, &hosts);
+            st.hosts = hosts;
             st.drift = plan
                 .actions
                 .iter()
@@ -624,6 +671,10 @@ impl Controller {
                 .collect();
             st.units = unit_states(&desired, &st.hosts, &st.drift);
         }
+        for e in host_events {
+            self.emit(e, Some(&rev.id));
+        }
+        let drift = self.lock().drift.clone();
         let suspended = self.lock().suspended;
         let forced = self.forced.swap(false, std::sync::atomic::Ordering::SeqCst);
         let decision = decide(&Situation {
@@ -639,11 +690,29 @@ impl Controller {
         });
         // Unreachable hosts have no actions: the others keep converging (the
         // lock's host must answer, or the apply fails and backs off).
+        let new_revision = revisions.settled.as_deref() != Some(rev.id.as_str());
         if let Decision::Report { outcome, settle } = decision {
             if settle {
+                if new_revision {
+                    self.emit(events::Event::Deployed, Some(&rev.id));
+                }
                 revisions.settled = Some(rev.id.clone());
             }
+            if plan.actions.is_empty() {
+                revisions.drifting = false;
+            } else if !revisions.drifting {
+                revisions.drifting = true;
+                self.emit(
+                    events::Event::DriftDetected {
+                        units: drift.clone(),
+                    },
+                    Some(&rev.id),
+                );
+            }
             return Ok(outcome);
+        }
+        if new_revision {
+            self.emit(events::Event::RolloutStarted, Some(&rev.id));
         }
         let revision = short(&rev.id).to_string();
         let progress = |line: &str| tracing::info!(app = %spec.name, destination = spec.destination.as_deref().unwrap_or(""), revision = %revision, "{line}");
@@ -663,7 +732,16 @@ impl Controller {
             Ok(_) => {
                 revisions.failed = None;
                 revisions.settled = Some(rev.id.clone());
+                revisions.drifting = false;
                 self.lock().last_apply_unix = Some(unix_now());
+                self.emit(
+                    if new_revision {
+                        events::Event::Deployed
+                    } else {
+                        events::Event::Healed { units: drift }
+                    },
+                    Some(&rev.id),
+                );
                 Ok(Outcome::Applied)
             }
             // A lock someone else holds (`kamal lock`, a deploy in
@@ -675,10 +753,17 @@ impl Controller {
             }),
             Err(e) => {
                 revisions.failed = Some(rev.id.clone());
-                Err(CycleError::Apply {
+                let error = CycleError::Apply {
                     revision: short(&rev.id).to_string(),
                     message: e.to_string(),
-                })
+                };
+                self.emit(
+                    events::Event::RolloutFailed {
+                        error: error.to_string(),
+                    },
+                    Some(&rev.id),
+                );
+                Err(error)
             }
         }
     }
