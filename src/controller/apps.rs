@@ -110,6 +110,7 @@ pub fn instances(t: &Template, index: Option<&[IndexApp]>, single_name: &str) ->
             self_heal: t.self_heal,
             prune: None,
             suspended: false,
+            flap_limit: crate::policy::FlapLimit::default(),
         };
         return vec![spec(
             single_name,
@@ -131,6 +132,7 @@ pub fn instances(t: &Template, index: Option<&[IndexApp]>, single_name: &str) ->
             self_heal: app.self_heal && t.self_heal,
             prune: app.prune,
             suspended: app.suspended,
+            flap_limit: app.flap_limit,
         };
         let dests: Vec<Option<String>> = if app.destinations.is_empty() {
             vec![None]
@@ -515,6 +517,7 @@ mod tests {
             self_heal: true,
             prune: None,
             suspended: false,
+            flap_limit: crate::policy::FlapLimit::default(),
         }
     }
 

@@ -8,7 +8,9 @@
 //! One reconcile at a time (single flight).
 //! Errors back off exponentially (capped); a rollout that failed on a
 //! revision is not retried in a hot loop: it waits for a new revision or a
-//! manual sync.
+//! manual sync. A unit healed again and again (it exits at once) is left
+//! alone at its flap limit ([`flap`]); the app's other units keep healing.
+//! What happened is sent as [`events::Notice`]s.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use tracing::Instrument;
 
 pub mod apps;
 pub mod events;
+mod flap;
 mod requeue;
 
 /// Event wakes are debounced: the cycle runs once the hosts have been quiet
@@ -106,11 +109,24 @@ pub struct UnitState {
     /// The role, `accessory:<name>`, `proxy`, or `orphan` (runs, not declared).
     pub unit: String,
     pub container: String,
-    /// `in_sync`, `drifted`, or `unknown` (host unreachable).
+    /// `in_sync`, `drifted`, `flapping` (drifted, at its flap limit: left
+    /// alone), or `unknown` (host unreachable).
     pub state: &'static str,
     /// What the plan would do and why, when drifted.
     pub action: Option<String>,
     pub reason: Option<String>,
+}
+
+/// A unit berth healed up to its flap limit and now leaves alone.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FlappingUnit {
+    pub host: String,
+    /// As in [`UnitState::unit`].
+    pub unit: String,
+    pub container: String,
+    /// Heal attempts within the window.
+    pub heals: usize,
+    pub reason: String,
 }
 
 /// What `server` shows about an app.
@@ -127,6 +143,9 @@ pub struct AppStatus {
     pub mode: Option<Mode>,
     pub self_heal: bool,
     pub drift: Vec<Drift>,
+    /// Units at their flap limit, left alone until the window passes, a
+    /// new revision or a manual sync.
+    pub flapping: Vec<FlappingUnit>,
     /// Every desired unit (and orphan) per host, with its state.
     pub units: Vec<UnitState>,
     /// host → reachable.
@@ -162,6 +181,8 @@ struct Revisions {
     drifting: bool,
     /// The last revision (or signed object) reported refused, once each.
     refused: Option<String>,
+    /// Recent heals per unit, for the flap limit.
+    heals: flap::Heals,
 }
 
 pub struct Controller {
@@ -653,12 +674,7 @@ impl Controller {
                 .iter()
                 .map(|a| Drift {
                     host: a.host.clone(),
-                    role: match &a.unit {
-                        plan::Unit::App { role } => role.clone(),
-                        plan::Unit::Accessory { name } => format!("accessory:{name}"),
-                        plan::Unit::Proxy => "proxy".into(),
-                        plan::Unit::Orphan => "orphan".into(),
-                    },
+                    role: drift_unit(&a.unit),
                     container: a.container.clone(),
                     action: a.kind.as_str().to_string(),
                     reason: a
@@ -691,6 +707,68 @@ impl Controller {
         // Unreachable hosts have no actions: the others keep converging (the
         // lock's host must answer, or the apply fails and backs off).
         let new_revision = revisions.settled.as_deref() != Some(rev.id.as_str());
+        if new_revision || forced {
+            revisions.heals.reset();
+        }
+        let mut plan = plan;
+        // A heal (drift on the revision the fleet converged to): units that
+        // reached their flap limit are left alone, the others are healed.
+        let mut flapping = Vec::new();
+        if decision == Decision::Apply && !new_revision && !forced {
+            let limit = settings.flap_limit;
+            let now = Instant::now();
+            let at_limit = revisions.heals.at_limit(limit, now);
+            let newly = revisions.heals.newly_flapping(&at_limit);
+            let (held, heal): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.actions)
+                .into_iter()
+                .partition(|a| at_limit.contains(&(a.host.clone(), a.container.clone())));
+            plan.actions = heal;
+            for a in &held {
+                let key = (a.host.clone(), a.container.clone());
+                let unit = FlappingUnit {
+                    host: a.host.clone(),
+                    unit: drift_unit(&a.unit),
+                    container: a.container.clone(),
+                    heals: revisions.heals.count(&key),
+                    reason: flap_reason(&observed, a, revisions.heals.count(&key), limit),
+                };
+                if newly.contains(&key) {
+                    tracing::warn!(app = %spec.name, host = %a.host, container = %a.container, reason = %unit.reason, "flap limit reached: the unit is left alone");
+                    self.emit(
+                        events::Event::FlapLimit {
+                            host: unit.host.clone(),
+                            unit: unit.unit.clone(),
+                            container: unit.container.clone(),
+                            reason: unit.reason.clone(),
+                        },
+                        Some(&rev.id),
+                    );
+                }
+                flapping.push(unit);
+            }
+            for a in &plan.actions {
+                revisions
+                    .heals
+                    .record((a.host.clone(), a.container.clone()), limit, now);
+            }
+        }
+        {
+            let mut st = self.lock();
+            for u in st.units.iter_mut() {
+                if flapping
+                    .iter()
+                    .any(|f| f.host == u.host && f.container == u.container)
+                {
+                    u.state = "flapping";
+                }
+            }
+            st.flapping = flapping;
+        }
+        if decision == Decision::Apply && plan.actions.is_empty() {
+            // Everything to heal is flapping: reported, left alone.
+            revisions.drifting = true;
+            return Ok(Outcome::Drifted);
+        }
         if let Decision::Report { outcome, settle } = decision {
             if settle {
                 if new_revision {
@@ -752,7 +830,13 @@ impl Controller {
                 message: e.to_string(),
             }),
             Err(e) => {
-                revisions.failed = Some(rev.id.clone());
+                // A revision's rollout that failed is parked until a new
+                // revision or a sync; a heal that failed is not (it would
+                // stop healing every other unit): its attempts count
+                // towards the flap limit instead.
+                if new_revision || forced {
+                    revisions.failed = Some(rev.id.clone());
+                }
                 let error = CycleError::Apply {
                     revision: short(&rev.id).to_string(),
                     message: e.to_string(),
@@ -806,6 +890,38 @@ fn proxy_event_matters(
         // `archive-path`: berth's own probe reading the state file (docker
         // cp), which would otherwise wake the loop after every cycle.
         !action.starts_with("exec_") && action != "archive-path"
+    }
+}
+
+/// A unit as `Drift.role` and `UnitState.unit` name it.
+fn drift_unit(unit: &plan::Unit) -> String {
+    match unit {
+        plan::Unit::App { role } => role.clone(),
+        plan::Unit::Accessory { name } => format!("accessory:{name}"),
+        plan::Unit::Proxy => "proxy".into(),
+        plan::Unit::Orphan => "orphan".into(),
+    }
+}
+
+/// Why a unit is flapping: the heals, and what docker says of its
+/// container (status, restarts by its restart policy, last exit code).
+fn flap_reason(
+    observed: &observe::Observed,
+    action: &plan::Action,
+    heals: usize,
+    limit: crate::policy::FlapLimit,
+) -> String {
+    let window = humantime::format_duration(limit.window);
+    let container = observed.host(&action.host).and_then(|h| match &h.state {
+        HostState::Reached(o) => o.containers.iter().find(|c| c.name == action.container),
+        HostState::Unreachable(_) => None,
+    });
+    match container {
+        Some(c) => format!(
+            "healed {heals} times in {window}; container {}, restarted {} times by docker, last exit code {}",
+            c.status, c.restart_count, c.exit_code
+        ),
+        None => format!("healed {heals} times in {window}; no such container now"),
     }
 }
 

@@ -12,6 +12,7 @@
 //! Metrics (every series also has `app` and `destination`):
 //! - `berth_app_in_sync` 1/0
 //! - `berth_drift_units{host,role,reason}` units to change
+//! - `berth_flapping_units{host,role}` units at their flap limit, left alone
 //! - `berth_reconcile_total{result}` counter (`in_sync`, `drifted`, `applied`, `suspended`, `error`)
 //! - `berth_reconcile_duration_seconds` histogram
 //! - `berth_host_up{host}` 1/0
@@ -259,6 +260,27 @@ pub fn render_metrics(apps: &[AppStatus]) -> String {
                 label(host),
                 label(role),
                 label(reason)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "berth_flapping_units",
+        "gauge",
+        "Units healed up to their flap limit and left alone for now.",
+    );
+    for a in apps {
+        let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for f in &a.flapping {
+            *counts.entry((&f.host, &f.unit)).or_default() += 1;
+        }
+        for ((host, role), n) in counts {
+            let _ = writeln!(
+                out,
+                "berth_flapping_units{{{},host=\"{}\",role=\"{}\"}} {n}",
+                instance(a),
+                label(host),
+                label(role),
             );
         }
     }

@@ -845,6 +845,119 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
 }
 
 #[test]
+fn a_container_that_exits_at_once_is_healed_five_times_then_left_alone_as_flapping() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    // The container exits 3 at start while `flag/crash` exists; docker's
+    // restart policy is off, so only berth restarts it.
+    let flag = dir.path().join("flag");
+    std::fs::create_dir_all(&flag).unwrap();
+    let yml = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\n\
+         \x20   cmd: sh -c 'if [ -e /flag/crash ]; then echo crashing >&2; exit 3; fi; exec httpd -f -p 80 -h /www'\n\
+         \x20   options:\n      restart: \"no\"\nvolumes:\n  - {flag}:/flag\n\
+         readiness_delay: 0\ndeploy_timeout: 1\nx-berth:\n  version: v1\n{common}",
+        host = fleet.addrs()[0],
+        flag = flag.display(),
+        common = KAMAL_COMMON
+            .replace("{registry}", &fleet.tb.registry())
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    );
+    support::push_project(&work, &yml, "v1");
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let in_sync = || {
+        metric(
+            &berth.metrics(),
+            "berth_app_in_sync{app=\"demo\",destination=\"\"}",
+        )
+    };
+    wait(Duration::from_secs(30), "deployed", || {
+        in_sync() == Some(1.0)
+    });
+    let flapping = || -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_str(&berth.apps()).unwrap();
+        doc["apps"][0]["flapping"].clone()
+    };
+    let since = fleet
+        .host(0)
+        .docker_ok(&["info", "-f", "{{.SystemTime}}"])
+        .unwrap();
+    let starts = || {
+        let until = fleet
+            .host(0)
+            .docker_ok(&["info", "-f", "{{.SystemTime}}"])
+            .unwrap();
+        fleet
+            .host(0)
+            .docker_ok(&[
+                "events",
+                "--since",
+                since.trim(),
+                "--until",
+                until.trim(),
+                "--filter",
+                "container=demo-web-v1",
+                "--filter",
+                "event=start",
+                "--format",
+                "{{.Time}}",
+            ])
+            .unwrap()
+            .lines()
+            .count()
+    };
+
+    std::fs::write(flag.join("crash"), "").unwrap();
+    fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
+    wait(Duration::from_secs(90), "reported flapping", || {
+        flapping().as_array().is_some_and(|f| !f.is_empty())
+    });
+    let reason = flapping()[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("healed 5 times in 5m")
+            && reason.contains("container exited")
+            && reason.contains("last exit code 3"),
+        "{reason}"
+    );
+    assert_eq!(
+        metric(
+            &berth.metrics(),
+            &format!(
+                "berth_flapping_units{{app=\"demo\",destination=\"\",host=\"{}\",role=\"web\"}}",
+                fleet.addrs()[0]
+            )
+        ),
+        Some(1.0)
+    );
+    assert!(berth.apps().contains("\"state\":\"flapping\""));
+    // Left alone: more cycles, no more starts.
+    let seen = berth.reconciles("demo", "drifted");
+    wait(Duration::from_secs(30), "more cycles", || {
+        berth.reconciles("demo", "drifted") >= seen + 3.0
+    });
+    assert_eq!(starts(), 5, "healed exactly five times");
+
+    // A manual sync lifts it: with the cause gone, the heal takes.
+    std::fs::remove_file(flag.join("crash")).unwrap();
+    assert_eq!(berth.sync("demo"), 202);
+    wait(Duration::from_secs(30), "healed by the sync", || {
+        in_sync() == Some(1.0) && flapping() == serde_json::json!([])
+    });
+    let state = fleet
+        .host(0)
+        .docker_ok(&["inspect", "-f", "{{.State.Running}}", "demo-web-v1"])
+        .unwrap();
+    assert_eq!(state.trim(), "true");
+    assert_eq!(berth.stop(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
 fn a_deploy_lock_held_by_someone_else_is_waited_for_then_the_revision_rolls() {
     let Some(fleet) = Fleet::up(1) else {
         return;
