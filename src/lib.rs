@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod desired;
 pub mod docker_flags;
+pub mod history;
 pub mod kamal;
 pub mod observe;
 pub mod plan;
@@ -37,6 +38,7 @@ mod layering {
         ("policy", 0),
         ("config", 1),
         ("proxy_state", 1),
+        ("history", 1),
         ("source", 2),
         ("desired", 2),
         ("remote", 2),

@@ -60,6 +60,20 @@ pub struct Args {
     /// used instead of the repository's own
     #[arg(long)]
     pub apps_file: Option<PathBuf>,
+    /// Where berth keeps its memory across restarts (the history database:
+    /// cycles, drift episodes, suspensions, parked revisions, rollbacks).
+    /// Default: `state` beside the checkout directory.
+    #[arg(long, env = "BERTH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep no history (nothing survives a restart; no rollback).
+    #[arg(long, conflicts_with = "state_dir")]
+    pub no_history: bool,
+    /// Cycles kept per app instance in the history.
+    #[arg(long, default_value_t = 1000)]
+    pub history_max_cycles: u32,
+    /// Oldest history kept (`30d`, `72h`).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub history_max_age: std::time::Duration,
     /// A local directory instead of a repository (development).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -144,6 +158,17 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// `--state-dir`, or `state` beside the checkout directory.
+pub fn state_dir(args: &Args) -> PathBuf {
+    args.state_dir.clone().unwrap_or_else(|| {
+        args.checkout
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.join("state"))
+            .unwrap_or_else(|| args.checkout.join("state"))
+    })
 }
 
 /// A secret file's content, trimmed. Empty is refused: an empty token or an
@@ -272,7 +297,18 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let mut reader = Reader::new(index_source, template);
     // At start, an index that does not load is an error (nothing runs yet).
     let first = reader.load()?;
-    let apps = Apps::new();
+    let apps = if args.no_history {
+        Apps::new()
+    } else {
+        let dir = state_dir(args);
+        let retention = crate::history::Retention {
+            max_cycles: args.history_max_cycles.max(1),
+            max_age: args.history_max_age,
+        };
+        let history = crate::history::History::open(&dir, retention)
+            .with_context(|| format!("cannot keep the history in {}", dir.display()))?;
+        Apps::with_history(history)
+    };
     let state = Arc::new(ServerState {
         apps: apps.clone(),
         api_token,

@@ -312,11 +312,26 @@ pub struct Apps {
     ready: std::sync::atomic::AtomicBool,
     /// What every instance's loop reports happening.
     events: super::events::Events,
+    /// berth's memory across restarts (`--state-dir`).
+    history: Option<Arc<crate::history::History>>,
 }
 
 impl Apps {
     pub fn new() -> Arc<Apps> {
         Arc::new(Apps::default())
+    }
+
+    /// With a history: every instance restores its state from it and
+    /// records its cycles there.
+    pub fn with_history(history: Arc<crate::history::History>) -> Arc<Apps> {
+        Arc::new(Apps {
+            history: Some(history),
+            ..Apps::default()
+        })
+    }
+
+    pub fn history(&self) -> Option<&Arc<crate::history::History>> {
+        self.history.as_ref()
     }
 
     /// Every instance's controller, in the index's order.
@@ -361,7 +376,7 @@ impl Apps {
     }
 
     fn start(&self, spec: AppSpec) {
-        let controller = Controller::new(spec.clone(), self.events.clone());
+        let controller = Controller::new(spec.clone(), self.events.clone(), self.history.clone());
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(controller.clone().run(stopped));
         self.lock().push(Instance {

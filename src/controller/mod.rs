@@ -36,6 +36,7 @@ use crate::checkout::Checkout;
 use crate::config;
 use crate::config::secrets::Commands;
 use crate::desired::load::{AppLoad, AppLoadError, load_app};
+use crate::history::{self, History};
 use crate::observe::{self, HostState};
 use crate::plan::{self, PlanOptions};
 use crate::policy::{Decision, Outcome, Settings, Situation, decide};
@@ -115,6 +116,11 @@ pub struct UnitState {
     /// What the plan would do and why, when drifted.
     pub action: Option<String>,
     pub reason: Option<String>,
+    /// Its container's state, health check and restarts by docker's
+    /// restart policy, as last observed (none: no such container).
+    pub status: Option<String>,
+    pub health: Option<String>,
+    pub restart_count: u64,
 }
 
 /// A unit berth healed up to its flap limit and now leaves alone.
@@ -160,6 +166,13 @@ pub struct AppStatus {
     pub signature: Option<crate::source::verify::Verified>,
     /// Why the newest revision was refused, while it is (`commit …: not signed`).
     pub source_refusal: Option<String>,
+    /// A rollback's revision: applied instead of the followed ref until a
+    /// resume.
+    pub pinned: Option<String>,
+    /// The revision the fleet last converged to.
+    pub settled: Option<String>,
+    /// A revision whose rollout failed, parked until a new one or a sync.
+    pub failed: Option<String>,
     pub last_apply_unix: Option<u64>,
     /// When a cycle last completed without error (alerts on staleness).
     pub last_success_unix: Option<u64>,
@@ -183,6 +196,8 @@ struct Revisions {
     refused: Option<String>,
     /// Recent heals per unit, for the flap limit.
     heals: flap::Heals,
+    /// What the cycle applied (for the history).
+    applied: Vec<history::ActionRow>,
 }
 
 pub struct Controller {
@@ -202,10 +217,19 @@ pub struct Controller {
     forced: std::sync::atomic::AtomicBool,
     /// Where what happened is told (notifications, history).
     notices: events::Events,
+    /// berth's memory across restarts (`--state-dir`), if kept.
+    history: Option<Arc<History>>,
+    /// A rollback's revision, applied instead of the followed ref until
+    /// resumed.
+    pinned: Mutex<Option<String>>,
 }
 
 impl Controller {
-    pub fn new(spec: AppSpec, events: events::Events) -> Arc<Controller> {
+    pub fn new(
+        spec: AppSpec,
+        events: events::Events,
+        history: Option<Arc<History>>,
+    ) -> Arc<Controller> {
         let status = AppStatus {
             app: spec.name.clone(),
             destination: spec.destination.clone(),
@@ -224,7 +248,62 @@ impl Controller {
             woken_by: Mutex::new(None),
             forced: std::sync::atomic::AtomicBool::new(false),
             notices: events,
+            history,
+            pinned: Mutex::new(None),
         })
+    }
+
+    fn instance(&self) -> history::Instance {
+        history::Instance::new(&self.spec.name, self.spec.destination.as_deref())
+    }
+
+    /// The suspension, persisted before it is answered (it survives a
+    /// restart of berth).
+    pub fn suspend(&self, suspended: bool) -> Result<(), history::HistoryError> {
+        self.set_suspended(suspended);
+        if !suspended {
+            *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.lock().pinned = None;
+        }
+        self.save_state()
+    }
+
+    /// Roll back to `revision` (a full commit id the history says was
+    /// deployed): it is applied instead of the followed ref, which is not
+    /// followed again until a resume. Persisted before it is answered.
+    pub fn roll_back(&self, revision: &str) -> Result<(), history::HistoryError> {
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = Some(revision.to_string());
+        {
+            let mut st = self.lock();
+            st.pinned = Some(revision.to_string());
+            // The rollback is applied now, suspended or not.
+            st.suspended = false;
+        }
+        self.save_state()?;
+        self.trigger_by(Trigger::Sync);
+        Ok(())
+    }
+
+    /// Store what a restart must not forget (waits for the commit).
+    fn save_state(&self) -> Result<(), history::HistoryError> {
+        let Some(h) = &self.history else {
+            return Ok(());
+        };
+        h.save_state(&self.instance(), &self.state_to_keep())
+    }
+
+    fn state_to_keep(&self) -> history::InstanceState {
+        let st = self.lock();
+        history::InstanceState {
+            suspended: st.suspended,
+            settled: st.settled.clone(),
+            failed: st.failed.clone(),
+            pinned: self
+                .pinned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
     }
 
     /// Tell subscribers about `event` of `revision`.
@@ -276,6 +355,11 @@ impl Controller {
                 st.suspended = s;
             }
         }
+        if suspend.is_some()
+            && let Some(h) = &self.history
+        {
+            h.save_state_later(&self.instance(), &self.state_to_keep());
+        }
         self.trigger_by(Trigger::Policy);
     }
 
@@ -295,6 +379,26 @@ impl Controller {
     /// The loop; returns once `shutdown` turns true (after the current cycle).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut revisions = Revisions::default();
+        // What the last berth remembered: the revisions, a suspension made
+        // through the API, a rollback.
+        if let Some(h) = &self.history {
+            match h.state(&self.instance()) {
+                Ok(Some(kept)) => {
+                    revisions.settled = kept.settled.clone();
+                    revisions.failed = kept.failed.clone();
+                    *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = kept.pinned.clone();
+                    let mut st = self.lock();
+                    st.suspended = kept.suspended;
+                    st.settled = kept.settled;
+                    st.failed = kept.failed;
+                    st.pinned = kept.pinned;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(app = %self.spec.name, error = %e, "cannot read the history: starting without it")
+                }
+            }
+        }
         let mut requeue = Requeue::default();
         let mut conns: Option<(String, Arc<Connections>)> = None;
         let mut watchers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
@@ -308,10 +412,21 @@ impl Controller {
                 destination = self.spec.destination.as_deref().unwrap_or(""),
                 trigger = trigger.as_str(),
             );
+            let started_unix_ms = unix_now_ms();
+            let revision_before = self.lock().revision.clone();
+            let settled_before = revisions.settled.clone();
+            revisions.applied.clear();
             let result = self
                 .cycle(&mut revisions, &mut conns)
                 .instrument(span)
                 .await;
+            self.remember(
+                &result,
+                trigger,
+                started_unix_ms,
+                (revision_before, settled_before),
+                &revisions,
+            );
             // New SSH settings: the watchers of the old connections stop
             // before those close (a master in use cannot be shut down).
             if let Some((old_key, old)) = before
@@ -347,6 +462,84 @@ impl Controller {
         stop_watchers(&mut watchers).await;
         if let Some((_, c)) = conns {
             c.close().await;
+        }
+    }
+
+    /// Keep the cycle in the history if it did something, failed or saw a
+    /// new revision (a no-op cycle writes nothing), and the revisions a
+    /// restart must not forget when they changed. Never waits.
+    fn remember(
+        &self,
+        result: &Result<Outcome, CycleError>,
+        trigger: Trigger,
+        started_unix_ms: u64,
+        (revision_before, settled_before): (Option<String>, Option<String>),
+        revisions: &Revisions,
+    ) {
+        let (revision, version, changed, signature_refused) = {
+            let mut st = self.lock();
+            let changed = st.settled != revisions.settled || st.failed != revisions.failed;
+            st.settled = revisions.settled.clone();
+            st.failed = revisions.failed.clone();
+            (
+                st.revision.clone(),
+                st.version.clone(),
+                changed,
+                st.source_refusal.is_some(),
+            )
+        };
+        let Some(h) = &self.history else {
+            return;
+        };
+        if changed {
+            h.save_state_later(&self.instance(), &self.state_to_keep());
+        }
+        let new_revision = revision != revision_before;
+        let deployed = revisions.settled != settled_before;
+        let kind = match result {
+            Err(CycleError::Revision { .. }) => "refused",
+            Err(CycleError::Source(_)) if signature_refused => "refused",
+            Err(_) => "failed",
+            Ok(_) if deployed => "deployed",
+            Ok(Outcome::Applied) => "healed",
+            Ok(_) => "seen",
+        };
+        let (result, error) = match result {
+            Ok(o) => (o.as_str(), None),
+            Err(e) => ("error", Some(e.to_string())),
+        };
+        if result == "applied" || result == "error" || new_revision {
+            h.record_cycle(history::CycleRow {
+                id: 0,
+                app: self.spec.name.clone(),
+                destination: self.spec.destination.clone(),
+                started_unix_ms,
+                ended_unix_ms: unix_now_ms(),
+                trigger: trigger.as_str().to_string(),
+                revision,
+                version,
+                result: result.to_string(),
+                kind: kind.to_string(),
+                error,
+                actions: revisions.applied.clone(),
+            });
+        }
+    }
+
+    /// A drift episode begins (history), with its units.
+    fn episode_started(&self, drift: &[Drift]) {
+        if let Some(h) = &self.history {
+            let units = drift
+                .iter()
+                .map(|d| format!("{} {} ({})", d.host, d.container, d.reason))
+                .collect();
+            h.episode_started(&self.instance(), units);
+        }
+    }
+
+    fn episode_ended(&self, by: &'static str) {
+        if let Some(h) = &self.history {
+            h.episode_ended(&self.instance(), by);
         }
     }
 
@@ -541,7 +734,16 @@ impl Controller {
     ) -> Result<Outcome, CycleError> {
         let spec = &self.spec;
         let settings = self.settings();
-        let source = spec.source.clone();
+        // A rollback pins a revision; the followed ref waits for a resume.
+        let pinned = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let source = pinned
+            .as_deref()
+            .and_then(|p| spec.source.pinned_to(p))
+            .unwrap_or_else(|| spec.source.clone());
         let rev = tokio::task::spawn_blocking(move || source.fetch())
             .await
             .map_err(|e| CycleError::Internal(e.to_string()))?
@@ -686,6 +888,18 @@ impl Controller {
                 })
                 .collect();
             st.units = unit_states(&desired, &st.hosts, &st.drift);
+            // What docker says of each unit's container: health, restarts.
+            for u in st.units.iter_mut() {
+                let found = observed.host(&u.host).and_then(|h| match &h.state {
+                    HostState::Reached(o) => o.containers.iter().find(|c| c.name == u.container),
+                    HostState::Unreachable(_) => None,
+                });
+                if let Some(c) = found {
+                    u.status = Some(c.status.clone());
+                    u.health = c.health.clone();
+                    u.restart_count = c.restart_count;
+                }
+            }
         }
         for e in host_events {
             self.emit(e, Some(&rev.id));
@@ -766,6 +980,9 @@ impl Controller {
         }
         if decision == Decision::Apply && plan.actions.is_empty() {
             // Everything to heal is flapping: reported, left alone.
+            if !revisions.drifting {
+                self.episode_started(&drift);
+            }
             revisions.drifting = true;
             return Ok(Outcome::Drifted);
         }
@@ -777,9 +994,13 @@ impl Controller {
                 revisions.settled = Some(rev.id.clone());
             }
             if plan.actions.is_empty() {
+                if revisions.drifting {
+                    self.episode_ended("cleared");
+                }
                 revisions.drifting = false;
             } else if !revisions.drifting {
                 revisions.drifting = true;
+                self.episode_started(&drift);
                 self.emit(
                     events::Event::DriftDetected {
                         units: drift.clone(),
@@ -803,6 +1024,22 @@ impl Controller {
             None,
             UnknownHosts::ApplyToReachable,
         );
+        revisions.applied = plan
+            .actions
+            .iter()
+            .map(|a| history::ActionRow {
+                unit: drift_unit(&a.unit),
+                host: a.host.clone(),
+                container: a.container.clone(),
+                kind: a.kind.as_str().to_string(),
+                reason: a
+                    .reasons
+                    .first()
+                    .map(plan::Change::kind)
+                    .unwrap_or("unknown")
+                    .to_string(),
+            })
+            .collect();
         // berth's own route changes: read every proxy again next cycle.
         let applied = apply::apply(&ctx, &plan).await;
         c.proxy_changed(None);
@@ -810,6 +1047,16 @@ impl Controller {
             Ok(_) => {
                 revisions.failed = None;
                 revisions.settled = Some(rev.id.clone());
+                if !new_revision {
+                    // A heal ends the episode (one seen and healed at once
+                    // is an episode too).
+                    if !revisions.drifting {
+                        self.episode_started(&drift);
+                    }
+                    self.episode_ended("healed");
+                } else if revisions.drifting {
+                    self.episode_ended("cleared");
+                }
                 revisions.drifting = false;
                 self.lock().last_apply_unix = Some(unix_now());
                 self.emit(
@@ -939,6 +1186,13 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -992,6 +1246,9 @@ fn unit_states(
                 },
                 action: d.map(|d| d.action.clone()),
                 reason: d.map(|d| d.reason.clone()),
+                status: None,
+                health: None,
+                restart_count: 0,
             });
         }
     }
@@ -1003,6 +1260,9 @@ fn unit_states(
             state: "drifted",
             action: Some(d.action.clone()),
             reason: Some(d.reason.clone()),
+            status: None,
+            health: None,
+            restart_count: 0,
         });
     }
     out

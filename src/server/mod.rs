@@ -58,6 +58,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/apps", get(apps))
+        .route("/api/v1/apps/{app}/history", get(history))
         .route("/api/v1/apps/{app}/{op}", post(app_op))
         .route("/webhooks/{kind}", post(webhook))
         .layer(DefaultBodyLimit::max(1 << 20))
@@ -127,6 +128,7 @@ async fn app_op(
     State(s): State<Arc<ServerState>>,
     Path((app, op)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     if !bearer_ok(&headers, &s.api_token) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
@@ -141,20 +143,122 @@ async fn app_op(
     if targets.is_empty() {
         return (StatusCode::NOT_FOUND, "no such app\n").into_response();
     }
-    if !matches!(op.as_str(), "sync" | "suspend" | "resume") {
+    if !matches!(op.as_str(), "sync" | "suspend" | "resume" | "rollback") {
         return (StatusCode::NOT_FOUND, "no such operation\n").into_response();
     }
-    for c in targets {
-        match op.as_str() {
-            "sync" => c.trigger(true),
-            "suspend" => c.set_suspended(true),
-            _ => {
-                c.set_suspended(false);
-                c.trigger(false);
+    if op == "rollback" {
+        return rollback(&s, &app, targets, &body).await;
+    }
+    // Suspensions are persisted before the answer: they survive a restart.
+    let persisted = tokio::task::spawn_blocking(move || {
+        for c in targets {
+            match op.as_str() {
+                "sync" => c.trigger(true),
+                "suspend" => c.suspend(true)?,
+                _ => {
+                    c.suspend(false)?;
+                    c.trigger(false);
+                }
             }
         }
+        Ok::<_, crate::history::HistoryError>(op)
+    })
+    .await;
+    match persisted {
+        Ok(Ok(op)) => (StatusCode::ACCEPTED, format!("{op} accepted\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
     }
-    (StatusCode::ACCEPTED, format!("{op} accepted\n")).into_response()
+}
+
+/// `POST /api/v1/apps/{app}/rollback {"revision": "<commit>"}`: apply a
+/// revision the history says was deployed, and stop following the ref
+/// until a resume (Argo CD turns automated sync off for a rollback alike).
+async fn rollback(
+    s: &ServerState,
+    app: &str,
+    targets: Vec<Arc<Controller>>,
+    body: &[u8],
+) -> Response {
+    let Some(history) = s.apps.history().cloned() else {
+        return (
+            StatusCode::CONFLICT,
+            "rollback needs the history (--state-dir)\n",
+        )
+            .into_response();
+    };
+    let revision = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("revision")?.as_str().map(str::to_string));
+    let Some(revision) = revision else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"revision\": \"<commit>\"}\n",
+        )
+            .into_response();
+    };
+    let app = app.to_string();
+    let done = tokio::task::spawn_blocking(move || {
+        let Some(full) = history.deployed_revision(&app, &revision)? else {
+            return Ok(None);
+        };
+        for c in &targets {
+            c.roll_back(&full)?;
+        }
+        Ok::<_, crate::history::HistoryError>(Some(full))
+    })
+    .await;
+    match done {
+        Ok(Ok(Some(full))) => (
+            StatusCode::ACCEPTED,
+            format!("rollback to {full} accepted; the branch is followed again after a resume\n"),
+        )
+            .into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            "no such deployed revision in the history of this app\n",
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+    destination: Option<String>,
+}
+
+/// `GET /api/v1/apps/{app}/history?limit=&before=&destination=`: cycles
+/// newest first (`before`: the last page's smallest id) and drift episodes.
+async fn history(
+    State(s): State<Arc<ServerState>>,
+    Path(app): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let Some(history) = s.apps.history().cloned() else {
+        return (StatusCode::NOT_FOUND, "no history kept (--state-dir)\n").into_response();
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let read = tokio::task::spawn_blocking(move || {
+        let dest = q.destination.as_deref();
+        let cycles = history.cycles(&app, dest, limit, q.before)?;
+        let episodes = history.episodes(&app, dest, limit)?;
+        Ok::<_, crate::history::HistoryError>(serde_json::json!({
+            "schema": "berth.history/v1",
+            "app": app,
+            "cycles": cycles,
+            "episodes": episodes,
+        }))
+    })
+    .await;
+    match read {
+        Ok(Ok(doc)) => axum::Json(doc).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
+    }
 }
 
 /// HMAC-SHA256 of `body` with `secret`, hex.
