@@ -879,12 +879,7 @@ impl Controller {
                     role: drift_unit(&a.unit),
                     container: a.container.clone(),
                     action: a.kind.as_str().to_string(),
-                    reason: a
-                        .reasons
-                        .first()
-                        .map(plan::Change::kind)
-                        .unwrap_or("unknown")
-                        .to_string(),
+                    reason: first_reason(a).to_string(),
                 })
                 .collect();
             st.units = unit_states(&desired, &st.hosts, &st.drift);
@@ -1032,12 +1027,7 @@ impl Controller {
                 host: a.host.clone(),
                 container: a.container.clone(),
                 kind: a.kind.as_str().to_string(),
-                reason: a
-                    .reasons
-                    .first()
-                    .map(plan::Change::kind)
-                    .unwrap_or("unknown")
-                    .to_string(),
+                reason: first_reason(a).to_string(),
             })
             .collect();
         // berth's own route changes: read every proxy again next cycle.
@@ -1138,6 +1128,11 @@ fn proxy_event_matters(
         // cp), which would otherwise wake the loop after every cycle.
         !action.starts_with("exec_") && action != "archive-path"
     }
+}
+
+/// An action's first reason, as metrics and the API name it.
+fn first_reason(a: &plan::Action) -> &'static str {
+    a.reasons.first().map(plan::Change::kind).unwrap_or("unknown")
 }
 
 /// A unit as `Drift.role` and `UnitState.unit` name it.
