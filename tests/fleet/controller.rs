@@ -18,7 +18,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// A scratch directory holding berth's webhook secret (`hook-secret`) and
 /// API token (`api-token`), and `work`, a clone of the testbed's repository.
-fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
     std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
@@ -30,7 +30,8 @@ fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, work)
 }
 
-fn push_version(work: &Path, fleet: &Fleet, version: &str) {
+/// Push `version` of the demo app; the commit id.
+pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) -> String {
     let yml = format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
          proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
@@ -42,16 +43,16 @@ fn push_version(work: &Path, fleet: &Fleet, version: &str) {
             .replace("{registry}", &fleet.tb.registry())
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
     );
-    support::push_project(work, &yml, &format!("deploy {version}"));
+    support::push_project(work, &yml, &format!("deploy {version}"))
 }
 
-struct Berth {
+pub(crate) struct Berth {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Berth {
-    fn start(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
+    pub(crate) fn start(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
         let b = Berth::spawn(fleet, dir, extra);
         b.wait_ready(dir);
         b
@@ -97,7 +98,7 @@ impl Berth {
         }
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         request(self.port, "GET", "/metrics", &[], "").1
     }
 
@@ -129,7 +130,7 @@ impl Berth {
 
     /// SIGTERM; the exit status. A clean stop leaves no SSH control
     /// directory (sockets, ssh_config) behind.
-    fn stop(mut self) -> Option<i32> {
+    pub(crate) fn stop(mut self) -> Option<i32> {
         let pid = self.child.id();
         Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -170,11 +171,11 @@ fn docker_events_processes(fleet: &Fleet) -> Vec<u32> {
     found
 }
 
-fn wait(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+pub(crate) fn wait(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
     testbed::poll(Instant::now() + limit, what, cond).unwrap();
 }
 
-fn serves(fleet: &Fleet, body: &str) -> bool {
+pub(crate) fn serves(fleet: &Fleet, body: &str) -> bool {
     fleet
         .addrs()
         .iter()
