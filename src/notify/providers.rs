@@ -15,8 +15,9 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
-/// GitHub's and Gitea's limit for a status description (GitHub documents
-/// "a short description"; longer ones are refused with 422).
+/// A status description's length: the forges document "a short
+/// description" and show about this much; the full error is on the status
+/// page and in the webhook.
 pub const DESCRIPTION_MAX: usize = 140;
 
 /// `text` cut to `max` characters, an ellipsis marking the cut.
