@@ -178,6 +178,13 @@ pub(crate) fn parse(
     secret: &dyn Fn(&Path) -> Result<Secret, String>,
 ) -> Result<Settings, ConfigError> {
     let tree = yaml::parse(text, file).map_err(|e| ConfigError(vec![e.to_string()]))?;
+    from_tree(&tree, secret)
+}
+
+fn from_tree(
+    tree: &Node,
+    secret: &dyn Fn(&Path) -> Result<Secret, String>,
+) -> Result<Settings, ConfigError> {
     let mut errors = Vec::new();
     let mut settings = Settings::default();
     let Value::Map(top) = &tree.value else {
@@ -526,7 +533,9 @@ mod tests {
     fn secrets(p: &Path) -> Result<Secret, String> {
         match p.to_str() {
             Some("/s/empty") => Err("secret file /s/empty is empty".into()),
-            Some("/s/slack") => Ok(Secret::new("https://hooks.slack.example/T/B/x")),
+            Some(p) if p == "/s/slack" || p.ends_with("/url") => {
+                Ok(Secret::new("https://hooks.slack.example/T/B/x"))
+            }
             Some(p) => Ok(Secret::new(format!("value-of-{p}"))),
             None => Err("?".into()),
         }
@@ -587,6 +596,23 @@ mod tests {
             assert!(e.contains(want), "missing {want:?} in\n{e}");
         }
         assert!(!e.contains("value-of"), "{e}");
+    }
+
+    /// The examples people copy: the reference in docs/operations.md and
+    /// the chart's production values.
+    #[test]
+    fn the_documented_examples_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+        let start = ops.find("# /etc/berth/notifications.yml\n").unwrap();
+        let block = &ops[start..start + ops[start..].find("```").unwrap()];
+        let s = parse_str(block).unwrap();
+        assert_eq!(s.providers.len(), 5);
+        let chart = root.join("charts/berth/examples/production-values.yaml");
+        let text = std::fs::read_to_string(&chart).unwrap();
+        let tree = yaml::parse(&text, &chart).unwrap();
+        let s = from_tree(tree.get("notifications").unwrap(), &secrets).unwrap();
+        assert_eq!(s.providers.len(), 2);
     }
 
     #[test]
