@@ -326,6 +326,16 @@ def find(objects: list[tuple[str, dict[str, Any]]], kind: str) -> list[tuple[str
     return [(p, d) for p, d in objects if d.get("kind") == kind]
 
 
+def configmap_file(configmaps: list[tuple[str, dict[str, Any]]], key: str) -> Any:
+    """The YAML in `key` of the one ConfigMap (None: not exactly one, or not YAML)."""
+    if len(configmaps) != 1:
+        return None
+    try:
+        return yaml.safe_load(get(configmaps[0][1], "data", key) or "")
+    except yaml.YAMLError:
+        return None
+
+
 def check_berth(
     c: Checker,
     case: str,
@@ -434,13 +444,7 @@ def check_berth(
     if values.get("apps"):
         c.expect(arg("--apps-file") == "/etc/berth/config/berth.yml", w, "--apps-file (berth.yml)")
         c.expect("/etc/berth/config" in mounts, w, "berth.yml ConfigMap mounted at /etc/berth/config")
-        ok = len(configmaps) == 1
-        if ok:
-            try:
-                berth_yml = yaml.safe_load(get(configmaps[0][1], "data", "berth.yml") or "")
-            except yaml.YAMLError:
-                berth_yml = None
-            ok = berth_yml == {"apps": values["apps"]}
+        ok = configmap_file(configmaps, "berth.yml") == {"apps": values["apps"]}
         c.expect(ok, f"[{case}] configmap", "one ConfigMap whose berth.yml is `apps:` from values")
         c.expect("-c" not in args and "--mode" not in args, w, "no -c/--mode with berth.yml (ignored)")
     else:
@@ -454,13 +458,7 @@ def check_berth(
             w,
             "--notifications-file (the ConfigMap's notifications.yml)",
         )
-        ok = len(configmaps) == 1
-        if ok:
-            try:
-                notifications = yaml.safe_load(get(configmaps[0][1], "data", "notifications.yml") or "")
-            except yaml.YAMLError:
-                notifications = None
-            ok = notifications == values["notifications"]
+        ok = configmap_file(configmaps, "notifications.yml") == values["notifications"]
         c.expect(ok, f"[{case}] configmap", "notifications.yml is `notifications` from values")
         c.expect("/etc/berth/config" in mounts, w, "notifications.yml mounted at /etc/berth/config")
     else:
