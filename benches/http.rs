@@ -58,6 +58,7 @@ fn main() {
         apps: berth::controller::apps::Apps::new(),
         api_token: None,
         webhook_secret: None,
+        notifications: None,
     });
     runtime.spawn(serve::serve(
         listener,

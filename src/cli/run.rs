@@ -121,6 +121,15 @@ pub struct Args {
     /// File holding the webhook secret (GitHub/Gitea HMAC, GitLab token).
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Notification providers (webhook, Slack, GitHub/GitLab/Gitea commit
+    /// statuses) and their secret files: the operator's, never the
+    /// repository's (docs/operations.md, "Notifications").
+    #[arg(long, env = "BERTH_NOTIFICATIONS_FILE")]
+    pub notifications_file: Option<PathBuf>,
+    /// The status page's public address (`https://berth.example.com`),
+    /// linked from notifications and commit statuses.
+    #[arg(long, env = "BERTH_EXTERNAL_URL")]
+    pub external_url: Option<String>,
     /// Log format: `text` (human) or `json` (one object per line). Level via
     /// `RUST_LOG` (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -209,6 +218,15 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let git_token = read_secret(&args.git_token_file)?;
     let api_token = read_secret(&args.api_token_file)?;
     let webhook_secret = read_secret(&args.webhook_secret_file)?;
+    if let Some(u) = &args.external_url
+        && !(u.starts_with("https://") || u.starts_with("http://"))
+    {
+        anyhow::bail!("--external-url {u:?} should be an http:// or https:// address");
+    }
+    let notifications = match &args.notifications_file {
+        Some(f) => Some(crate::notify::config::load(f).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let fd_limit = match server::serve::raise_fd_limit() {
         Ok(n) => n,
         Err(e) => {
@@ -309,15 +327,30 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
             .with_context(|| format!("cannot keep the history in {}", dir.display()))?;
         Apps::with_history(history)
     };
-    let state = Arc::new(ServerState {
-        apps: apps.clone(),
-        api_token,
-        webhook_secret,
-    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        // Subscribed before the first cycle: its notices are not missed.
+        let notifier = match &notifications {
+            Some(settings) => {
+                let n = crate::notify::Notifier::start(settings, args.external_url.clone())?;
+                tracing::info!(providers = settings.providers.len(), "notifications on");
+                Some(n)
+            }
+            None => None,
+        };
+        let stats = notifier.as_ref().map(|n| n.stats());
+        if let Some(n) = notifier {
+            tokio::spawn(n.run(apps.subscribe(), shutdown.clone()));
+        }
+        let state = Arc::new(ServerState {
+            apps: apps.clone(),
+            api_token,
+            webhook_secret,
+            notifications: stats,
+        });
         apps.begin(first).await;
         let listener = server::serve::bind(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -328,7 +361,6 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
             fd_limit,
             "serving"
         );
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
         // Directory mode: file changes trigger a cycle (debounced), no polling wait.
         let _watcher = match &args.dir {
             Some(d) if args.repo.is_none() => Some(watch_dir(d, apps.clone())?),

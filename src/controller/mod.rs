@@ -308,7 +308,12 @@ impl Controller {
 
     /// Tell subscribers about `event` of `revision`.
     fn emit(&self, event: events::Event, revision: Option<&str>) {
-        let version = self.lock().version.clone();
+        // A refused revision's version was never read: the one recorded is
+        // the last loaded revision's, which is not the refused one's.
+        let version = match event {
+            events::Event::RevisionRefused { .. } => None,
+            _ => self.lock().version.clone(),
+        };
         self.notices.send(events::Notice {
             app: self.spec.name.clone(),
             destination: self.spec.destination.clone(),

@@ -21,7 +21,8 @@
 //! - `berth_last_apply_timestamp_seconds`, `berth_last_success_timestamp_seconds`
 //!
 //! And, without `app`: `berth_index_valid` 1/0 (the newest `berth.yml` is in
-//! use), `berth_index_apps`, `berth_index_removed_apps`.
+//! use), `berth_index_apps`, `berth_index_removed_apps`, and (with
+//! `--notifications-file`) `berth_notifications_total{provider,event,result}`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -33,7 +34,6 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use crate::controller::apps::{Apps, IndexStatus};
@@ -49,6 +49,8 @@ pub struct ServerState {
     pub api_token: Option<Secret>,
     /// Shared secret of the webhooks (none: webhooks are disabled).
     pub webhook_secret: Option<Secret>,
+    /// Delivery counts of the notifications (none: no notifications file).
+    pub notifications: Option<Arc<crate::notify::Stats>>,
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -261,15 +263,8 @@ async fn history(
     }
 }
 
-/// HMAC-SHA256 of `body` with `secret`, hex.
-pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length; an empty result never matches.
-    let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret) else {
-        return String::new();
-    };
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
+/// HMAC-SHA256 of `body` with `secret`, hex (webhooks in, notifications out).
+pub use crate::secret::hmac_hex;
 
 /// Does this webhook request carry a valid signature (or token)?
 pub fn webhook_authentic(kind: &str, headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
@@ -541,10 +536,33 @@ pub fn render_index_metrics(index: &IndexStatus, instances: usize) -> String {
     out
 }
 
+/// `berth_notifications_total{provider,event,result}`: provider names are
+/// the operator's; no URL or secret is a label.
+pub fn render_notification_metrics(stats: &crate::notify::Stats) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "berth_notifications_total",
+        "counter",
+        "Notifications by provider, event and result (sent, failed, dropped).",
+    );
+    for (provider, event, result, n) in stats.counts() {
+        let _ = writeln!(
+            out,
+            "berth_notifications_total{{provider=\"{}\",event=\"{event}\",result=\"{result}\"}} {n}",
+            label(&provider)
+        );
+    }
+    out
+}
+
 async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
     let all: Vec<AppStatus> = s.apps.controllers().iter().map(|a| a.snapshot()).collect();
     let mut body = render_metrics(&all);
     body.push_str(&render_index_metrics(&s.apps.index_status(), all.len()));
+    if let Some(stats) = &s.notifications {
+        body.push_str(&render_notification_metrics(stats));
+    }
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -710,5 +728,26 @@ mod tests {
         assert!(text.contains(
             "berth_last_success_timestamp_seconds{app=\"shop\",destination=\"production\"} 2"
         ));
+    }
+
+    #[test]
+    fn notification_counts_render_as_one_counter_family() {
+        let stats = crate::notify::Stats::default();
+        use crate::notify::Outcome;
+        stats.add("ops", "deployed", Outcome::Sent);
+        stats.add("ops", "deployed", Outcome::Sent);
+        stats.add("gitea", "rollout_failed", Outcome::Failed);
+        stats.add("gitea", "rollout_started", Outcome::Dropped);
+        let text = render_notification_metrics(&stats);
+        assert!(text.starts_with(
+            "# HELP berth_notifications_total Notifications by provider, event and result (sent, failed, dropped).\n# TYPE berth_notifications_total counter\n"
+        ));
+        for line in [
+            "berth_notifications_total{provider=\"ops\",event=\"deployed\",result=\"sent\"} 2",
+            "berth_notifications_total{provider=\"gitea\",event=\"rollout_failed\",result=\"failed\"} 1",
+            "berth_notifications_total{provider=\"gitea\",event=\"rollout_started\",result=\"dropped\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -30,7 +30,8 @@ pub(crate) fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf
     (dir, work)
 }
 
-pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) {
+/// Push `version` of the demo app; the commit id.
+pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) -> String {
     let yml = format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
          proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
@@ -42,7 +43,7 @@ pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) {
             .replace("{registry}", &fleet.tb.registry())
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
     );
-    support::push_project(work, &yml, &format!("deploy {version}"));
+    support::push_project(work, &yml, &format!("deploy {version}"))
 }
 
 pub(crate) struct Berth {

@@ -13,6 +13,7 @@ mod controller;
 mod converge;
 mod kamal212;
 mod kamal_realism;
+mod notifications;
 mod reconcile_apply;
 mod reconcile_dry_run;
 mod source;
