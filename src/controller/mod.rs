@@ -1137,7 +1137,10 @@ fn proxy_event_matters(
 
 /// An action's first reason, as metrics and the API name it.
 fn first_reason(a: &plan::Action) -> &'static str {
-    a.reasons.first().map(plan::Change::kind).unwrap_or("unknown")
+    a.reasons
+        .first()
+        .map(plan::Change::kind)
+        .unwrap_or("unknown")
 }
 
 /// A unit as `Drift.role` and `UnitState.unit` name it.

@@ -24,8 +24,6 @@
 //! use), `berth_index_apps`, `berth_index_removed_apps`, and (with
 //! `--notifications-file`) `berth_notifications_total{provider,event,result}`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Router;
@@ -36,10 +34,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 
-use crate::controller::apps::{Apps, IndexStatus};
-use crate::controller::{AppStatus, BUCKETS, Controller, Trigger};
+use crate::controller::apps::Apps;
+use crate::controller::{AppStatus, Controller, Trigger};
 use crate::secret::Secret;
 
+pub mod metrics;
 pub mod serve;
 
 pub struct ServerState {
@@ -302,273 +301,44 @@ async fn webhook(
     (StatusCode::ACCEPTED, "sync triggered\n").into_response()
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The scrape of every app instance, the index, the notifier and the
+/// process, in the format the scraper accepts ([`metrics`]).
+pub fn scrape(s: &ServerState) -> metrics::Scrape {
+    metrics::Scrape {
+        apps: s.apps.controllers().iter().map(|a| a.snapshot()).collect(),
+        index: s.apps.index_status(),
+        notifications: s.notifications.as_ref().map(|stats| {
+            stats
+                .counts()
+                .into_iter()
+                .map(|(p, e, r, n)| (p, e.to_string(), r.to_string(), n))
+                .collect()
+        }),
+        process: metrics::Process::current(),
+    }
 }
 
-/// `app="…",destination="…"`: every series names its app instance (one app
-/// may run several destinations; without the label their series collide).
-fn instance(a: &AppStatus) -> String {
-    format!(
-        "app=\"{}\",destination=\"{}\"",
-        label(&a.app),
-        label(a.destination.as_deref().unwrap_or(""))
-    )
-}
-
-/// A metric family's `HELP` and `TYPE` lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// The Prometheus text exposition of every app's status.
-pub fn render_metrics(apps: &[AppStatus]) -> String {
-    let mut out = String::new();
-    family(
-        &mut out,
-        "berth_app_in_sync",
-        "gauge",
-        "1 when every host runs what the repo declares.",
-    );
-    for a in apps {
-        let _ = writeln!(
-            out,
-            "berth_app_in_sync{{{}}} {}",
-            instance(a),
-            u8::from(a.in_sync && a.observed)
-        );
-    }
-    family(
-        &mut out,
-        "berth_drift_units",
-        "gauge",
-        "Units that differ from the repo.",
-    );
-    for a in apps {
-        let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
-        for d in &a.drift {
-            *counts.entry((&d.host, &d.role, &d.reason)).or_default() += 1;
-        }
-        for ((host, role, reason), n) in counts {
-            let _ = writeln!(
-                out,
-                "berth_drift_units{{{},host=\"{}\",role=\"{}\",reason=\"{}\"}} {n}",
-                instance(a),
-                label(host),
-                label(role),
-                label(reason)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_flapping_units",
-        "gauge",
-        "Units healed up to their flap limit and left alone for now.",
-    );
-    for a in apps {
-        let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for f in &a.flapping {
-            *counts.entry((&f.host, &f.unit)).or_default() += 1;
-        }
-        for ((host, role), n) in counts {
-            let _ = writeln!(
-                out,
-                "berth_flapping_units{{{},host=\"{}\",role=\"{}\"}} {n}",
-                instance(a),
-                label(host),
-                label(role),
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_reconcile_total",
-        "counter",
-        "Reconcile cycles by result.",
-    );
-    for a in apps {
-        for (result, n) in &a.reconciles {
-            let _ = writeln!(
-                out,
-                "berth_reconcile_total{{{},result=\"{}\"}} {n}",
-                instance(a),
-                label(result)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_reconcile_duration_seconds",
-        "histogram",
-        "Reconcile cycle duration.",
-    );
-    for a in apps {
-        let i = instance(a);
-        for (b, n) in BUCKETS.iter().zip(a.durations.buckets) {
-            let _ = writeln!(
-                out,
-                "berth_reconcile_duration_seconds_bucket{{{i},le=\"{b}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "berth_reconcile_duration_seconds_bucket{{{i},le=\"+Inf\"}} {}\n\
-             berth_reconcile_duration_seconds_sum{{{i}}} {}\n\
-             berth_reconcile_duration_seconds_count{{{i}}} {}",
-            a.durations.count, a.durations.sum, a.durations.count
-        );
-    }
-    family(
-        &mut out,
-        "berth_host_up",
-        "gauge",
-        "1 when the host answered the last observation.",
-    );
-    for a in apps {
-        for (host, up) in &a.hosts {
-            let _ = writeln!(
-                out,
-                "berth_host_up{{{},host=\"{}\"}} {}",
-                instance(a),
-                label(host),
-                u8::from(*up)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_source_info",
-        "gauge",
-        "The revision last fetched.",
-    );
-    for a in apps {
-        if let Some(r) = &a.revision {
-            let _ = writeln!(
-                out,
-                "berth_source_info{{{},revision=\"{}\"}} 1",
-                instance(a),
-                label(r)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_source_verified",
-        "gauge",
-        "With --verify: 1 when the newest revision's signature verified, 0 when it was refused.",
-    );
-    for a in apps {
-        if let Some(v) = a.source_verified {
-            let _ = writeln!(
-                out,
-                "berth_source_verified{{{}}} {}",
-                instance(a),
-                u8::from(v)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_source_signer_info",
-        "gauge",
-        "The key that signed the revision in use.",
-    );
-    for a in apps {
-        if let Some(s) = &a.signature {
-            let _ = writeln!(
-                out,
-                "berth_source_signer_info{{{},fingerprint=\"{}\",signer=\"{}\"}} 1",
-                instance(a),
-                label(&s.fingerprint),
-                label(&s.signer)
-            );
-        }
-    }
-    for (name, help, value) in [
-        (
-            "berth_last_apply_timestamp_seconds",
-            "When berth last changed the fleet.",
-            (|a: &AppStatus| a.last_apply_unix) as fn(&AppStatus) -> Option<u64>,
-        ),
-        (
-            "berth_last_success_timestamp_seconds",
-            "When a reconcile cycle last completed without error.",
-            |a: &AppStatus| a.last_success_unix,
-        ),
-    ] {
-        family(&mut out, name, "gauge", help);
-        for a in apps {
-            if let Some(t) = value(a) {
-                let _ = writeln!(out, "{name}{{{}}} {t}", instance(a));
-            }
-        }
-    }
-    out
-}
-
-/// The index's series (no `app` label: one index per berth).
-pub fn render_index_metrics(index: &IndexStatus, instances: usize) -> String {
-    let mut out = String::new();
-    family(
-        &mut out,
-        "berth_index_valid",
-        "gauge",
-        "1 when the newest index (berth.yml at the followed revision, or --apps-file) is in use; 0 while it does not load and the last good set of apps runs.",
-    );
-    let _ = writeln!(out, "berth_index_valid {}", u8::from(index.error.is_none()));
-    family(
-        &mut out,
-        "berth_index_apps",
-        "gauge",
-        "App instances running (one per app and destination).",
-    );
-    let _ = writeln!(out, "berth_index_apps {instances}");
-    family(
-        &mut out,
-        "berth_index_removed_apps",
-        "gauge",
-        "App instances the index stopped listing while berth ran: their hosts were left as they are.",
-    );
-    let _ = writeln!(out, "berth_index_removed_apps {}", index.removed.len());
-    out
-}
-
-/// `berth_notifications_total{provider,event,result}`: provider names are
-/// the operator's; no URL or secret is a label.
-pub fn render_notification_metrics(stats: &crate::notify::Stats) -> String {
-    let mut out = String::new();
-    family(
-        &mut out,
-        "berth_notifications_total",
-        "counter",
-        "Notifications by provider, event and result (sent, failed, dropped).",
-    );
-    for (provider, event, result, n) in stats.counts() {
-        let _ = writeln!(
-            out,
-            "berth_notifications_total{{provider=\"{}\",event=\"{event}\",result=\"{result}\"}} {n}",
-            label(&provider)
-        );
-    }
-    out
-}
-
-async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
-    let all: Vec<AppStatus> = s.apps.controllers().iter().map(|a| a.snapshot()).collect();
-    let mut body = render_metrics(&all);
-    body.push_str(&render_index_metrics(&s.apps.index_status(), all.len()));
-    if let Some(stats) = &s.notifications {
-        body.push_str(&render_notification_metrics(stats));
-    }
-    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+async fn metrics(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+    let (content_type, body) = metrics::render(scrape(&s), metrics::wants_openmetrics(accept));
+    ([("content-type", content_type)], body).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The classic text exposition of `apps` alone.
+    fn render_metrics(apps: &[AppStatus]) -> String {
+        metrics::render(
+            metrics::Scrape {
+                apps: apps.to_vec(),
+                ..Default::default()
+            },
+            false,
+        )
+        .1
+    }
 
     #[test]
     fn github_signature_is_checked_in_constant_time_against_hmac_sha256() {
@@ -669,7 +439,7 @@ mod tests {
         assert!(text.contains("berth_app_in_sync{app=\"demo\",destination=\"\"} 0"));
         assert!(text.contains("berth_drift_units{app=\"demo\",destination=\"\",host=\"10.0.0.1\",role=\"web\",reason=\"state\"} 1"));
         assert!(text.contains(
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.25\"} 1"
+            "berth_reconcile_duration_seconds_bucket{le=\"0.25\",app=\"demo\",destination=\"\"} 1"
         ));
         assert!(
             text.contains(
@@ -678,6 +448,7 @@ mod tests {
         );
     }
 
+    /// prometheus-client writes `le` first; label order carries no meaning.
     #[test]
     fn the_duration_histogram_stays_cumulative() {
         let mut st = AppStatus {
@@ -689,10 +460,10 @@ mod tests {
         }
         let text = render_metrics(&[st]);
         for line in [
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.05\"} 0",
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.1\"} 1250",
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"120\"} 1250",
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"+Inf\"} 2500",
+            "berth_reconcile_duration_seconds_bucket{le=\"0.05\",app=\"demo\",destination=\"\"} 0",
+            "berth_reconcile_duration_seconds_bucket{le=\"0.1\",app=\"demo\",destination=\"\"} 1250",
+            "berth_reconcile_duration_seconds_bucket{le=\"120.0\",app=\"demo\",destination=\"\"} 1250",
+            "berth_reconcile_duration_seconds_bucket{le=\"+Inf\",app=\"demo\",destination=\"\"} 2500",
             "berth_reconcile_duration_seconds_count{app=\"demo\",destination=\"\"} 2500",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
@@ -738,10 +509,23 @@ mod tests {
         stats.add("ops", "deployed", Outcome::Sent);
         stats.add("gitea", "rollout_failed", Outcome::Failed);
         stats.add("gitea", "rollout_started", Outcome::Dropped);
-        let text = render_notification_metrics(&stats);
-        assert!(text.starts_with(
+        let text = metrics::render(
+            metrics::Scrape {
+                notifications: Some(
+                    stats
+                        .counts()
+                        .into_iter()
+                        .map(|(p, e, r, n)| (p, e.to_string(), r.to_string(), n))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            false,
+        )
+        .1;
+        assert!(text.contains(
             "# HELP berth_notifications_total Notifications by provider, event and result (sent, failed, dropped).\n# TYPE berth_notifications_total counter\n"
-        ));
+        ), "{text}");
         for line in [
             "berth_notifications_total{provider=\"ops\",event=\"deployed\",result=\"sent\"} 2",
             "berth_notifications_total{provider=\"gitea\",event=\"rollout_failed\",result=\"failed\"} 1",
@@ -749,5 +533,73 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn openmetrics_is_negotiated_and_both_formats_carry_the_same_samples() {
+        assert!(metrics::wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+        )));
+        assert!(!metrics::wants_openmetrics(Some("text/plain")));
+        assert!(!metrics::wants_openmetrics(Some(
+            "application/openmetrics-text;q=0"
+        )));
+        assert!(!metrics::wants_openmetrics(None));
+        let scrape = || metrics::Scrape {
+            apps: vec![AppStatus {
+                app: "demo".into(),
+                reconciles: [("applied".to_string(), 3)].into(),
+                ..Default::default()
+            }],
+            process: metrics::Process::current(),
+            ..Default::default()
+        };
+        let (om_type, om) = metrics::render(scrape(), true);
+        let (text_type, text) = metrics::render(scrape(), false);
+        assert!(om_type.starts_with("application/openmetrics-text"));
+        assert!(text_type.starts_with("text/plain; version=0.0.4"));
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(!text.contains("# EOF"));
+        assert!(om.contains("# TYPE berth_reconcile counter\n"), "{om}");
+        assert!(
+            text.contains("# TYPE berth_reconcile_total counter\n"),
+            "{text}"
+        );
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| !l.starts_with("process_"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+        for line in [
+            "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"applied\"} 3",
+            &format!(
+                "berth_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "berth_index_valid 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+        assert!(value("process_cpu_seconds_total") >= 0.0);
     }
 }

@@ -728,6 +728,33 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     ] {
         assert!(names.contains(family), "{family} missing from {names:?}");
     }
+    // A scraper that asks for OpenMetrics gets it: counters declared
+    // without `_total`, the process metrics, the build, `# EOF`.
+    let om = request(
+        berth.port,
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"
+                .into(),
+        )],
+        "",
+    )
+    .1;
+    for part in [
+        "# TYPE berth_reconcile counter\n",
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_cpu_seconds_total ",
+        "\nberth_build_info{version=",
+    ] {
+        assert!(om.contains(part), "{part} missing from\n{om}");
+    }
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        text.contains("# TYPE berth_reconcile_total counter\n"),
+        "{text}"
+    );
     let port = berth.port;
     assert_eq!(berth.stop(), Some(0));
     // Logs are JSON, one object per line, and never carry a secret.
