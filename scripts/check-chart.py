@@ -401,6 +401,7 @@ def check_berth(
     c.expect(arg("--listen") == "0.0.0.0:9090", w, "--listen 0.0.0.0:9090")
     c.expect(arg("--checkout") == "/var/lib/berth/checkout", w, "--checkout under /var/lib/berth")
     c.expect(arg("--known-hosts") == "/etc/berth/ssh/known_hosts", w, "--known-hosts (fleet known_hosts)")
+    c.expect(arg("--state-dir") == "/var/lib/berth/state", w, "--state-dir /var/lib/berth/state")
     log_format = values.get("logFormat", "json")
     c.expect(arg("--log-format") == log_format, w, f"--log-format {log_format}")
     if values.get("git", {}).get("repo"):
@@ -415,6 +416,16 @@ def check_berth(
             w,
             f"{writable} is a writable emptyDir",
         )
+    if get(values, "persistence", "enabled"):
+        m = mounts.get("/var/lib/berth/state")
+        claim = volumes.get(m["name"], {}).get("persistentVolumeClaim", {}) if m else {}
+        c.expect(
+            bool(claim.get("claimName")) and not m.get("readOnly"),
+            w,
+            "/var/lib/berth/state (the history) on a writable PersistentVolumeClaim",
+        )
+    else:
+        c.expect("/var/lib/berth/state" not in mounts, w, "no history volume without persistence")
     secret_mounts = {
         "/home/berth/.ssh": "id_ed25519",
         "/etc/berth/ssh": "known_hosts",

@@ -145,6 +145,8 @@ Only file paths are passed: no secret is ever on the command line.
 - 0.0.0.0:9090
 - --checkout
 - /var/lib/berth/checkout
+- --state-dir
+- /var/lib/berth/state
 {{- with $v.git.repo }}
 - --repo
 - {{ . | quote }}
