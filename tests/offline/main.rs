@@ -14,6 +14,7 @@ mod cli_generate;
 mod config_corpus;
 mod decode_fuzz;
 mod examples;
+mod git_https;
 mod golden;
 mod hostile;
 mod http_hardening;
