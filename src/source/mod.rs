@@ -204,7 +204,12 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 impl GitAuth {
-    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
+    /// The callbacks of one connection. libgit2 replaces a refused host
+    /// key's reason with its own message: the reason is left in `refusal`.
+    fn callbacks<'a>(
+        &'a self,
+        refusal: &'a std::cell::RefCell<Option<String>>,
+    ) -> git2::RemoteCallbacks<'a> {
         let mut cb = git2::RemoteCallbacks::new();
         // libgit2 asks again each time the server refuses what it got (up
         // to its replay limit): the second ask is the refusal.
@@ -260,15 +265,19 @@ impl GitAuth {
                     )));
                 }
             };
-            match known_hosts::check(&known, name, port, key) {
-                known_hosts::Verdict::Known => Ok(git2::CertificateCheckStatus::CertificateOk),
-                known_hosts::Verdict::Revoked => Err(git2::Error::from_str(&format!(
-                    "host key of {host} is marked @revoked in the known_hosts file"
-                ))),
-                known_hosts::Verdict::Unknown => Err(git2::Error::from_str(&format!(
-                    "host key of {host} is not in the known_hosts file (strict host key checking)"
-                ))),
-            }
+            let reason = match known_hosts::check(&known, name, port, key) {
+                known_hosts::Verdict::Known => {
+                    return Ok(git2::CertificateCheckStatus::CertificateOk);
+                }
+                known_hosts::Verdict::Revoked => {
+                    format!("the host key of {host} is marked @revoked in the known_hosts file")
+                }
+                known_hosts::Verdict::Unknown => format!(
+                    "the host key of {host} is not in the known_hosts file (strict host key checking)"
+                ),
+            };
+            *refusal.borrow_mut() = Some(reason.clone());
+            Err(git2::Error::from_str(&reason))
         });
         cb
     }
@@ -324,14 +333,26 @@ impl Source {
             Err(_) => git2::Repository::init(checkout).map_err(fail("init the checkout"))?,
         };
         let shown = redact(url);
+        let refusal = std::cell::RefCell::new(None);
+        // A host key's refusal in its own words, not libgit2's.
+        let failed = |what: String| {
+            let refusal = &refusal;
+            move |e: git2::Error| {
+                let mut err = fail(what)(e);
+                if let Some(reason) = refusal.borrow_mut().take() {
+                    err.message = reason;
+                }
+                err
+            }
+        };
         let mut remote = repo
             .remote_anonymous(url)
             .map_err(fail(format!("remote {shown}")))?;
         // What the remote has: a deleted ref is an error, not a stale checkout.
         let advertised: Vec<String> = {
             let conn = remote
-                .connect_auth(git2::Direction::Fetch, Some(auth.callbacks()), None)
-                .map_err(fail(format!("connect to {shown}")))?;
+                .connect_auth(git2::Direction::Fetch, Some(auth.callbacks(&refusal)), None)
+                .map_err(failed(format!("connect to {shown}")))?;
             conn.list()
                 .map_err(fail("list remote refs"))?
                 .iter()
@@ -359,14 +380,14 @@ impl Source {
             ],
         };
         let mut fo = git2::FetchOptions::new();
-        fo.remote_callbacks(auth.callbacks());
+        fo.remote_callbacks(auth.callbacks(&refusal));
         fo.download_tags(git2::AutotagOption::None);
         // The local refs mirror the remote's: a deleted tag or branch is
         // gone here too, never followed from a stale copy.
         fo.prune(git2::FetchPrune::On);
         remote
             .fetch(&refspecs, Some(&mut fo), None)
-            .map_err(fail(format!("fetch {shown}")))?;
+            .map_err(failed(format!("fetch {shown}")))?;
         let target = match reference {
             GitRef::Branch(b) => format!("refs/remotes/origin/{b}"),
             GitRef::Tag(pattern) => highest_tag(&repo, pattern, &shown)?,
