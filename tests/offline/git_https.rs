@@ -253,20 +253,17 @@ impl Drop for GitHttps {
     }
 }
 
-/// A clone of the server's repository (over the file system) holding the
+/// A clone of a bare repository (over the file system) holding the
 /// unreachable-host project; `commit` pushes a change to `main`.
-struct Work {
+pub(crate) struct Work {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Work {
-    fn new(server: &GitHttps) -> Work {
+    pub(crate) fn new(bare: &Path) -> Work {
         let dir = tempfile::tempdir().unwrap();
-        git(
-            dir.path(),
-            &["clone", "-q", server.bare().to_str().unwrap(), "work"],
-        );
+        git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), "work"]);
         let path = dir.path().join("work");
         std::fs::create_dir_all(path.join("config")).unwrap();
         std::fs::create_dir_all(path.join(".kamal")).unwrap();
@@ -275,7 +272,7 @@ impl Work {
         Work { _dir: dir, path }
     }
 
-    fn commit(&self, message: &str) -> String {
+    pub(crate) fn commit(&self, message: &str) -> String {
         std::fs::write(self.path.join("CHANGES"), message).unwrap();
         git(&self.path, &["add", "-A"]);
         git(&self.path, &["commit", "-qm", message]);
@@ -286,7 +283,11 @@ impl Work {
 
 /// `berth run --repo url` in a fresh project dir (its known_hosts, a
 /// checkout of its own), with a token file holding `token`.
-fn berth_https(url: &str, token: Option<&str>, extra: &[&str]) -> (Command, tempfile::TempDir) {
+pub(crate) fn berth_repo(
+    url: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> (Command, tempfile::TempDir) {
     let dir = project();
     let p = dir.path();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
@@ -326,8 +327,8 @@ fn start_error(mut cmd: Command) -> String {
     err
 }
 
-/// The app's `revision` and `last_error` in `/api/v1/apps`.
-fn app_state(b: &Berth) -> (Option<String>, Option<String>, String) {
+/// The app's `revision` and `last_error` in `/api/v1/apps`, and the body.
+pub(crate) fn app_state(b: &Berth) -> (Option<String>, Option<String>, String) {
     let r = request(b.addr, "GET", "/api/v1/apps", "");
     let body = r.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
@@ -339,10 +340,10 @@ fn app_state(b: &Berth) -> (Option<String>, Option<String>, String) {
 #[test]
 fn https_with_a_token_follows_the_branch_and_a_revoked_token_keeps_the_revision() {
     let server = GitHttps::start(TOKEN);
-    let work = Work::new(&server);
+    let work = Work::new(&server.bare());
     let c1 = work.commit("first");
     let ca = server.ca().display().to_string();
-    let (cmd, dir) = berth_https(
+    let (cmd, dir) = berth_repo(
         &server.url(server.port),
         Some(TOKEN),
         &["--git-ca-file", &ca],
@@ -385,10 +386,10 @@ fn https_with_a_token_follows_the_branch_and_a_revoked_token_keeps_the_revision(
 #[test]
 fn a_wrong_or_missing_token_is_a_clear_start_error_without_the_token() {
     let server = GitHttps::start(TOKEN);
-    Work::new(&server).commit("first");
+    Work::new(&server.bare()).commit("first");
     let url = server.url(server.port);
     // The CA from git's own variable this time.
-    let (mut cmd, _dir) = berth_https(&url, Some(WRONG), &[]);
+    let (mut cmd, _dir) = berth_repo(&url, Some(WRONG), &[]);
     cmd.env("GIT_SSL_CAINFO", server.ca());
     let err = start_error(cmd);
     assert!(
@@ -397,7 +398,7 @@ fn a_wrong_or_missing_token_is_a_clear_start_error_without_the_token() {
     );
     assert!(!err.contains(WRONG), "the token leaked: {err}");
     // Without a token: the server asks, berth says what it lacks.
-    let (mut cmd, _dir) = berth_https(&url, None, &[]);
+    let (mut cmd, _dir) = berth_repo(&url, None, &[]);
     cmd.env("GIT_SSL_CAINFO", server.ca());
     let err = start_error(cmd);
     assert!(
@@ -409,10 +410,10 @@ fn a_wrong_or_missing_token_is_a_clear_start_error_without_the_token() {
 #[test]
 fn a_certificate_for_another_name_or_from_an_unknown_ca_is_refused() {
     let server = GitHttps::start(TOKEN);
-    Work::new(&server).commit("first");
+    Work::new(&server.bare()).commit("first");
     let ca = server.ca().display().to_string();
     // The right CA, the wrong name.
-    let (cmd, _d1) = berth_https(
+    let (cmd, _d1) = berth_repo(
         &server.url(server.wrong_name_port),
         Some(TOKEN),
         &["--git-ca-file", &ca],
@@ -423,7 +424,7 @@ fn a_certificate_for_another_name_or_from_an_unknown_ca_is_refused() {
         "{err}"
     );
     // The right name, a CA berth does not trust.
-    let (cmd, _d2) = berth_https(&server.url(server.port), Some(TOKEN), &[]);
+    let (cmd, _d2) = berth_repo(&server.url(server.port), Some(TOKEN), &[]);
     let err = start_error(cmd);
     assert!(
         err.contains("the SSL certificate is invalid") && err.contains("--git-ca-file"),
@@ -432,7 +433,7 @@ fn a_certificate_for_another_name_or_from_an_unknown_ca_is_refused() {
     // Neither refusal sent the token: nginx never logged a request.
     assert!(!server.access_log().contains("x-access-token"));
     // A CA file that is not one is a start error naming it.
-    let (cmd, d3) = berth_https(&server.url(server.port), Some(TOKEN), &[]);
+    let (cmd, d3) = berth_repo(&server.url(server.port), Some(TOKEN), &[]);
     let not_pem = d3.path().join("not-a-ca.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
     let mut cmd = cmd;

@@ -13,6 +13,7 @@ mod chart;
 mod cli_generate;
 mod config_corpus;
 mod decode_fuzz;
+mod deleted_refs;
 mod examples;
 mod git_https;
 mod golden;
