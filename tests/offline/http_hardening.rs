@@ -34,7 +34,8 @@ x-berth:
 
 const TOKEN: &str = "api-token";
 
-/// A project whose host is unreachable, plus an API token file.
+/// A project whose host is unreachable, plus an API token file and a
+/// webhook secret file (`hook-secret`).
 pub(crate) fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
@@ -43,13 +44,14 @@ pub(crate) fn project() -> tempfile::TempDir {
     std::fs::write(p.join("proj/config/deploy.yml"), DEPLOY_YML).unwrap();
     std::fs::write(p.join("proj/.kamal/secrets"), "KAMAL_REGISTRY_PASSWORD=x\n").unwrap();
     std::fs::write(p.join("api-token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(p.join("webhook-secret"), "hook-secret\n").unwrap();
     std::fs::write(p.join("known_hosts"), "").unwrap();
     dir
 }
 
 /// `berth run --dir` on `dir`'s project, listening on a port of its own
 /// choosing (read from its log: no race for a free port).
-fn berth_command(dir: &Path, nofile: Option<u64>) -> Command {
+pub(crate) fn berth_command(dir: &Path, nofile: Option<u64>) -> Command {
     let bin = env!("CARGO_BIN_EXE_berth");
     let mut cmd = match nofile {
         // The usual limit, soft and hard (so berth cannot raise it).

@@ -25,3 +25,4 @@ mod render_props;
 mod sops;
 mod trust;
 mod verify;
+mod webhooks;
