@@ -1,12 +1,16 @@
 //! `source`: where the desired configuration comes from — a Git repository
 //! (fetched with `git2` over `file://`, `ssh://` — a key file, and the host
-//! key verified against a known_hosts file — or `https://` with a token)
-//! following a branch, the highest tag matching a pattern, or a pinned
-//! commit; or a local directory (development). A fetch that fails (unreachable, deleted ref)
-//! leaves the last good checkout in place: the fleet keeps its last applied
-//! state. A force-pushed branch is followed. With a [`verify::Trust`], a
-//! revision whose signature does not verify is not checked out at all (the
-//! same: the last verified checkout stays).
+//! key verified by [`known_hosts`] — or `https://` with a token, TLS against
+//! the system's CAs and [`trust_ca_file`]'s) following a branch, the highest
+//! tag matching a pattern, or a pinned commit; or a local directory
+//! (development). Fetches prune, so the checkout's refs are the remote's. A
+//! fetch that fails (unreachable, refused credentials, a deleted branch, the
+//! followed tag deleted with only older ones left, a pinned commit no ref
+//! holds) leaves the last good checkout in place: the fleet keeps its last
+//! applied state. A force-pushed branch is followed. With a
+//! [`verify::Trust`], a revision whose signature does not verify is not
+//! checked out at all (the same: the last verified checkout stays). Also
+//! where each app instance's checkout lives ([`instance_checkout`]).
 
 pub mod index;
 pub mod known_hosts;
