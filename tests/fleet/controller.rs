@@ -18,7 +18,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// A scratch directory holding berth's webhook secret (`hook-secret`) and
 /// API token (`api-token`), and `work`, a clone of the testbed's repository.
-fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("webhook-secret"), "hook-secret\n").unwrap();
     std::fs::write(dir.path().join("api-token"), "api-token\n").unwrap();
@@ -30,7 +30,7 @@ fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, work)
 }
 
-fn push_version(work: &Path, fleet: &Fleet, version: &str) {
+pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) {
     let yml = format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
          proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
@@ -45,13 +45,13 @@ fn push_version(work: &Path, fleet: &Fleet, version: &str) {
     support::push_project(work, &yml, &format!("deploy {version}"));
 }
 
-struct Berth {
+pub(crate) struct Berth {
     child: Child,
     port: u16,
 }
 
 impl Berth {
-    fn start(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
+    pub(crate) fn start(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
         let b = Berth::spawn(fleet, dir, extra);
         b.wait_ready(dir);
         b
@@ -102,7 +102,7 @@ impl Berth {
     }
 
     /// `/api/v1/apps`, as text.
-    fn apps(&self) -> String {
+    pub(crate) fn apps(&self) -> String {
         request(self.port, "GET", "/api/v1/apps", &[], "").1
     }
 
@@ -119,7 +119,7 @@ impl Berth {
     }
 
     /// Cycles of `app` (no destination) that ended with `result`.
-    fn reconciles(&self, app: &str, result: &str) -> f64 {
+    pub(crate) fn reconciles(&self, app: &str, result: &str) -> f64 {
         metric(
             &self.metrics(),
             &format!("berth_reconcile_total{{app=\"{app}\",destination=\"\",result=\"{result}\"}}"),
@@ -129,7 +129,7 @@ impl Berth {
 
     /// SIGTERM; the exit status. A clean stop leaves no SSH control
     /// directory (sockets, ssh_config) behind.
-    fn stop(mut self) -> Option<i32> {
+    pub(crate) fn stop(mut self) -> Option<i32> {
         let pid = self.child.id();
         Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -170,11 +170,11 @@ fn docker_events_processes(fleet: &Fleet) -> Vec<u32> {
     found
 }
 
-fn wait(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+pub(crate) fn wait(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
     testbed::poll(Instant::now() + limit, what, cond).unwrap();
 }
 
-fn serves(fleet: &Fleet, body: &str) -> bool {
+pub(crate) fn serves(fleet: &Fleet, body: &str) -> bool {
     fleet
         .addrs()
         .iter()
