@@ -219,6 +219,10 @@ impl GitAuth {
         // to its replay limit): the second ask is the refusal.
         let mut asked = 0;
         cb.credentials(move |_url, user, allowed| {
+            // ssh:// without a user in the URL: libgit2 first asks for one.
+            if allowed == git2::CredentialType::USERNAME {
+                return git2::Cred::username(user.unwrap_or("git"));
+            }
             asked += 1;
             if asked > 1 {
                 return Err(git2::Error::from_str(if self.token.is_some() {
@@ -474,7 +478,12 @@ fn highest_tag(repo: &git2::Repository, pattern: &str, url: &str) -> Result<Stri
         r.symbolic_target()
             .map(|t| t.trim_start_matches("refs/tags/").to_string())
     });
-    if let Some(prev) = followed.filter(|p| !tags.contains(&p.as_str())) {
+    // Gone from the remote (the refs were pruned to its), not merely outside
+    // a pattern changed since.
+    let deleted = |t: &String| {
+        !tags.contains(&t.as_str()) && repo.find_reference(&format!("refs/tags/{t}")).is_err()
+    };
+    if let Some(prev) = followed.filter(deleted) {
         let newer = tags
             .first()
             .filter(|t| version_cmp(t, &prev) == std::cmp::Ordering::Greater);
@@ -506,17 +515,28 @@ fn highest_tag(repo: &git2::Repository, pattern: &str, url: &str) -> Result<Stri
 
 /// Is `id` a fetched branch's or tag's commit, or an ancestor of one?
 fn on_a_ref(repo: &git2::Repository, id: git2::Oid) -> bool {
-    let Ok(refs) = repo.references() else {
+    let (Ok(refs), Ok(mut walk)) = (repo.references(), repo.revwalk()) else {
         return false;
     };
-    refs.flatten()
+    let tips: Vec<git2::Oid> = refs
+        .flatten()
         .filter(|r| {
             r.name().is_some_and(|n| {
                 n.starts_with("refs/remotes/origin/") || n.starts_with("refs/tags/")
             })
         })
         .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id()))
-        .any(|tip| tip == id || repo.graph_descendant_of(tip, id).unwrap_or(false))
+        .collect();
+    if tips.contains(&id) {
+        return true;
+    }
+    // One walk from every tip (not a merge-base per ref).
+    for tip in tips {
+        if walk.push(tip).is_err() {
+            return false;
+        }
+    }
+    walk.flatten().any(|c| c == id)
 }
 
 #[cfg(test)]

@@ -133,11 +133,18 @@ fn deleted_tags_and_unreachable_pinned_commits_keep_the_revision() {
     push_tag("v3.0");
     let r = tags.fetch().unwrap();
     assert_eq!((r.id.as_str(), read(&r).as_str()), (c3.as_str(), "v3"));
+    // Another pattern on the same checkout: the tag in use still exists,
+    // so an "older" tag of the new pattern is followed, no deletion reported.
+    git(&work, &["tag", "release-1", &c1]);
+    push_tag("release-1");
+    let other = file_source(&url, d, GitRef::Tag("release-*".into()), "t");
+    assert_eq!(other.fetch().unwrap().id, c1);
+    assert_eq!(tags.fetch().unwrap().id, c3);
     // An older tag deleted: pruned here too, nothing else changes.
     delete_tag("v1.0");
     assert_eq!(tags.fetch().unwrap().id, c3);
     let local = git(&d.join("t"), &["tag", "-l"]);
-    assert_eq!(local, "v3.0", "tags are fetched with pruning");
+    assert_eq!(local, "release-1\nv3.0", "tags are fetched with pruning");
     // Every matching tag deleted: an error, the checkout kept.
     delete_tag("v3.0");
     let err = tags.fetch().unwrap_err().to_string();
@@ -256,6 +263,23 @@ fn ssh_repositories_need_a_known_host_key_plain_or_hashed_and_not_revoked() {
     let err = source(&format!("{host} {other}\n"), "wrong").unwrap_err();
     assert!(
         err.to_string().contains("is not in the known_hosts file"),
+        "{err}"
+    );
+    // No user in the URL: `git`, which this sshd does not let in with the key.
+    let git_user = Source::Git {
+        url: tb.git_ssh_url().replace("ssh://root@", "ssh://"),
+        reference: GitRef::Branch("main".into()),
+        checkout: dir.path().join("as-git"),
+        auth: berth::source::GitAuth {
+            ssh_key: Some(tb.ssh_key()),
+            known_hosts: Some(tb.known_hosts()),
+            token: None,
+        },
+        trust: None,
+    };
+    let err = git_user.fetch().unwrap_err().to_string();
+    assert!(
+        err.contains("authentication failed: the server refused the SSH key"),
         "{err}"
     );
     // Revoked: refused even beside the line that lists it (plain or hashed).
