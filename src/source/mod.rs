@@ -100,6 +100,12 @@ fn explain(e: &git2::Error) -> String {
         git2::ErrorClass::Ssl if m.contains("certificate is invalid") => format!(
             "{m} (TLS: not signed by a trusted CA, or expired; a private CA: --git-ca-file)"
         ),
+        // libgit2 1.9 (openssl.c, verify_server_cert) ends this way when an
+        // IP address URL meets a certificate with no IP in subjectAltName.
+        git2::ErrorClass::Ssl if m.contains("received early EOF") => format!(
+            "{m} (TLS: with an IP address in the URL, the certificate must list it as an \
+             IP subjectAltName; or use the host name the certificate names)"
+        ),
         _ => m.to_string(),
     }
 }

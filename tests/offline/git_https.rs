@@ -423,6 +423,11 @@ fn a_certificate_for_another_name_or_from_an_unknown_ca_is_refused() {
         err.contains("hostname does not match certificate") && err.contains("for another name"),
         "{err}"
     );
+    // The right certificate, reached by an IP address it does not list.
+    let by_ip = format!("https://127.0.0.1:{}/repo.git", server.port);
+    let (cmd, _d4) = berth_repo(&by_ip, Some(TOKEN), &["--git-ca-file", &ca]);
+    let err = start_error(cmd);
+    assert!(err.contains("IP subjectAltName"), "{err}");
     // The right name, a CA berth does not trust.
     let (cmd, _d2) = berth_repo(&server.url(server.port), Some(TOKEN), &[]);
     let err = start_error(cmd);
