@@ -8,6 +8,8 @@
 //! controller's RSS in steady state. Targets (issues 6 and 13): p95 ≤ 1 s,
 //! RSS ≤ 40 MB.
 //!
+//! Last, the no-op cycle with the history database on and off.
+//!
 //! First, without a fleet, what signature verification (`--verify`) adds
 //! to a cycle: the source step of a no-op cycle (a fetch of an unchanged
 //! `file://` branch) with and without it, and one verification of a new
@@ -298,4 +300,72 @@ fn main() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    history_cost(&berth, &fleet, project.path());
+}
+
+/// The no-op cycle with the history database on and off (`--no-history`):
+/// a no-op cycle writes nothing, so the two should not differ. Each run:
+/// `berth run --mode detect --interval 500ms` on the settled fleet, the mean
+/// cycle over the cycles of 15 s after the first ones.
+fn history_cost(berth: &std::path::Path, fleet: &Fleet, project: &std::path::Path) {
+    let mut means = Vec::new();
+    for history in [true, false] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let state = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(berth);
+        cmd.args([
+            "run",
+            "--app",
+            "bench",
+            "--mode",
+            "detect",
+            "--interval",
+            "500ms",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dir")
+        .arg(project)
+        .arg("--checkout")
+        .arg(state.path().join("checkout"))
+        .arg("--known-hosts")
+        .arg(fleet.tb.known_hosts())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if history {
+            cmd.arg("--state-dir").arg(state.path().join("state"));
+        } else {
+            cmd.arg("--no-history");
+        }
+        let mut child = cmd.spawn().expect("berth run");
+        testbed::poll(Instant::now() + Duration::from_secs(120), "in sync", || {
+            in_sync(port) == Some(1.0)
+        })
+        .unwrap();
+        // Past the first cycles (connections, event streams).
+        testbed::poll(Instant::now() + Duration::from_secs(60), "5 cycles", || {
+            cycle_seconds(port).1 >= 5.0
+        })
+        .unwrap();
+        let (s0, c0) = cycle_seconds(port);
+        std::thread::sleep(Duration::from_secs(15));
+        let (s1, c1) = cycle_seconds(port);
+        means.push(((s1 - s0) / (c1 - c0).max(1.0) * 1000.0, c1 - c0));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    println!(
+        "no-op cycle, {} hosts: history on {:.1} ms (mean of {} cycles), off {:.1} ms (mean of {} cycles)",
+        fleet.addrs().len(),
+        means[0].0,
+        means[0].1,
+        means[1].0,
+        means[1].1
+    );
 }

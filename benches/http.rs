@@ -55,9 +55,10 @@ fn main() {
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     let state = Arc::new(ServerState {
-        apps: Vec::new(),
+        apps: berth::controller::apps::Apps::new(),
         api_token: None,
         webhook_secret: None,
+        notifications: None,
     });
     runtime.spawn(serve::serve(
         listener,

@@ -135,6 +135,12 @@ NEGATIVE = [
         {"prometheusRule": {"rules": {"hostDown": {"for": "5 minutes"}}}},
         "/prometheusRule/rules/hostDown/for",
     ),
+    (
+        "notifications.providers.x.type: pager (schema enum)",
+        {"notifications": {"providers": {"x": {"type": "pager"}}}},
+        "/notifications/providers/x/type",
+    ),
+    ("externalUrl: berth.example.com (schema pattern)", {"externalUrl": "berth.example.com"}, "/externalUrl"),
     ("git.tag with git.commit (template)", {"git": {"tag": "v*", "commit": "abcdef1"}}, "exclusive"),
     ("ssh.create without a key (template)", {"ssh": {"create": True}}, "ssh.privateKey"),
     (
@@ -322,6 +328,16 @@ def find(objects: list[tuple[str, dict[str, Any]]], kind: str) -> list[tuple[str
     return [(p, d) for p, d in objects if d.get("kind") == kind]
 
 
+def configmap_file(configmaps: list[tuple[str, dict[str, Any]]], key: str) -> Any:
+    """The YAML in `key` of the one ConfigMap (None: not exactly one, or not YAML)."""
+    if len(configmaps) != 1:
+        return None
+    try:
+        return yaml.safe_load(get(configmaps[0][1], "data", key) or "")
+    except yaml.YAMLError:
+        return None
+
+
 def check_berth(
     c: Checker,
     case: str,
@@ -440,18 +456,39 @@ def check_berth(
     if values.get("apps"):
         c.expect(arg("--apps-file") == "/etc/berth/config/berth.yml", w, "--apps-file (berth.yml)")
         c.expect("/etc/berth/config" in mounts, w, "berth.yml ConfigMap mounted at /etc/berth/config")
-        ok = len(configmaps) == 1
-        if ok:
-            try:
-                berth_yml = yaml.safe_load(get(configmaps[0][1], "data", "berth.yml") or "")
-            except yaml.YAMLError:
-                berth_yml = None
-            ok = berth_yml == {"apps": values["apps"]}
+        ok = configmap_file(configmaps, "berth.yml") == {"apps": values["apps"]}
         c.expect(ok, f"[{case}] configmap", "one ConfigMap whose berth.yml is `apps:` from values")
         c.expect("-c" not in args and "--mode" not in args, w, "no -c/--mode with berth.yml (ignored)")
     else:
-        c.expect("--apps-file" not in args and not configmaps, w, "no ConfigMap, no --apps-file without apps")
+        c.expect("--apps-file" not in args, w, "no --apps-file without apps")
         c.expect(arg("--mode") == values.get("mode", "auto"), w, f"--mode {values.get('mode', 'auto')}")
+    if not values.get("apps") and not values.get("notifications"):
+        c.expect(not configmaps, w, "no ConfigMap without apps or notifications")
+    if values.get("notifications"):
+        c.expect(
+            arg("--notifications-file") == "/etc/berth/config/notifications.yml",
+            w,
+            "--notifications-file (the ConfigMap's notifications.yml)",
+        )
+        ok = configmap_file(configmaps, "notifications.yml") == values["notifications"]
+        c.expect(ok, f"[{case}] configmap", "notifications.yml is `notifications` from values")
+        c.expect("/etc/berth/config" in mounts, w, "notifications.yml mounted at /etc/berth/config")
+    else:
+        c.expect("--notifications-file" not in args, w, "no --notifications-file without notifications")
+    for name in values.get("notificationSecrets") or []:
+        m = mounts.get(f"/etc/berth/notify/{name}")
+        sec = get(volumes.get(m["name"]) if m else None, "secret")
+        c.expect(
+            m is not None
+            and m.get("readOnly") is True
+            and isinstance(sec, dict)
+            and sec.get("secretName") == name
+            and sec.get("defaultMode") == 0o440,
+            w,
+            f"Secret {name} mounted read-only at /etc/berth/notify/{name}, mode 0440",
+        )
+    if values.get("externalUrl"):
+        c.expect(arg("--external-url") == values["externalUrl"], w, "--external-url from externalUrl")
     annotations = get(spec, "template", "metadata", "annotations") or {}
     c.expect("checksum/config" in annotations, w, "checksum/config annotation (berth.yml change rolls the pod)")
 

@@ -8,7 +8,7 @@ set -euo pipefail
 # chromium, chromium-driver: the status page's browser test (WebDriver);
 # debootstrap: the Debian base of the container image test (no registry to
 # pull from here); prometheus: its promtool lints the chart's alert rules;
-# shellcheck: CI lints the sh scripts berth runs on hosts; time: GNU time
+# CI lints its sh scripts (and those berth runs on hosts) with shellcheck; GNU time
 # measures the peak RSS of berth in the hostile-repository suite; gnupg and
 # age: the signed-commit and SOPS tests make real keys with them; nginx and
 # fcgiwrap: the HTTPS Git server (`git http-backend` behind TLS and basic

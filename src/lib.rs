@@ -2,7 +2,8 @@
 //!
 //! The pipeline is the architecture:
 //! `source → config → desired → observe → plan → apply`, driven by `controller`
-//! and exposed by `server`. Each module owns one stage; see ARCHITECTURE.md.
+//! and exposed by `server`; `notify` tells people and forges what happened.
+//! Each module owns one stage; see ARCHITECTURE.md.
 
 pub mod apply;
 pub mod checkout;
@@ -11,7 +12,9 @@ pub mod config;
 pub mod controller;
 pub mod desired;
 pub mod docker_flags;
+pub mod history;
 pub mod kamal;
+pub mod notify;
 pub mod observe;
 pub mod plan;
 pub mod policy;
@@ -37,6 +40,7 @@ mod layering {
         ("policy", 0),
         ("config", 1),
         ("proxy_state", 1),
+        ("history", 1),
         ("source", 2),
         ("desired", 2),
         ("remote", 2),
@@ -44,8 +48,9 @@ mod layering {
         ("plan", 4),
         ("apply", 5),
         ("controller", 6),
-        ("server", 7),
-        ("cli", 8),
+        ("notify", 7),
+        ("server", 8),
+        ("cli", 9),
     ];
 
     fn layer(module: &str) -> Option<u8> {

@@ -16,6 +16,38 @@ pub enum Mode {
     Detect,
 }
 
+/// Heals of one unit allowed within `window` before berth leaves it alone
+/// (reported `flapping`) until the window passes, a new revision, or a
+/// manual sync. Default 5 in 5 minutes, as doco-cd's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlapLimit {
+    pub heals: u32,
+    pub window: std::time::Duration,
+}
+
+impl Default for FlapLimit {
+    fn default() -> FlapLimit {
+        FlapLimit {
+            heals: 5,
+            window: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// One app instance's settings (`berth.yml`'s `policy:`, capped by the
+/// command line), which a new revision of the index may change while the
+/// app runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub self_heal: bool,
+    /// Overrides `x-berth.prune`.
+    pub prune: Option<bool>,
+    /// Observe and report only.
+    pub suspended: bool,
+    pub flap_limit: FlapLimit,
+}
+
 /// How a cycle that did not fail ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

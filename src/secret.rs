@@ -12,6 +12,18 @@ pub fn fingerprint(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 
+/// HMAC-SHA256 of `body` with `key`, hex: what webhooks are signed with,
+/// both the ones berth receives and the ones it sends.
+pub fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    // HMAC takes keys of any length; an empty result never matches.
+    let Ok(mut mac) = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// A secret value. `Debug` and `Display` print `(sensitive)`; only
 /// [`Secret::expose`] gives the value, so every place that leaks it is greppable.
 #[derive(Clone, PartialEq, Eq, Default)]

@@ -7,6 +7,7 @@
 //! - 2: changes pending (`reconcile --dry-run`)
 
 mod generate;
+mod history;
 mod progress;
 mod reconcile;
 mod render;
@@ -119,6 +120,8 @@ enum Command {
     Reconcile(reconcile::Args),
     /// Keep a fleet equal to a Git repo: poll, react to webhooks, converge, export metrics.
     Run(Box<run::Args>),
+    /// What `berth run` did: cycles and drift episodes from its history database.
+    History(history::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate::CompletionsArgs),
     /// Print the man page (roff), or write one page per command into `--dir`.
@@ -175,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(&args),
         Command::Reconcile(args) => reconcile::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::History(args) => history::run(&args),
         Command::Completions(args) => generate::completions(&args),
         Command::Man(args) => generate::man(&args),
     };

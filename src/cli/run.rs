@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::controller::{AppSpec, Controller, Mode, SshOptionsTemplate};
+use crate::controller::apps::{Apps, IndexSource, Reader, Template};
+use crate::controller::{Mode, SshOptionsTemplate};
 use crate::secret::Secret;
 use crate::server::{self, ServerState};
 use crate::source::{GitAuth, GitRef, Source};
@@ -63,6 +64,20 @@ pub struct Args {
     /// used instead of the repository's own
     #[arg(long)]
     pub apps_file: Option<PathBuf>,
+    /// Where berth keeps its memory across restarts (the history database:
+    /// cycles, drift episodes, suspensions, parked revisions, rollbacks).
+    /// Default: `state` beside the checkout directory.
+    #[arg(long, env = "BERTH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep no history (nothing survives a restart; no rollback).
+    #[arg(long, conflicts_with = "state_dir")]
+    pub no_history: bool,
+    /// Cycles kept per app instance in the history.
+    #[arg(long, default_value_t = 1000)]
+    pub history_max_cycles: u32,
+    /// Oldest history kept (`30d`, `72h`).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub history_max_age: std::time::Duration,
     /// A local directory instead of a repository (development).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -110,6 +125,15 @@ pub struct Args {
     /// File holding the webhook secret (GitHub/Gitea HMAC, GitLab token).
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Notification providers (webhook, Slack, GitHub/GitLab/Gitea commit
+    /// statuses) and their secret files: the operator's, never the
+    /// repository's (docs/operations.md, "Notifications").
+    #[arg(long, env = "BERTH_NOTIFICATIONS_FILE")]
+    pub notifications_file: Option<PathBuf>,
+    /// The status page's public address (`https://berth.example.com`),
+    /// linked from notifications and commit statuses.
+    #[arg(long, env = "BERTH_EXTERNAL_URL")]
+    pub external_url: Option<String>,
     /// Log format: `text` (human) or `json` (one object per line). Level via
     /// `RUST_LOG` (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -149,24 +173,15 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-/// The config's `service`, the app's name when `--app` is not given
-/// (`app` if the config cannot be read yet: the cycles report why).
-fn service_name(
-    checkout: &std::path::Path,
-    config_file: &std::path::Path,
-    destination: Option<&str>,
-) -> String {
-    let Ok(files) = crate::checkout::Checkout::untrusted(checkout) else {
-        return "app".into();
-    };
-    crate::config::load(&crate::config::LoadOptions {
-        config_file: &checkout.join(config_file),
-        destination,
-        env: &super::process_env,
-        files: &files,
+/// `--state-dir`, or `state` beside the checkout directory.
+pub fn state_dir(args: &Args) -> PathBuf {
+    args.state_dir.clone().unwrap_or_else(|| {
+        args.checkout
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.join("state"))
+            .unwrap_or_else(|| args.checkout.join("state"))
     })
-    .map(|c| c.service)
-    .unwrap_or_else(|_| "app".into())
 }
 
 /// A secret file's content, trimmed. Empty is refused: an empty token or an
@@ -211,6 +226,15 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         // SAFETY: nothing has fetched yet and no other thread runs.
         unsafe { crate::source::trust_ca_file(ca) }?;
     }
+    if let Some(u) = &args.external_url
+        && !(u.starts_with("https://") || u.starts_with("http://"))
+    {
+        anyhow::bail!("--external-url {u:?} should be an http:// or https:// address");
+    }
+    let notifications = match &args.notifications_file {
+        Some(f) => Some(crate::notify::config::load(f).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let fd_limit = match server::serve::raise_fd_limit() {
         Ok(n) => n,
         Err(e) => {
@@ -245,10 +269,10 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         }
     };
     let source = match (&args.repo, &args.dir) {
-        // `<checkout>/index` holds the first fetch (and a single app);
-        // `<checkout>/instances/<name>[.<dest>]` one checkout per app
-        // instance (`source::instance_checkout`; an `apps/` left by an
-        // older berth is not read).
+        // `<checkout>/index` follows the index (`berth.yml`);
+        // `<checkout>/instances/…` holds one checkout per app instance
+        // (`source::instance_checkout`; an `apps/` left by an older berth
+        // is not read).
         (Some(url), _) => Source::Git {
             url: url.clone(),
             reference: match (&args.tag, &args.commit) {
@@ -276,99 +300,83 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     {
         super::check_known_hosts(kh)?;
     }
-    let ssh = SshOptionsTemplate {
-        known_hosts: args.known_hosts.clone(),
-        accept_new_host_keys: args.accept_new_host_keys,
+    let template = Template {
+        source: source.clone(),
+        checkout_root: args.checkout.clone(),
+        app: args.app.clone(),
+        config_file: args.config_file.clone(),
+        destination: args.destination.clone(),
+        mode: args.mode,
+        self_heal: args.self_heal,
+        interval: args.interval,
+        ssh: SshOptionsTemplate {
+            known_hosts: args.known_hosts.clone(),
+            accept_new_host_keys: args.accept_new_host_keys,
+        },
+        age_keys,
     };
     // A `berth.yml` at the repository root lists many apps; without one the
-    // repository is one app (`-c`, `-d`).
-    let first = source.fetch().context("first fetch")?;
-    let index = match &args.apps_file {
-        Some(f) => Some(crate::source::index::load_file(f)?),
-        None => crate::source::index::load(&first.dir)?,
+    // repository is one app (`-c`, `-d`). Read again every interval: a
+    // merged change to it is followed without a restart.
+    let index_source = match &args.apps_file {
+        Some(f) => IndexSource::File(f.clone()),
+        None => IndexSource::Repo(source),
     };
-    let mut controllers = Vec::new();
-    match index {
-        None => controllers.push(Controller::new(AppSpec {
-            name: args.app.clone().unwrap_or_else(|| {
-                service_name(&first.dir, &args.config_file, args.destination.as_deref())
-            }),
-            source,
-            config_file: args.config_file.clone(),
-            destination: args.destination.clone(),
-            mode: args.mode,
-            self_heal: args.self_heal,
-            interval: args.interval,
-            ssh: ssh.clone(),
-            prune: None,
-            suspended: false,
-            age_keys: age_keys.clone(),
-        })),
-        Some(apps) => {
-            for app in apps {
-                let dests: Vec<Option<String>> = if app.destinations.is_empty() {
-                    vec![None]
-                } else {
-                    app.destinations.iter().cloned().map(Some).collect()
-                };
-                for dest in dests {
-                    // Each instance has its own checkout: cycles never race on one work tree.
-                    let src = source.with_checkout(crate::source::instance_checkout(
-                        &args.checkout,
-                        &app.name,
-                        dest.as_deref(),
-                    ));
-                    controllers.push(Controller::new(AppSpec {
-                        name: app.name.clone(),
-                        source: src,
-                        config_file: app.path.join(&app.config),
-                        destination: dest,
-                        // The command line is a ceiling over berth.yml's
-                        // policies: `--mode detect` makes every app report only.
-                        mode: if args.mode == Mode::Detect {
-                            Mode::Detect
-                        } else {
-                            app.mode
-                        },
-                        self_heal: app.self_heal && args.self_heal,
-                        interval: args.interval,
-                        ssh: ssh.clone(),
-                        prune: app.prune,
-                        suspended: app.suspended,
-                        age_keys: age_keys.clone(),
-                    }));
-                }
-            }
-        }
-    }
-    let state = Arc::new(ServerState {
-        apps: controllers.clone(),
-        api_token,
-        webhook_secret,
-    });
+    let mut reader = Reader::new(index_source, template);
+    // At start, an index that does not load is an error (nothing runs yet).
+    let first = reader.load()?;
+    let apps = if args.no_history {
+        Apps::new()
+    } else {
+        let dir = state_dir(args);
+        let retention = crate::history::Retention {
+            max_cycles: args.history_max_cycles.max(1),
+            max_age: args.history_max_age,
+        };
+        let history = crate::history::History::open(&dir, retention)
+            .with_context(|| format!("cannot keep the history in {}", dir.display()))?;
+        Apps::with_history(history)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        // Subscribed before the first cycle: its notices are not missed.
+        let notifier = match &notifications {
+            Some(settings) => {
+                let n = crate::notify::Notifier::start(settings, args.external_url.clone())?;
+                tracing::info!(providers = settings.providers.len(), "notifications on");
+                Some(n)
+            }
+            None => None,
+        };
+        let stats = notifier.as_ref().map(|n| n.stats());
+        if let Some(n) = notifier {
+            tokio::spawn(n.run(apps.subscribe(), shutdown.clone()));
+        }
+        let state = Arc::new(ServerState {
+            apps: apps.clone(),
+            api_token,
+            webhook_secret,
+            notifications: stats,
+        });
+        apps.begin(first).await;
         let listener = server::serve::bind(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(
             address = %listener.local_addr()?,
-            apps = controllers.len(),
+            apps = apps.controllers().len(),
             max_connections = limits.max_connections,
             fd_limit,
             "serving"
         );
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
         // Directory mode: file changes trigger a cycle (debounced), no polling wait.
         let _watcher = match &args.dir {
-            Some(d) if args.repo.is_none() => Some(watch_dir(d, controllers.clone())?),
+            Some(d) if args.repo.is_none() => Some(watch_dir(d, apps.clone())?),
             _ => None,
         };
-        let loops: Vec<_> = controllers
-            .iter()
-            .map(|c| tokio::spawn(c.clone().run(shutdown.clone())))
-            .collect();
+        let follower = tokio::spawn(apps.clone().follow(reader, args.interval, shutdown.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let server = tokio::spawn(server::serve::serve(
             listener,
@@ -385,20 +393,15 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
         // accepting, open connections finish their request.
         let _ = stop.send(true);
         let _ = server.await;
-        for l in loops {
-            let _ = l.await;
-        }
+        let _ = follower.await;
         anyhow::Ok(())
     })?;
     Ok(super::ExitStatus::Success)
 }
 
-/// Watch `dir` recursively; a burst of changes triggers every app once, after
-/// 300 ms of quiet (editors write files in several steps).
-fn watch_dir(
-    dir: &std::path::Path,
-    apps: Vec<Arc<Controller>>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
+/// Watch `dir` recursively; a burst of changes triggers the index and every
+/// app once, after 300 ms of quiet (editors write files in several steps).
+fn watch_dir(dir: &std::path::Path, apps: Arc<Apps>) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -418,9 +421,7 @@ fn watch_dir(
                 .is_ok()
             {}
             tracing::info!("configuration directory changed");
-            for a in &apps {
-                a.trigger_by(crate::controller::Trigger::Files);
-            }
+            apps.trigger_all(crate::controller::Trigger::Files);
         }
     });
     Ok(watcher)

@@ -8,7 +8,9 @@
 //! One reconcile at a time (single flight).
 //! Errors back off exponentially (capped); a rollout that failed on a
 //! revision is not retried in a hot loop: it waits for a new revision or a
-//! manual sync.
+//! manual sync. A unit healed again and again (it exits at once) is left
+//! alone at its flap limit ([`flap`]); the app's other units keep healing.
+//! What happened is sent as [`events::Notice`]s.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+pub mod apps;
+pub mod events;
+mod flap;
 mod requeue;
 
 /// Event wakes are debounced: the cycle runs once the hosts have been quiet
@@ -31,9 +36,10 @@ use crate::checkout::Checkout;
 use crate::config;
 use crate::config::secrets::Commands;
 use crate::desired::load::{AppLoad, AppLoadError, load_app};
+use crate::history::{self, History};
 use crate::observe::{self, HostState};
 use crate::plan::{self, PlanOptions};
-use crate::policy::{Decision, Outcome, Situation, decide};
+use crate::policy::{Decision, Outcome, Settings, Situation, decide};
 use crate::remote::{Connections, SshOptions};
 use crate::source::Source;
 
@@ -47,14 +53,10 @@ pub struct AppSpec {
     /// The Kamal config inside the source.
     pub config_file: PathBuf,
     pub destination: Option<String>,
-    pub mode: Mode,
-    pub self_heal: bool,
+    /// The policy it starts with (`suspended`: observe and report only).
+    pub settings: Settings,
     pub interval: Duration,
     pub ssh: SshOptionsTemplate,
-    /// Overrides `x-berth.prune` (from `berth.yml`).
-    pub prune: Option<bool>,
-    /// Start suspended (observe and report only).
-    pub suspended: bool,
     /// Keys for SOPS-encrypted secrets in the repository.
     pub age_keys: Option<Arc<crate::config::sops::AgeKeys>>,
 }
@@ -108,11 +110,29 @@ pub struct UnitState {
     /// The role, `accessory:<name>`, `proxy`, or `orphan` (runs, not declared).
     pub unit: String,
     pub container: String,
-    /// `in_sync`, `drifted`, or `unknown` (host unreachable).
+    /// `in_sync`, `drifted`, `flapping` (drifted, at its flap limit: left
+    /// alone), or `unknown` (host unreachable).
     pub state: &'static str,
     /// What the plan would do and why, when drifted.
     pub action: Option<String>,
     pub reason: Option<String>,
+    /// Its container's state, health check and restarts by docker's
+    /// restart policy, as last observed (none: no such container).
+    pub status: Option<String>,
+    pub health: Option<String>,
+    pub restart_count: u64,
+}
+
+/// A unit berth healed up to its flap limit and now leaves alone.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FlappingUnit {
+    pub host: String,
+    /// As in [`UnitState::unit`].
+    pub unit: String,
+    pub container: String,
+    /// Heal attempts within the window.
+    pub heals: usize,
+    pub reason: String,
 }
 
 /// What `server` shows about an app.
@@ -129,6 +149,9 @@ pub struct AppStatus {
     pub mode: Option<Mode>,
     pub self_heal: bool,
     pub drift: Vec<Drift>,
+    /// Units at their flap limit, left alone until the window passes, a
+    /// new revision or a manual sync.
+    pub flapping: Vec<FlappingUnit>,
     /// Every desired unit (and orphan) per host, with its state.
     pub units: Vec<UnitState>,
     /// host → reachable.
@@ -143,6 +166,13 @@ pub struct AppStatus {
     pub signature: Option<crate::source::verify::Verified>,
     /// Why the newest revision was refused, while it is (`commit …: not signed`).
     pub source_refusal: Option<String>,
+    /// A rollback's revision: applied instead of the followed ref until a
+    /// resume.
+    pub pinned: Option<String>,
+    /// The revision the fleet last converged to.
+    pub settled: Option<String>,
+    /// A revision whose rollout failed, parked until a new one or a sync.
+    pub failed: Option<String>,
     pub last_apply_unix: Option<u64>,
     /// When a cycle last completed without error (alerts on staleness).
     pub last_success_unix: Option<u64>,
@@ -160,11 +190,22 @@ struct Revisions {
     settled: Option<String>,
     /// A revision whose apply failed: not retried until a new one or a sync.
     failed: Option<String>,
+    /// The last cycle left differences (a drift episode is reported once).
+    drifting: bool,
+    /// The last revision (or signed object) reported refused, once each.
+    refused: Option<String>,
+    /// Recent heals per unit, for the flap limit.
+    heals: flap::Heals,
+    /// What the cycle applied (for the history).
+    applied: Vec<history::ActionRow>,
 }
 
 pub struct Controller {
     pub spec: AppSpec,
     pub status: Mutex<AppStatus>,
+    /// Mode, self-heal and prune in force (a new `berth.yml` may change
+    /// them); suspension lives in `status`, where the API changes it too.
+    settings: Mutex<Settings>,
     /// Hosts and `service` labels to watch docker events for (set by a cycle).
     watch: Mutex<(Vec<String>, Vec<String>)>,
     wake: Notify,
@@ -174,19 +215,31 @@ pub struct Controller {
     woken_by: Mutex<Option<Trigger>>,
     /// A manual sync: retry even a revision that failed.
     forced: std::sync::atomic::AtomicBool,
+    /// Where what happened is told (notifications, history).
+    notices: events::Events,
+    /// berth's memory across restarts (`--state-dir`), if kept.
+    history: Option<Arc<History>>,
+    /// A rollback's revision, applied instead of the followed ref until
+    /// resumed.
+    pinned: Mutex<Option<String>>,
 }
 
 impl Controller {
-    pub fn new(spec: AppSpec) -> Arc<Controller> {
+    pub fn new(
+        spec: AppSpec,
+        events: events::Events,
+        history: Option<Arc<History>>,
+    ) -> Arc<Controller> {
         let status = AppStatus {
             app: spec.name.clone(),
             destination: spec.destination.clone(),
-            suspended: spec.suspended,
-            mode: Some(spec.mode),
-            self_heal: spec.self_heal,
+            suspended: spec.settings.suspended,
+            mode: Some(spec.settings.mode),
+            self_heal: spec.settings.self_heal,
             ..AppStatus::default()
         };
         Arc::new(Controller {
+            settings: Mutex::new(spec.settings),
             spec,
             status: Mutex::new(status),
             watch: Mutex::new((Vec::new(), Vec::new())),
@@ -194,7 +247,81 @@ impl Controller {
             events: Notify::new(),
             woken_by: Mutex::new(None),
             forced: std::sync::atomic::AtomicBool::new(false),
+            notices: events,
+            history,
+            pinned: Mutex::new(None),
         })
+    }
+
+    fn instance(&self) -> history::Instance {
+        history::Instance::new(&self.spec.name, self.spec.destination.as_deref())
+    }
+
+    /// The suspension, persisted before it is answered (it survives a
+    /// restart of berth).
+    pub fn suspend(&self, suspended: bool) -> Result<(), history::HistoryError> {
+        self.set_suspended(suspended);
+        if !suspended {
+            *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.lock().pinned = None;
+        }
+        self.save_state()
+    }
+
+    /// Roll back to `revision` (a full commit id the history says was
+    /// deployed): it is applied instead of the followed ref, which is not
+    /// followed again until a resume. Persisted before it is answered.
+    pub fn roll_back(&self, revision: &str) -> Result<(), history::HistoryError> {
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = Some(revision.to_string());
+        {
+            let mut st = self.lock();
+            st.pinned = Some(revision.to_string());
+            // The rollback is applied now, suspended or not.
+            st.suspended = false;
+        }
+        self.save_state()?;
+        self.trigger_by(Trigger::Sync);
+        Ok(())
+    }
+
+    /// Store what a restart must not forget (waits for the commit).
+    fn save_state(&self) -> Result<(), history::HistoryError> {
+        let Some(h) = &self.history else {
+            return Ok(());
+        };
+        h.save_state(&self.instance(), &self.state_to_keep())
+    }
+
+    fn state_to_keep(&self) -> history::InstanceState {
+        let st = self.lock();
+        history::InstanceState {
+            suspended: st.suspended,
+            settled: st.settled.clone(),
+            failed: st.failed.clone(),
+            pinned: self
+                .pinned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Tell subscribers about `event` of `revision`.
+    fn emit(&self, event: events::Event, revision: Option<&str>) {
+        // A refused revision's version was never read: the one recorded is
+        // the last loaded revision's, which is not the refused one's.
+        let version = match event {
+            events::Event::RevisionRefused { .. } => None,
+            _ => self.lock().version.clone(),
+        };
+        self.notices.send(events::Notice {
+            app: self.spec.name.clone(),
+            destination: self.spec.destination.clone(),
+            revision: revision.map(str::to_string),
+            version,
+            at_unix: unix_now(),
+            event,
+        });
     }
 
     /// Run a cycle now (webhook, manual sync). `force` retries a failed revision.
@@ -220,6 +347,32 @@ impl Controller {
         self.lock().suspended = suspended;
     }
 
+    /// New settings from a new revision of `berth.yml`, in force from the
+    /// next cycle, which runs now. Suspension changes only when the index's
+    /// value changed (`suspend`): one set through the API is kept otherwise.
+    pub fn set_settings(&self, settings: Settings, suspend: Option<bool>) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        {
+            let mut st = self.lock();
+            st.mode = Some(settings.mode);
+            st.self_heal = settings.self_heal;
+            if let Some(s) = suspend {
+                st.suspended = s;
+            }
+        }
+        if suspend.is_some()
+            && let Some(h) = &self.history
+        {
+            h.save_state_later(&self.instance(), &self.state_to_keep());
+        }
+        self.trigger_by(Trigger::Policy);
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn snapshot(&self) -> AppStatus {
         self.lock().clone()
     }
@@ -231,6 +384,26 @@ impl Controller {
     /// The loop; returns once `shutdown` turns true (after the current cycle).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut revisions = Revisions::default();
+        // What the last berth remembered: the revisions, a suspension made
+        // through the API, a rollback.
+        if let Some(h) = &self.history {
+            match h.state(&self.instance()) {
+                Ok(Some(kept)) => {
+                    revisions.settled = kept.settled.clone();
+                    revisions.failed = kept.failed.clone();
+                    *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = kept.pinned.clone();
+                    let mut st = self.lock();
+                    st.suspended = kept.suspended;
+                    st.settled = kept.settled;
+                    st.failed = kept.failed;
+                    st.pinned = kept.pinned;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(app = %self.spec.name, error = %e, "cannot read the history: starting without it")
+                }
+            }
+        }
         let mut requeue = Requeue::default();
         let mut conns: Option<(String, Arc<Connections>)> = None;
         let mut watchers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
@@ -244,10 +417,21 @@ impl Controller {
                 destination = self.spec.destination.as_deref().unwrap_or(""),
                 trigger = trigger.as_str(),
             );
+            let started_unix_ms = unix_now_ms();
+            let revision_before = self.lock().revision.clone();
+            let settled_before = revisions.settled.clone();
+            revisions.applied.clear();
             let result = self
                 .cycle(&mut revisions, &mut conns)
                 .instrument(span)
                 .await;
+            self.remember(
+                &result,
+                trigger,
+                started_unix_ms,
+                (revision_before, settled_before),
+                &revisions,
+            );
             // New SSH settings: the watchers of the old connections stop
             // before those close (a master in use cannot be shut down).
             if let Some((old_key, old)) = before
@@ -283,6 +467,84 @@ impl Controller {
         stop_watchers(&mut watchers).await;
         if let Some((_, c)) = conns {
             c.close().await;
+        }
+    }
+
+    /// Keep the cycle in the history if it did something, failed or saw a
+    /// new revision (a no-op cycle writes nothing), and the revisions a
+    /// restart must not forget when they changed. Never waits.
+    fn remember(
+        &self,
+        result: &Result<Outcome, CycleError>,
+        trigger: Trigger,
+        started_unix_ms: u64,
+        (revision_before, settled_before): (Option<String>, Option<String>),
+        revisions: &Revisions,
+    ) {
+        let (revision, version, changed, signature_refused) = {
+            let mut st = self.lock();
+            let changed = st.settled != revisions.settled || st.failed != revisions.failed;
+            st.settled = revisions.settled.clone();
+            st.failed = revisions.failed.clone();
+            (
+                st.revision.clone(),
+                st.version.clone(),
+                changed,
+                st.source_refusal.is_some(),
+            )
+        };
+        let Some(h) = &self.history else {
+            return;
+        };
+        if changed {
+            h.save_state_later(&self.instance(), &self.state_to_keep());
+        }
+        let new_revision = revision != revision_before;
+        let deployed = revisions.settled != settled_before;
+        let kind = match result {
+            Err(CycleError::Revision { .. }) => "refused",
+            Err(CycleError::Source(_)) if signature_refused => "refused",
+            Err(_) => "failed",
+            Ok(_) if deployed => "deployed",
+            Ok(Outcome::Applied) => "healed",
+            Ok(_) => "seen",
+        };
+        let (result, error) = match result {
+            Ok(o) => (o.as_str(), None),
+            Err(e) => ("error", Some(e.to_string())),
+        };
+        if result == "applied" || result == "error" || new_revision {
+            h.record_cycle(history::CycleRow {
+                id: 0,
+                app: self.spec.name.clone(),
+                destination: self.spec.destination.clone(),
+                started_unix_ms,
+                ended_unix_ms: unix_now_ms(),
+                trigger: trigger.as_str().to_string(),
+                revision,
+                version,
+                result: result.to_string(),
+                kind: kind.to_string(),
+                error,
+                actions: revisions.applied.clone(),
+            });
+        }
+    }
+
+    /// A drift episode begins (history), with its units.
+    fn episode_started(&self, drift: &[Drift]) {
+        if let Some(h) = &self.history {
+            let units = drift
+                .iter()
+                .map(|d| format!("{} {} ({})", d.host, d.container, d.reason))
+                .collect();
+            h.episode_started(&self.instance(), units);
+        }
+    }
+
+    fn episode_ended(&self, by: &'static str) {
+        if let Some(h) = &self.history {
+            h.episode_ended(&self.instance(), by);
         }
     }
 
@@ -476,7 +738,17 @@ impl Controller {
         conns: &mut Option<(String, Arc<Connections>)>,
     ) -> Result<Outcome, CycleError> {
         let spec = &self.spec;
-        let source = spec.source.clone();
+        let settings = self.settings();
+        // A rollback pins a revision; the followed ref waits for a resume.
+        let pinned = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let source = pinned
+            .as_deref()
+            .and_then(|p| spec.source.pinned_to(p))
+            .unwrap_or_else(|| spec.source.clone());
         let rev = tokio::task::spawn_blocking(move || source.fetch())
             .await
             .map_err(|e| CycleError::Internal(e.to_string()))?
@@ -485,9 +757,20 @@ impl Controller {
                     // Logged once per cycle it stays refused; the fleet keeps
                     // the last verified revision.
                     tracing::error!(app = %spec.name, object = %refused.object, reason = %refused.reason, "revision refused: signature not verified");
-                    let mut st = self.lock();
-                    st.source_verified = Some(false);
-                    st.source_refusal = Some(refused.to_string());
+                    {
+                        let mut st = self.lock();
+                        st.source_verified = Some(false);
+                        st.source_refusal = Some(refused.to_string());
+                    }
+                    if revisions.refused.as_deref() != Some(refused.object.as_str()) {
+                        revisions.refused = Some(refused.object.clone());
+                        self.emit(
+                            events::Event::RevisionRefused {
+                                reason: refused.to_string(),
+                            },
+                            Some(&refused.object),
+                        );
+                    }
                 }
                 CycleError::Source(e.to_string())
             })?;
@@ -520,9 +803,21 @@ impl Controller {
             env: &config::process_env,
             files: &files,
         })
-        .map_err(|e| match e {
-            AppLoadError::NoVersion(_) => refused("x-berth.version is not set".into()),
-            other => refused(other.to_string()),
+        .map_err(|e| {
+            let error = match e {
+                AppLoadError::NoVersion(_) => refused("x-berth.version is not set".into()),
+                other => refused(other.to_string()),
+            };
+            if revisions.refused.as_deref() != Some(rev.id.as_str()) {
+                revisions.refused = Some(rev.id.clone());
+                self.emit(
+                    events::Event::RevisionRefused {
+                        reason: error.to_string(),
+                    },
+                    Some(&rev.id),
+                );
+            }
+            error
         })?;
         // What berth went on without (ERB in `builder:` …), once per revision.
         if new_revision {
@@ -560,11 +855,12 @@ impl Controller {
             *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = (hosts, labels);
         }
         let observed = observe::observe(&desired, c, 32).await;
+        let host_events;
         let plan = plan::plan(
             &desired,
             &observed,
             &PlanOptions {
-                prune: spec.prune.unwrap_or(cfg.berth.prune),
+                prune: settings.prune.unwrap_or(cfg.berth.prune),
                 orphans: true,
             },
         );
@@ -573,39 +869,47 @@ impl Controller {
             st.observed = true;
             st.in_sync = plan.in_sync();
             st.last_plan = plan::output::text(&plan);
-            st.hosts = observed
+            let hosts: BTreeMap<String, bool> = observed
                 .hosts
                 .iter()
                 .map(|h| (h.host.clone(), matches!(h.state, HostState::Reached(_))))
                 .collect();
+            host_events = events::host_transitions(&st.hosts, &hosts);
+            st.hosts = hosts;
             st.drift = plan
                 .actions
                 .iter()
                 .map(|a| Drift {
                     host: a.host.clone(),
-                    role: match &a.unit {
-                        plan::Unit::App { role } => role.clone(),
-                        plan::Unit::Accessory { name } => format!("accessory:{name}"),
-                        plan::Unit::Proxy => "proxy".into(),
-                        plan::Unit::Orphan => "orphan".into(),
-                    },
+                    role: drift_unit(&a.unit),
                     container: a.container.clone(),
                     action: a.kind.as_str().to_string(),
-                    reason: a
-                        .reasons
-                        .first()
-                        .map(plan::Change::kind)
-                        .unwrap_or("unknown")
-                        .to_string(),
+                    reason: first_reason(a).to_string(),
                 })
                 .collect();
             st.units = unit_states(&desired, &st.hosts, &st.drift);
+            // What docker says of each unit's container: health, restarts.
+            for u in st.units.iter_mut() {
+                let found = observed.host(&u.host).and_then(|h| match &h.state {
+                    HostState::Reached(o) => o.containers.iter().find(|c| c.name == u.container),
+                    HostState::Unreachable(_) => None,
+                });
+                if let Some(c) = found {
+                    u.status = Some(c.status.clone());
+                    u.health = c.health.clone();
+                    u.restart_count = c.restart_count;
+                }
+            }
         }
+        for e in host_events {
+            self.emit(e, Some(&rev.id));
+        }
+        let drift = self.lock().drift.clone();
         let suspended = self.lock().suspended;
         let forced = self.forced.swap(false, std::sync::atomic::Ordering::SeqCst);
         let decision = decide(&Situation {
-            mode: spec.mode,
-            self_heal: spec.self_heal,
+            mode: settings.mode,
+            self_heal: settings.self_heal,
             suspended,
             forced,
             revision: &rev.id,
@@ -616,11 +920,98 @@ impl Controller {
         });
         // Unreachable hosts have no actions: the others keep converging (the
         // lock's host must answer, or the apply fails and backs off).
+        let new_revision = revisions.settled.as_deref() != Some(rev.id.as_str());
+        if new_revision || forced {
+            revisions.heals.reset();
+        }
+        let mut plan = plan;
+        // A heal (drift on the revision the fleet converged to): units that
+        // reached their flap limit are left alone, the others are healed.
+        let mut flapping = Vec::new();
+        if decision == Decision::Apply && !new_revision && !forced {
+            let limit = settings.flap_limit;
+            let now = Instant::now();
+            let at_limit = revisions.heals.at_limit(limit, now);
+            let newly = revisions.heals.newly_flapping(&at_limit);
+            let (held, heal): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.actions)
+                .into_iter()
+                .partition(|a| at_limit.contains(&(a.host.clone(), a.container.clone())));
+            plan.actions = heal;
+            for a in &held {
+                let key = (a.host.clone(), a.container.clone());
+                let unit = FlappingUnit {
+                    host: a.host.clone(),
+                    unit: drift_unit(&a.unit),
+                    container: a.container.clone(),
+                    heals: revisions.heals.count(&key),
+                    reason: flap_reason(&observed, a, revisions.heals.count(&key), limit),
+                };
+                if newly.contains(&key) {
+                    tracing::warn!(app = %spec.name, host = %a.host, container = %a.container, reason = %unit.reason, "flap limit reached: the unit is left alone");
+                    self.emit(
+                        events::Event::FlapLimit {
+                            host: unit.host.clone(),
+                            unit: unit.unit.clone(),
+                            container: unit.container.clone(),
+                            reason: unit.reason.clone(),
+                        },
+                        Some(&rev.id),
+                    );
+                }
+                flapping.push(unit);
+            }
+            for a in &plan.actions {
+                revisions
+                    .heals
+                    .record((a.host.clone(), a.container.clone()), limit, now);
+            }
+        }
+        {
+            let mut st = self.lock();
+            for u in st.units.iter_mut() {
+                if flapping
+                    .iter()
+                    .any(|f| f.host == u.host && f.container == u.container)
+                {
+                    u.state = "flapping";
+                }
+            }
+            st.flapping = flapping;
+        }
+        if decision == Decision::Apply && plan.actions.is_empty() {
+            // Everything to heal is flapping: reported, left alone.
+            if !revisions.drifting {
+                self.episode_started(&drift);
+            }
+            revisions.drifting = true;
+            return Ok(Outcome::Drifted);
+        }
         if let Decision::Report { outcome, settle } = decision {
             if settle {
+                if new_revision {
+                    self.emit(events::Event::Deployed, Some(&rev.id));
+                }
                 revisions.settled = Some(rev.id.clone());
             }
+            if plan.actions.is_empty() {
+                if revisions.drifting {
+                    self.episode_ended("cleared");
+                }
+                revisions.drifting = false;
+            } else if !revisions.drifting {
+                revisions.drifting = true;
+                self.episode_started(&drift);
+                self.emit(
+                    events::Event::DriftDetected {
+                        units: drift.clone(),
+                    },
+                    Some(&rev.id),
+                );
+            }
             return Ok(outcome);
+        }
+        if new_revision {
+            self.emit(events::Event::RolloutStarted, Some(&rev.id));
         }
         let revision = short(&rev.id).to_string();
         let progress = |line: &str| tracing::info!(app = %spec.name, destination = spec.destination.as_deref().unwrap_or(""), revision = %revision, "{line}");
@@ -633,6 +1024,17 @@ impl Controller {
             None,
             UnknownHosts::ApplyToReachable,
         );
+        revisions.applied = plan
+            .actions
+            .iter()
+            .map(|a| history::ActionRow {
+                unit: drift_unit(&a.unit),
+                host: a.host.clone(),
+                container: a.container.clone(),
+                kind: a.kind.as_str().to_string(),
+                reason: first_reason(a).to_string(),
+            })
+            .collect();
         // berth's own route changes: read every proxy again next cycle.
         let applied = apply::apply(&ctx, &plan).await;
         c.proxy_changed(None);
@@ -640,7 +1042,26 @@ impl Controller {
             Ok(_) => {
                 revisions.failed = None;
                 revisions.settled = Some(rev.id.clone());
+                if !new_revision {
+                    // A heal ends the episode (one seen and healed at once
+                    // is an episode too).
+                    if !revisions.drifting {
+                        self.episode_started(&drift);
+                    }
+                    self.episode_ended("healed");
+                } else if revisions.drifting {
+                    self.episode_ended("cleared");
+                }
+                revisions.drifting = false;
                 self.lock().last_apply_unix = Some(unix_now());
+                self.emit(
+                    if new_revision {
+                        events::Event::Deployed
+                    } else {
+                        events::Event::Healed { units: drift }
+                    },
+                    Some(&rev.id),
+                );
                 Ok(Outcome::Applied)
             }
             // A lock someone else holds (`kamal lock`, a deploy in
@@ -651,11 +1072,24 @@ impl Controller {
                 message: e.to_string(),
             }),
             Err(e) => {
-                revisions.failed = Some(rev.id.clone());
-                Err(CycleError::Apply {
+                // A revision's rollout that failed is parked until a new
+                // revision or a sync; a heal that failed is not (it would
+                // stop healing every other unit): its attempts count
+                // towards the flap limit instead.
+                if new_revision || forced {
+                    revisions.failed = Some(rev.id.clone());
+                }
+                let error = CycleError::Apply {
                     revision: short(&rev.id).to_string(),
                     message: e.to_string(),
-                })
+                };
+                self.emit(
+                    events::Event::RolloutFailed {
+                        error: error.to_string(),
+                    },
+                    Some(&rev.id),
+                );
+                Err(error)
             }
         }
     }
@@ -701,6 +1135,46 @@ fn proxy_event_matters(
     }
 }
 
+/// An action's first reason, as metrics and the API name it.
+fn first_reason(a: &plan::Action) -> &'static str {
+    a.reasons
+        .first()
+        .map(plan::Change::kind)
+        .unwrap_or("unknown")
+}
+
+/// A unit as `Drift.role` and `UnitState.unit` name it.
+fn drift_unit(unit: &plan::Unit) -> String {
+    match unit {
+        plan::Unit::App { role } => role.clone(),
+        plan::Unit::Accessory { name } => format!("accessory:{name}"),
+        plan::Unit::Proxy => "proxy".into(),
+        plan::Unit::Orphan => "orphan".into(),
+    }
+}
+
+/// Why a unit is flapping: the heals, and what docker says of its
+/// container (status, restarts by its restart policy, last exit code).
+fn flap_reason(
+    observed: &observe::Observed,
+    action: &plan::Action,
+    heals: usize,
+    limit: crate::policy::FlapLimit,
+) -> String {
+    let window = humantime::format_duration(limit.window);
+    let container = observed.host(&action.host).and_then(|h| match &h.state {
+        HostState::Reached(o) => o.containers.iter().find(|c| c.name == action.container),
+        HostState::Unreachable(_) => None,
+    });
+    match container {
+        Some(c) => format!(
+            "healed {heals} times in {window}; container {}, restarted {} times by docker, last exit code {}",
+            c.status, c.restart_count, c.exit_code
+        ),
+        None => format!("healed {heals} times in {window}; no such container now"),
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -713,6 +1187,13 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or_default();
     let factor = 0.9 + f64::from(nanos % 1000) / 5000.0;
     d.mul_f64(factor)
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 fn unix_now() -> u64 {
@@ -768,6 +1249,9 @@ fn unit_states(
                 },
                 action: d.map(|d| d.action.clone()),
                 reason: d.map(|d| d.reason.clone()),
+                status: None,
+                health: None,
+                restart_count: 0,
             });
         }
     }
@@ -779,6 +1263,9 @@ fn unit_states(
             state: "drifted",
             action: Some(d.action.clone()),
             reason: Some(d.reason.clone()),
+            status: None,
+            health: None,
+            restart_count: 0,
         });
     }
     out

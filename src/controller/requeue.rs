@@ -47,6 +47,8 @@ pub enum Trigger {
     Event,
     /// Files changed in a `--dir` source.
     Files,
+    /// A new revision of `berth.yml` changed the app's policy.
+    Policy,
 }
 
 impl Trigger {
@@ -60,6 +62,7 @@ impl Trigger {
             Trigger::Sync => "sync",
             Trigger::Event => "event",
             Trigger::Files => "files",
+            Trigger::Policy => "policy",
         }
     }
 }

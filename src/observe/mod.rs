@@ -59,7 +59,10 @@ pub struct ObservedContainer {
     /// `running`, `exited`, `created`, `restarting`, `paused`, `dead`.
     pub status: String,
     pub health: Option<String>,
+    /// Restarts by docker's restart policy (`RestartCount`).
     pub restart_count: u64,
+    /// The last exit's code (`State.ExitCode`; 0 before any exit).
+    pub exit_code: i64,
 }
 
 impl ObservedContainer {

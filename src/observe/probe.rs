@@ -420,6 +420,10 @@ fn container(
             .map(|h| str_of(h, &["Status"]))
             .filter(|s| !s.is_empty()),
         restart_count: c.get("RestartCount").and_then(Value::as_u64).unwrap_or(0),
+        exit_code: state
+            .and_then(|s| s.get("ExitCode"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
     }
 }
 

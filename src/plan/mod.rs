@@ -1124,6 +1124,7 @@ fn container_from_spec(name: &str, spec: &UnitSpec) -> ObservedContainer {
         status: "running".into(),
         health: None,
         restart_count: 0,
+        exit_code: 0,
     }
 }
 

@@ -12,15 +12,18 @@
 //! Metrics (every series also has `app` and `destination`):
 //! - `berth_app_in_sync` 1/0
 //! - `berth_drift_units{host,role,reason}` units to change
+//! - `berth_flapping_units{host,role}` units at their flap limit, left alone
 //! - `berth_reconcile_total{result}` counter (`in_sync`, `drifted`, `applied`, `suspended`, `error`)
 //! - `berth_reconcile_duration_seconds` histogram
 //! - `berth_host_up{host}` 1/0
 //! - `berth_source_info{revision}` 1
 //! - `berth_source_verified` 1/0 (with `--verify`), `berth_source_signer_info{fingerprint,signer}` 1
 //! - `berth_last_apply_timestamp_seconds`, `berth_last_success_timestamp_seconds`
+//!
+//! And, without `app`: `berth_index_valid` 1/0 (the newest `berth.yml` is in
+//! use), `berth_index_apps`, `berth_index_removed_apps`, and (with
+//! `--notifications-file`) `berth_notifications_total{provider,event,result}`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Router;
@@ -29,20 +32,24 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
-use crate::controller::{AppStatus, BUCKETS, Controller};
+use crate::controller::apps::Apps;
+use crate::controller::{AppStatus, Controller, Trigger};
 use crate::secret::Secret;
 
+pub mod metrics;
 pub mod serve;
 
 pub struct ServerState {
-    pub apps: Vec<Arc<Controller>>,
+    /// The app instances (the index may add and remove them while berth runs).
+    pub apps: Arc<Apps>,
     /// Bearer token for the write API (none: the write API is disabled).
     pub api_token: Option<Secret>,
     /// Shared secret of the webhooks (none: webhooks are disabled).
     pub webhook_secret: Option<Secret>,
+    /// Delivery counts of the notifications (none: no notifications file).
+    pub notifications: Option<Arc<crate::notify::Stats>>,
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -52,6 +59,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/apps", get(apps))
+        .route("/api/v1/apps/{app}/history", get(history))
         .route("/api/v1/apps/{app}/{op}", post(app_op))
         .route("/webhooks/{kind}", post(webhook))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -101,7 +109,7 @@ async fn status_page() -> Response {
 }
 
 async fn readyz(State(s): State<Arc<ServerState>>) -> Response {
-    if s.apps.iter().all(|a| a.snapshot().observed) {
+    if s.apps.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -113,8 +121,13 @@ async fn readyz(State(s): State<Arc<ServerState>>) -> Response {
 }
 
 async fn apps(State(s): State<Arc<ServerState>>) -> Response {
-    let all: Vec<AppStatus> = s.apps.iter().map(|a| a.snapshot()).collect();
-    axum::Json(serde_json::json!({ "schema": "berth.apps/v1", "apps": all })).into_response()
+    let all: Vec<AppStatus> = s.apps.controllers().iter().map(|a| a.snapshot()).collect();
+    axum::Json(serde_json::json!({
+        "schema": "berth.apps/v1",
+        "apps": all,
+        "index": s.apps.index_status(),
+    }))
+    .into_response()
 }
 
 /// A secret that can authenticate: not empty, not only whitespace (the
@@ -141,40 +154,141 @@ async fn app_op(
     State(s): State<Arc<ServerState>>,
     Path((app, op)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     if !bearer_ok(&headers, &s.api_token) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
     // An app with several destinations is one controller per destination.
-    let targets: Vec<&Arc<Controller>> = s.apps.iter().filter(|a| a.spec.name == app).collect();
+    let targets: Vec<Arc<Controller>> = s
+        .apps
+        .controllers()
+        .into_iter()
+        .filter(|a| a.spec.name == app)
+        .collect();
     if targets.is_empty() {
         return (StatusCode::NOT_FOUND, "no such app\n").into_response();
     }
-    if !matches!(op.as_str(), "sync" | "suspend" | "resume") {
+    if !matches!(op.as_str(), "sync" | "suspend" | "resume" | "rollback") {
         return (StatusCode::NOT_FOUND, "no such operation\n").into_response();
     }
-    for c in targets {
-        match op.as_str() {
-            "sync" => c.trigger(true),
-            "suspend" => c.set_suspended(true),
-            _ => {
-                c.set_suspended(false);
-                c.trigger(false);
+    if op == "rollback" {
+        return rollback(&s, &app, targets, &body).await;
+    }
+    // Suspensions are persisted before the answer: they survive a restart.
+    let persisted = tokio::task::spawn_blocking(move || {
+        for c in targets {
+            match op.as_str() {
+                "sync" => c.trigger(true),
+                "suspend" => c.suspend(true)?,
+                _ => {
+                    c.suspend(false)?;
+                    c.trigger(false);
+                }
             }
         }
+        Ok::<_, crate::history::HistoryError>(op)
+    })
+    .await;
+    match persisted {
+        Ok(Ok(op)) => (StatusCode::ACCEPTED, format!("{op} accepted\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
     }
-    (StatusCode::ACCEPTED, format!("{op} accepted\n")).into_response()
 }
 
-/// HMAC-SHA256 of `body` with `secret`, hex.
-pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length; an empty result never matches.
-    let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret) else {
-        return String::new();
+/// `POST /api/v1/apps/{app}/rollback {"revision": "<commit>"}`: apply a
+/// revision the history says was deployed, and stop following the ref
+/// until a resume (Argo CD turns automated sync off for a rollback alike).
+async fn rollback(
+    s: &ServerState,
+    app: &str,
+    targets: Vec<Arc<Controller>>,
+    body: &[u8],
+) -> Response {
+    let Some(history) = s.apps.history().cloned() else {
+        return (
+            StatusCode::CONFLICT,
+            "rollback needs the history (--state-dir)\n",
+        )
+            .into_response();
     };
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    let revision = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("revision")?.as_str().map(str::to_string));
+    let Some(revision) = revision else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"revision\": \"<commit>\"}\n",
+        )
+            .into_response();
+    };
+    let app = app.to_string();
+    let done = tokio::task::spawn_blocking(move || {
+        let Some(full) = history.deployed_revision(&app, &revision)? else {
+            return Ok(None);
+        };
+        for c in &targets {
+            c.roll_back(&full)?;
+        }
+        Ok::<_, crate::history::HistoryError>(Some(full))
+    })
+    .await;
+    match done {
+        Ok(Ok(Some(full))) => (
+            StatusCode::ACCEPTED,
+            format!("rollback to {full} accepted; the branch is followed again after a resume\n"),
+        )
+            .into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            "no such deployed revision in the history of this app\n",
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
+    }
 }
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+    destination: Option<String>,
+}
+
+/// `GET /api/v1/apps/{app}/history?limit=&before=&destination=`: cycles
+/// newest first (`before`: the last page's smallest id) and drift episodes.
+async fn history(
+    State(s): State<Arc<ServerState>>,
+    Path(app): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let Some(history) = s.apps.history().cloned() else {
+        return (StatusCode::NOT_FOUND, "no history kept (--state-dir)\n").into_response();
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let read = tokio::task::spawn_blocking(move || {
+        let dest = q.destination.as_deref();
+        let cycles = history.cycles(&app, dest, limit, q.before)?;
+        let episodes = history.episodes(&app, dest, limit)?;
+        Ok::<_, crate::history::HistoryError>(serde_json::json!({
+            "schema": "berth.history/v1",
+            "app": app,
+            "cycles": cycles,
+            "episodes": episodes,
+        }))
+    })
+    .await;
+    match read {
+        Ok(Ok(doc)) => axum::Json(doc).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
+    }
+}
+
+/// HMAC-SHA256 of `body` with `secret`, hex (webhooks in, notifications out).
+pub use crate::secret::hmac_hex;
 
 /// Does this webhook request carry a valid signature (or token)?
 pub fn webhook_authentic(kind: &str, headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
@@ -212,209 +326,49 @@ async fn webhook(
     if !webhook_authentic(&kind, &headers, &body, secret) {
         return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
     }
-    // A push anywhere in the repo: every app from it re-fetches now.
-    for a in &s.apps {
-        a.trigger(false);
-    }
+    // A push anywhere in the repo: the index and every app re-fetch now.
+    s.apps.trigger_all(Trigger::Webhook);
     (StatusCode::ACCEPTED, "sync triggered\n").into_response()
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The scrape of every app instance, the index, the notifier and the
+/// process, in the format the scraper accepts ([`metrics`]).
+pub fn scrape(s: &ServerState) -> metrics::Scrape {
+    metrics::Scrape {
+        apps: s.apps.controllers().iter().map(|a| a.snapshot()).collect(),
+        index: s.apps.index_status(),
+        notifications: s.notifications.as_ref().map(|stats| {
+            stats
+                .counts()
+                .into_iter()
+                .map(|(p, e, r, n)| (p, e.to_string(), r.to_string(), n))
+                .collect()
+        }),
+        process: metrics::Process::current(),
+    }
 }
 
-/// `app="…",destination="…"`: every series names its app instance (one app
-/// may run several destinations; without the label their series collide).
-fn instance(a: &AppStatus) -> String {
-    format!(
-        "app=\"{}\",destination=\"{}\"",
-        label(&a.app),
-        label(a.destination.as_deref().unwrap_or(""))
-    )
-}
-
-/// The Prometheus text exposition of every app's status.
-pub fn render_metrics(apps: &[AppStatus]) -> String {
-    let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(
-        &mut out,
-        "berth_app_in_sync",
-        "gauge",
-        "1 when every host runs what the repo declares.",
-    );
-    for a in apps {
-        let _ = writeln!(
-            out,
-            "berth_app_in_sync{{{}}} {}",
-            instance(a),
-            u8::from(a.in_sync && a.observed)
-        );
-    }
-    family(
-        &mut out,
-        "berth_drift_units",
-        "gauge",
-        "Units that differ from the repo.",
-    );
-    for a in apps {
-        let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
-        for d in &a.drift {
-            *counts.entry((&d.host, &d.role, &d.reason)).or_default() += 1;
-        }
-        for ((host, role, reason), n) in counts {
-            let _ = writeln!(
-                out,
-                "berth_drift_units{{{},host=\"{}\",role=\"{}\",reason=\"{}\"}} {n}",
-                instance(a),
-                label(host),
-                label(role),
-                label(reason)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_reconcile_total",
-        "counter",
-        "Reconcile cycles by result.",
-    );
-    for a in apps {
-        for (result, n) in &a.reconciles {
-            let _ = writeln!(
-                out,
-                "berth_reconcile_total{{{},result=\"{}\"}} {n}",
-                instance(a),
-                label(result)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_reconcile_duration_seconds",
-        "histogram",
-        "Reconcile cycle duration.",
-    );
-    for a in apps {
-        let i = instance(a);
-        for (b, n) in BUCKETS.iter().zip(a.durations.buckets) {
-            let _ = writeln!(
-                out,
-                "berth_reconcile_duration_seconds_bucket{{{i},le=\"{b}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "berth_reconcile_duration_seconds_bucket{{{i},le=\"+Inf\"}} {}\n\
-             berth_reconcile_duration_seconds_sum{{{i}}} {}\n\
-             berth_reconcile_duration_seconds_count{{{i}}} {}",
-            a.durations.count, a.durations.sum, a.durations.count
-        );
-    }
-    family(
-        &mut out,
-        "berth_host_up",
-        "gauge",
-        "1 when the host answered the last observation.",
-    );
-    for a in apps {
-        for (host, up) in &a.hosts {
-            let _ = writeln!(
-                out,
-                "berth_host_up{{{},host=\"{}\"}} {}",
-                instance(a),
-                label(host),
-                u8::from(*up)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_source_info",
-        "gauge",
-        "The revision last fetched.",
-    );
-    for a in apps {
-        if let Some(r) = &a.revision {
-            let _ = writeln!(
-                out,
-                "berth_source_info{{{},revision=\"{}\"}} 1",
-                instance(a),
-                label(r)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_source_verified",
-        "gauge",
-        "With --verify: 1 when the newest revision's signature verified, 0 when it was refused.",
-    );
-    for a in apps {
-        if let Some(v) = a.source_verified {
-            let _ = writeln!(
-                out,
-                "berth_source_verified{{{}}} {}",
-                instance(a),
-                u8::from(v)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "berth_source_signer_info",
-        "gauge",
-        "The key that signed the revision in use.",
-    );
-    for a in apps {
-        if let Some(s) = &a.signature {
-            let _ = writeln!(
-                out,
-                "berth_source_signer_info{{{},fingerprint=\"{}\",signer=\"{}\"}} 1",
-                instance(a),
-                label(&s.fingerprint),
-                label(&s.signer)
-            );
-        }
-    }
-    for (name, help, value) in [
-        (
-            "berth_last_apply_timestamp_seconds",
-            "When berth last changed the fleet.",
-            (|a: &AppStatus| a.last_apply_unix) as fn(&AppStatus) -> Option<u64>,
-        ),
-        (
-            "berth_last_success_timestamp_seconds",
-            "When a reconcile cycle last completed without error.",
-            |a: &AppStatus| a.last_success_unix,
-        ),
-    ] {
-        family(&mut out, name, "gauge", help);
-        for a in apps {
-            if let Some(t) = value(a) {
-                let _ = writeln!(out, "{name}{{{}}} {t}", instance(a));
-            }
-        }
-    }
-    out
-}
-
-async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
-    let all: Vec<AppStatus> = s.apps.iter().map(|a| a.snapshot()).collect();
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        render_metrics(&all),
-    )
-        .into_response()
+async fn metrics(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+    let (content_type, body) = metrics::render(scrape(&s), metrics::wants_openmetrics(accept));
+    ([("content-type", content_type)], body).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The classic text exposition of `apps` alone.
+    fn render_metrics(apps: &[AppStatus]) -> String {
+        metrics::render(
+            metrics::Scrape {
+                apps: apps.to_vec(),
+                ..Default::default()
+            },
+            false,
+        )
+        .1
+    }
 
     #[test]
     fn github_signature_is_checked_in_constant_time_against_hmac_sha256() {
@@ -515,7 +469,7 @@ mod tests {
         assert!(text.contains("berth_app_in_sync{app=\"demo\",destination=\"\"} 0"));
         assert!(text.contains("berth_drift_units{app=\"demo\",destination=\"\",host=\"10.0.0.1\",role=\"web\",reason=\"state\"} 1"));
         assert!(text.contains(
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.25\"} 1"
+            "berth_reconcile_duration_seconds_bucket{le=\"0.25\",app=\"demo\",destination=\"\"} 1"
         ));
         assert!(
             text.contains(
@@ -524,6 +478,7 @@ mod tests {
         );
     }
 
+    /// prometheus-client writes `le` first; label order carries no meaning.
     #[test]
     fn the_duration_histogram_stays_cumulative() {
         let mut st = AppStatus {
@@ -535,10 +490,10 @@ mod tests {
         }
         let text = render_metrics(&[st]);
         for line in [
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.05\"} 0",
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"0.1\"} 1250",
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"120\"} 1250",
-            "berth_reconcile_duration_seconds_bucket{app=\"demo\",destination=\"\",le=\"+Inf\"} 2500",
+            "berth_reconcile_duration_seconds_bucket{le=\"0.05\",app=\"demo\",destination=\"\"} 0",
+            "berth_reconcile_duration_seconds_bucket{le=\"0.1\",app=\"demo\",destination=\"\"} 1250",
+            "berth_reconcile_duration_seconds_bucket{le=\"120.0\",app=\"demo\",destination=\"\"} 1250",
+            "berth_reconcile_duration_seconds_bucket{le=\"+Inf\",app=\"demo\",destination=\"\"} 2500",
             "berth_reconcile_duration_seconds_count{app=\"demo\",destination=\"\"} 2500",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
@@ -574,5 +529,107 @@ mod tests {
         assert!(text.contains(
             "berth_last_success_timestamp_seconds{app=\"shop\",destination=\"production\"} 2"
         ));
+    }
+
+    #[test]
+    fn notification_counts_render_as_one_counter_family() {
+        let stats = crate::notify::Stats::default();
+        use crate::notify::Outcome;
+        stats.add("ops", "deployed", Outcome::Sent);
+        stats.add("ops", "deployed", Outcome::Sent);
+        stats.add("gitea", "rollout_failed", Outcome::Failed);
+        stats.add("gitea", "rollout_started", Outcome::Dropped);
+        let text = metrics::render(
+            metrics::Scrape {
+                notifications: Some(
+                    stats
+                        .counts()
+                        .into_iter()
+                        .map(|(p, e, r, n)| (p, e.to_string(), r.to_string(), n))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            false,
+        )
+        .1;
+        assert!(text.contains(
+            "# HELP berth_notifications_total Notifications by provider, event and result (sent, failed, dropped).\n# TYPE berth_notifications_total counter\n"
+        ), "{text}");
+        for line in [
+            "berth_notifications_total{provider=\"ops\",event=\"deployed\",result=\"sent\"} 2",
+            "berth_notifications_total{provider=\"gitea\",event=\"rollout_failed\",result=\"failed\"} 1",
+            "berth_notifications_total{provider=\"gitea\",event=\"rollout_started\",result=\"dropped\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_is_negotiated_and_both_formats_carry_the_same_samples() {
+        assert!(metrics::wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+        )));
+        assert!(!metrics::wants_openmetrics(Some("text/plain")));
+        assert!(!metrics::wants_openmetrics(Some(
+            "application/openmetrics-text;q=0"
+        )));
+        assert!(!metrics::wants_openmetrics(None));
+        let scrape = || metrics::Scrape {
+            apps: vec![AppStatus {
+                app: "demo".into(),
+                reconciles: [("applied".to_string(), 3)].into(),
+                ..Default::default()
+            }],
+            process: metrics::Process::current(),
+            ..Default::default()
+        };
+        let (om_type, om) = metrics::render(scrape(), true);
+        let (text_type, text) = metrics::render(scrape(), false);
+        assert!(om_type.starts_with("application/openmetrics-text"));
+        assert!(text_type.starts_with("text/plain; version=0.0.4"));
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(!text.contains("# EOF"));
+        assert!(om.contains("# TYPE berth_reconcile counter\n"), "{om}");
+        assert!(
+            text.contains("# TYPE berth_reconcile_total counter\n"),
+            "{text}"
+        );
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| !l.starts_with("process_"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+        for line in [
+            "berth_reconcile_total{app=\"demo\",destination=\"\",result=\"applied\"} 3",
+            &format!(
+                "berth_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "berth_index_valid 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+        assert!(value("process_cpu_seconds_total") >= 0.0);
     }
 }

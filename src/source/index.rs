@@ -12,6 +12,7 @@
 //!       self_heal: true             # revert hand-made drift   (default true)
 //!       prune: false                # overrides x-berth.prune  (default: x-berth's)
 //!       suspended: false            # observe only, never act  (default false)
+//!       flap_limit: {heals: 5, window: 5m}   # then a unit is left alone (default; false: none)
 //! ```
 //!
 //! Defaults favour convergence (`auto` + `self_heal`), which is what a Git
@@ -21,7 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::yaml::{self, Node, Scalar, Value};
-use crate::policy::Mode;
+use crate::policy::{FlapLimit, Mode};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexApp {
@@ -33,6 +34,7 @@ pub struct IndexApp {
     pub self_heal: bool,
     pub prune: Option<bool>,
     pub suspended: bool,
+    pub flap_limit: FlapLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +60,44 @@ fn boolean(node: &Node) -> Option<bool> {
     }
 }
 
-/// Read `<root>/berth.yml`; `Ok(None)` when there is none.
+/// `flap_limit: {heals: 5, window: 5m}` (either key may be left out), or
+/// `false` for none.
+fn flap_limit(node: &Node) -> Result<FlapLimit, &'static str> {
+    const SHAPE: &str =
+        "should be false or a hash of heals (a count) and window (a duration: 300s, 5m)";
+    if boolean(node) == Some(false) {
+        return Ok(FlapLimit {
+            heals: u32::MAX,
+            window: std::time::Duration::ZERO,
+        });
+    }
+    let Value::Map(entries) = &node.value else {
+        return Err(SHAPE);
+    };
+    let mut limit = FlapLimit::default();
+    for (k, v) in entries {
+        match (k.name.as_str(), &v.value) {
+            ("heals", Value::Scalar(Scalar::Int(n))) if *n > 0 => {
+                limit.heals = u32::try_from(*n).map_err(|_| SHAPE)?;
+            }
+            ("window", _) => {
+                let text = string(v).ok_or(SHAPE)?;
+                let text = if text.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("{text}s")
+                } else {
+                    text
+                };
+                limit.window = humantime::parse_duration(&text).map_err(|_| SHAPE)?;
+                if limit.window.is_zero() {
+                    return Err(SHAPE);
+                }
+            }
+            _ => return Err(SHAPE),
+        }
+    }
+    Ok(limit)
+}
+
 /// Read `<root>/berth.yml` from the checkout (confined, capped: it is
 /// repository content like any other); `Ok(None)` when there is none.
 pub fn load(root: &Path) -> Result<Option<Vec<IndexApp>>, IndexError> {
@@ -133,6 +172,7 @@ fn parse(text: &str, file: &Path) -> Result<Vec<IndexApp>, IndexError> {
                 self_heal: true,
                 prune: None,
                 suspended: false,
+                flap_limit: FlapLimit::default(),
             };
             let fields = match &spec.value {
                 Value::Map(f) => f.as_slice(),
@@ -185,8 +225,12 @@ fn parse(text: &str, file: &Path) -> Result<Vec<IndexApp>, IndexError> {
                                     Some(b) => app.suspended = b,
                                     None => err(&mut errors, pv, &pp, "should be true or false"),
                                 },
+                                "flap_limit" => match flap_limit(pv) {
+                                    Ok(l) => app.flap_limit = l,
+                                    Err(msg) => err(&mut errors, pv, &pp, msg),
+                                },
                                 other => errors.push(format!(
-                                    "{}: {pp}: unknown key {other:?} (expected mode, self_heal, prune, suspended)",
+                                    "{}: {pp}: unknown key {other:?} (expected mode, self_heal, prune, suspended, flap_limit)",
                                     pk.mark
                                 )),
                             }
@@ -235,6 +279,44 @@ mod tests {
         assert!(apps[0].self_heal);
         assert_eq!(apps[1].config, PathBuf::from("config/deploy.yml"));
         assert_eq!(apps[1].mode, Mode::Auto);
+    }
+
+    #[test]
+    fn a_flap_limit_is_a_count_and_a_window_or_none() {
+        let apps = load_text(
+            "apps:\n  a:\n  b:\n    policy:\n      flap_limit: {heals: 3, window: 10m}\n  c:\n    policy:\n      flap_limit: {window: 90}\n  d:\n    policy:\n      flap_limit: false\n",
+        )
+        .unwrap()
+        .unwrap();
+        let limit = |i: usize| {
+            (
+                apps[i].flap_limit.heals,
+                apps[i].flap_limit.window.as_secs(),
+            )
+        };
+        assert_eq!(limit(0), (5, 300));
+        assert_eq!(limit(1), (3, 600));
+        assert_eq!(limit(2), (5, 90));
+        assert_eq!(limit(3).0, u32::MAX);
+        for bad in [
+            "{heals: 0}",
+            "{heals: -1}",
+            "{window: soon}",
+            "{window: 0}",
+            "{tries: 3}",
+            "true",
+        ] {
+            let e = load_text(&format!(
+                "apps:\n  a:\n    policy:\n      flap_limit: {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(
+                    "berth.yml:4:19: apps.a.policy.flap_limit: should be false or a hash"
+                ),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

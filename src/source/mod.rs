@@ -319,6 +319,27 @@ impl Source {
         }
     }
 
+    /// The same repository pinned to `commit` (a rollback); `None` for a
+    /// directory, which has no revisions.
+    pub fn pinned_to(&self, commit: &str) -> Option<Source> {
+        match self {
+            Source::Dir(_) => None,
+            Source::Git {
+                url,
+                checkout,
+                auth,
+                trust,
+                ..
+            } => Some(Source::Git {
+                url: url.clone(),
+                reference: GitRef::Commit(commit.to_string()),
+                checkout: checkout.clone(),
+                auth: auth.clone(),
+                trust: trust.clone(),
+            }),
+        }
+    }
+
     /// Bring the checkout to the reference and say which commit it is.
     pub fn fetch(&self) -> Result<Revision, SourceError> {
         let (url, reference, checkout, auth, trust) = match self {

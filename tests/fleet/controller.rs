@@ -30,7 +30,8 @@ pub(crate) fn workspace(fleet: &Fleet) -> (tempfile::TempDir, std::path::PathBuf
     (dir, work)
 }
 
-pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) {
+/// Push `version` of the demo app; the commit id.
+pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) -> String {
     let yml = format!(
         "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{hosts}]\n\
          proxy:\n  app_port: 80\n  healthcheck:\n    path: /up\n    interval: 1\n  run:\n    registry: {reg}\n    version: {pv}\n\
@@ -42,12 +43,12 @@ pub(crate) fn push_version(work: &Path, fleet: &Fleet, version: &str) {
             .replace("{registry}", &fleet.tb.registry())
             .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
     );
-    support::push_project(work, &yml, &format!("deploy {version}"));
+    support::push_project(work, &yml, &format!("deploy {version}"))
 }
 
 pub(crate) struct Berth {
-    child: Child,
-    port: u16,
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Berth {
@@ -57,7 +58,7 @@ impl Berth {
         b
     }
 
-    fn spawn(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
+    pub(crate) fn spawn(fleet: &Fleet, dir: &Path, extra: &[&str]) -> Berth {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args([
@@ -85,7 +86,7 @@ impl Berth {
         Berth { child, port }
     }
 
-    fn wait_ready(&self, dir: &Path) {
+    pub(crate) fn wait_ready(&self, dir: &Path) {
         let port = self.port;
         let ready = testbed::poll(Instant::now() + Duration::from_secs(30), "ready", || {
             request(port, "GET", "/readyz", &[], "").0 == 200
@@ -97,7 +98,7 @@ impl Berth {
         }
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         request(self.port, "GET", "/metrics", &[], "").1
     }
 
@@ -107,7 +108,7 @@ impl Berth {
     }
 
     /// Ask for a sync of `app` with the API token; the HTTP status.
-    fn sync(&self, app: &str) -> u16 {
+    pub(crate) fn sync(&self, app: &str) -> u16 {
         request(
             self.port,
             "POST",
@@ -342,27 +343,7 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
         return;
     };
     let (dir, work) = workspace(&fleet);
-    let common = KAMAL_COMMON
-        .replace("{registry}", &fleet.tb.registry())
-        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
-    let app = |service: &str, image: &str, host: &str, version: &str| {
-        format!(
-            "service: {service}\nimage: {image}\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}"
-        )
-    };
-    for (path, yml) in [
-        ("shop", app("demo", "demo", &fleet.addrs()[0], "v1")),
-        ("cache", app("kv", "kv", &fleet.addrs()[1], "1")),
-    ] {
-        std::fs::create_dir_all(work.join(path).join("config")).unwrap();
-        std::fs::create_dir_all(work.join(path).join(".kamal")).unwrap();
-        std::fs::write(work.join(path).join("config/deploy.yml"), yml).unwrap();
-        std::fs::write(
-            work.join(path).join(".kamal/secrets"),
-            "KAMAL_REGISTRY_PASSWORD=unused\n",
-        )
-        .unwrap();
-    }
+    two_projects(&fleet, &work);
     std::fs::write(
         work.join("berth.yml"),
         "apps:\n  shop:\n    path: shop\n  cache:\n    path: cache\n    policy:\n      mode: detect\n",
@@ -430,9 +411,47 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
     wait(Duration::from_secs(30), "shop observed in sync", || {
         m(&berth, "shop") == Some(1.0)
     });
+    drift_is_reported_and_left(&fleet, &berth);
+    assert_eq!(berth.stop(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+/// Two Kamal projects in the clone `work` (not committed): `shop/` (service
+/// demo v1 on the first host) and `cache/` (kv 1 on the second), no proxy.
+fn two_projects(fleet: &Fleet, work: &Path) {
+    let common = KAMAL_COMMON
+        .replace("{registry}", &fleet.tb.registry())
+        .replace("{key}", &fleet.tb.ssh_key().to_string_lossy());
+    for (path, service, host, version) in [
+        ("shop", "demo", &fleet.addrs()[0], "v1"),
+        ("cache", "kv", &fleet.addrs()[1], "1"),
+    ] {
+        let yml = format!(
+            "service: {service}\nimage: {service}\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\nreadiness_delay: 0\nx-berth:\n  version: {version}\n{common}"
+        );
+        std::fs::create_dir_all(work.join(path).join("config")).unwrap();
+        std::fs::create_dir_all(work.join(path).join(".kamal")).unwrap();
+        std::fs::write(work.join(path).join("config/deploy.yml"), yml).unwrap();
+        std::fs::write(
+            work.join(path).join(".kamal/secrets"),
+            "KAMAL_REGISTRY_PASSWORD=unused\n",
+        )
+        .unwrap();
+    }
+}
+
+/// With the shop app in `detect` mode: its container stopped by hand is
+/// reported, cycle after cycle, and left stopped.
+fn drift_is_reported_and_left(fleet: &Fleet, berth: &Berth) {
+    let in_sync = || {
+        metric(
+            &berth.metrics(),
+            "berth_app_in_sync{app=\"shop\",destination=\"\"}",
+        )
+    };
     fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
     wait(Duration::from_secs(30), "the drift reported", || {
-        m(&berth, "shop") == Some(0.0)
+        in_sync() == Some(0.0)
     });
     let seen = berth.reconciles("shop", "drifted");
     wait(Duration::from_secs(30), "more cycles", || {
@@ -443,6 +462,128 @@ fn one_repo_many_apps_with_their_own_policy_an_apps_file_and_the_detect_cap() {
         .docker_ok(&["inspect", "-f", "{{.State.Running}}", "demo-web-v1"])
         .unwrap();
     assert_eq!(state.trim(), "false", "detect mode healed the drift");
+}
+
+/// Write `berth.yml` into the clone `work`, commit and push it.
+fn push_index(work: &Path, index: &str, message: &str) {
+    std::fs::write(work.join("berth.yml"), index).unwrap();
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-qm", message]);
+    git(work, &["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[test]
+fn a_merged_berth_yml_is_followed_live_and_a_broken_one_keeps_the_last_good_apps() {
+    let Some(fleet) = Fleet::up(2) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    two_projects(&fleet, &work);
+    push_index(&work, "apps:\n  shop:\n    path: shop\n", "one app");
+
+    let mut berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let in_sync = |b: &Berth, app: &str| {
+        metric(
+            &b.metrics(),
+            &format!("berth_app_in_sync{{app=\"{app}\",destination=\"\"}}"),
+        )
+    };
+    let index_valid = |b: &Berth| metric(&b.metrics(), "berth_index_valid");
+    let index = |b: &Berth| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&b.apps()).unwrap()["index"].clone()
+    };
+    let listed = |b: &Berth| -> Vec<String> {
+        let doc: serde_json::Value = serde_json::from_str(&b.apps()).unwrap();
+        doc["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["app"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait(Duration::from_secs(30), "shop deployed", || {
+        in_sync(&berth, "shop") == Some(1.0)
+    });
+    assert_eq!(listed(&berth), ["shop"]);
+    assert_eq!(index_valid(&berth), Some(1.0));
+
+    // A merged commit adds an app: the running berth deploys it.
+    push_index(
+        &work,
+        "apps:\n  shop:\n    path: shop\n  cache:\n    path: cache\n",
+        "add the cache app",
+    );
+    wait(
+        Duration::from_secs(60),
+        "cache deployed without a restart",
+        || in_sync(&berth, "cache") == Some(1.0),
+    );
+    assert!(berth.child.try_wait().unwrap().is_none(), "berth restarted");
+    let running = fleet
+        .host(1)
+        .docker_ok(&["ps", "--format", "{{.Names}}"])
+        .unwrap();
+    assert!(running.contains("kv-web-1"), "{running}");
+    assert_eq!(listed(&berth), ["shop", "cache"]);
+
+    // A broken berth.yml: reported with its line and key, both apps keep running.
+    push_index(
+        &work,
+        "apps:\n  shop:\n    path: shop\n    polcy:\n      mode: detect\n",
+        "a typo",
+    );
+    wait(Duration::from_secs(30), "the broken index reported", || {
+        index_valid(&berth) == Some(0.0)
+    });
+    let error = index(&berth)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("berth.yml:4:5: apps.shop.polcy: unknown key"),
+        "{error}"
+    );
+    assert_eq!(listed(&berth), ["shop", "cache"]);
+    let cycles = berth.reconciles("cache", "in_sync");
+    wait(
+        Duration::from_secs(30),
+        "the cache app's loop still runs",
+        || berth.reconciles("cache", "in_sync") >= cycles + 2.0,
+    );
+
+    // Fixed, with the cache app dropped and shop's policy changed: the cache
+    // loop stops and its host is left as it is; shop only reports drift now.
+    push_index(
+        &work,
+        "apps:\n  shop:\n    path: shop\n    policy:\n      mode: detect\n",
+        "drop cache, shop detect-only",
+    );
+    wait(Duration::from_secs(30), "the fixed index in use", || {
+        index_valid(&berth) == Some(1.0) && listed(&berth) == ["shop"]
+    });
+    assert_eq!(index(&berth)["removed"], serde_json::json!(["cache"]));
+    assert_eq!(
+        metric(&berth.metrics(), "berth_index_removed_apps"),
+        Some(1.0)
+    );
+    let state = fleet
+        .host(1)
+        .docker_ok(&["inspect", "-f", "{{.State.Running}}", "kv-web-1"])
+        .unwrap();
+    assert_eq!(
+        state.trim(),
+        "true",
+        "a removed app's containers are left running"
+    );
+    let apps = berth.apps();
+    assert!(apps.contains("\"mode\":\"detect\""), "{apps}");
+    drift_is_reported_and_left(&fleet, &berth);
+    let log = std::fs::read_to_string(dir.path().join(format!("berth-{}.log", berth.port)))
+        .unwrap_or_default();
+    assert!(
+        log.contains("app no longer in the index"),
+        "the removal is logged: {log}"
+    );
     assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }
@@ -587,6 +728,33 @@ fn readiness_waits_for_a_first_observation_and_metrics_parse() {
     ] {
         assert!(names.contains(family), "{family} missing from {names:?}");
     }
+    // A scraper that asks for OpenMetrics gets it: counters declared
+    // without `_total`, the process metrics, the build, `# EOF`.
+    let om = request(
+        berth.port,
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"
+                .into(),
+        )],
+        "",
+    )
+    .1;
+    for part in [
+        "# TYPE berth_reconcile counter\n",
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_cpu_seconds_total ",
+        "\nberth_build_info{version=",
+    ] {
+        assert!(om.contains(part), "{part} missing from\n{om}");
+    }
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        text.contains("# TYPE berth_reconcile_total counter\n"),
+        "{text}"
+    );
     let port = berth.port;
     assert_eq!(berth.stop(), Some(0));
     // Logs are JSON, one object per line, and never carry a secret.
@@ -700,6 +868,119 @@ fn a_failed_rollout_is_not_retried_until_a_new_revision() {
     wait(Duration::from_secs(60), "retried on request", || {
         boots() == 2
     });
+    assert_eq!(berth.stop(), Some(0));
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+#[test]
+fn a_container_that_exits_at_once_is_healed_five_times_then_left_alone_as_flapping() {
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    // The container exits 3 at start while `flag/crash` exists; docker's
+    // restart policy is off, so only berth restarts it.
+    let flag = dir.path().join("flag");
+    std::fs::create_dir_all(&flag).unwrap();
+    let yml = format!(
+        "service: demo\nimage: demo\nservers:\n  web:\n    hosts: [{host}]\n    proxy: false\n\
+         \x20   cmd: sh -c 'if [ -e /flag/crash ]; then echo crashing >&2; exit 3; fi; exec httpd -f -p 80 -h /www'\n\
+         \x20   options:\n      restart: \"no\"\nvolumes:\n  - {flag}:/flag\n\
+         readiness_delay: 0\ndeploy_timeout: 1\nx-berth:\n  version: v1\n{common}",
+        host = fleet.addrs()[0],
+        flag = flag.display(),
+        common = KAMAL_COMMON
+            .replace("{registry}", &fleet.tb.registry())
+            .replace("{key}", &fleet.tb.ssh_key().to_string_lossy()),
+    );
+    support::push_project(&work, &yml, "v1");
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let in_sync = || {
+        metric(
+            &berth.metrics(),
+            "berth_app_in_sync{app=\"demo\",destination=\"\"}",
+        )
+    };
+    wait(Duration::from_secs(30), "deployed", || {
+        in_sync() == Some(1.0)
+    });
+    let flapping = || -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_str(&berth.apps()).unwrap();
+        doc["apps"][0]["flapping"].clone()
+    };
+    let since = fleet
+        .host(0)
+        .docker_ok(&["info", "-f", "{{.SystemTime}}"])
+        .unwrap();
+    let starts = || {
+        let until = fleet
+            .host(0)
+            .docker_ok(&["info", "-f", "{{.SystemTime}}"])
+            .unwrap();
+        fleet
+            .host(0)
+            .docker_ok(&[
+                "events",
+                "--since",
+                since.trim(),
+                "--until",
+                until.trim(),
+                "--filter",
+                "container=demo-web-v1",
+                "--filter",
+                "event=start",
+                "--format",
+                "{{.Time}}",
+            ])
+            .unwrap()
+            .lines()
+            .count()
+    };
+
+    std::fs::write(flag.join("crash"), "").unwrap();
+    fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
+    wait(Duration::from_secs(90), "reported flapping", || {
+        flapping().as_array().is_some_and(|f| !f.is_empty())
+    });
+    let reason = flapping()[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("healed 5 times in 5m")
+            && reason.contains("container exited")
+            && reason.contains("last exit code 3"),
+        "{reason}"
+    );
+    assert_eq!(
+        metric(
+            &berth.metrics(),
+            &format!(
+                "berth_flapping_units{{app=\"demo\",destination=\"\",host=\"{}\",role=\"web\"}}",
+                fleet.addrs()[0]
+            )
+        ),
+        Some(1.0)
+    );
+    assert!(berth.apps().contains("\"state\":\"flapping\""));
+    // Left alone: more cycles, no more starts.
+    let seen = berth.reconciles("demo", "drifted");
+    wait(Duration::from_secs(30), "more cycles", || {
+        berth.reconciles("demo", "drifted") >= seen + 3.0
+    });
+    assert_eq!(starts(), 5, "healed exactly five times");
+
+    // A manual sync lifts it: with the cause gone, the heal takes.
+    std::fs::remove_file(flag.join("crash")).unwrap();
+    assert_eq!(berth.sync("demo"), 202);
+    wait(Duration::from_secs(30), "healed by the sync", || {
+        in_sync() == Some(1.0) && flapping() == serde_json::json!([])
+    });
+    let state = fleet
+        .host(0)
+        .docker_ok(&["inspect", "-f", "{{.State.Running}}", "demo-web-v1"])
+        .unwrap();
+    assert_eq!(state.trim(), "true");
     assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }

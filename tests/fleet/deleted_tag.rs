@@ -14,8 +14,7 @@ fn a_deleted_tag_in_use_keeps_the_fleet_on_it_and_a_newer_tag_moves_it() {
         return;
     };
     let (dir, work) = workspace(&fleet);
-    push_version(&work, &fleet, "v1");
-    let v1 = git(&work, &["rev-parse", "HEAD"]);
+    let v1 = push_version(&work, &fleet, "v1");
     git(&work, &["tag", "deploy-1"]);
     push_version(&work, &fleet, "v2");
     git(&work, &["tag", "deploy-2"]);

@@ -14,6 +14,7 @@ mod converge;
 mod deleted_tag;
 mod kamal212;
 mod kamal_realism;
+mod notifications;
 mod reconcile_apply;
 mod reconcile_dry_run;
 mod source;

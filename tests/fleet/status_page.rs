@@ -441,8 +441,172 @@ fn the_status_page_shows_every_host_of_every_app_a_drifted_unit_and_its_sync_but
         ])
         .unwrap();
     assert_eq!(running.trim(), "true");
+
+    // A broken berth.yml: the page says so, and both destinations stay.
+    std::fs::write(
+        p.join("berth.yml"),
+        "apps:\n  demo:\n    destinations: staging\n",
+    )
+    .unwrap();
+    browser.wait_for(
+        "the index error shown",
+        "return !!document.querySelector('#index [data-index=\"error\"]')",
+    );
+    let shown = browser.eval("return document.querySelector('#index').innerText");
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(
+        shown.contains("berth.yml is not in use")
+            && shown.contains("berth.yml:3:19: apps.demo.destinations: should be a list"),
+        "{shown}"
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('.card').length"),
+        serde_json::json!(2)
+    );
     drop(browser);
 
     drop(_berth);
+    assert_eq!(fleet.teardown(), Vec::<String>::new());
+}
+
+/// The API of a `controller::Berth` (token `api-token`): status and body.
+fn api_post(berth: &crate::controller::Berth, path: &str, body: &str) -> (u16, String) {
+    let (code, text) = support::request(
+        berth.port,
+        "POST",
+        path,
+        &[("Authorization", "Bearer api-token".into())],
+        body,
+    );
+    (code, text)
+}
+
+fn json_of(berth: &crate::controller::Berth, path: &str) -> serde_json::Value {
+    let (_, text) = support::request(berth.port, "GET", path, &[], "");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+#[test]
+fn history_a_suspension_and_a_parked_revision_survive_sigkill_the_page_shows_them_and_a_rollback_pins()
+ {
+    use crate::controller::{Berth, push_version, serves, wait, workspace};
+    let Some(fleet) = Fleet::up(1) else {
+        return;
+    };
+    let (dir, work) = workspace(&fleet);
+    push_version(&work, &fleet, "v1");
+    let v1 = support::git(&work, &["rev-parse", "HEAD"]);
+    let mut berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    wait(Duration::from_secs(30), "v1", || {
+        serves(&fleet, "demo v1\n")
+    });
+    push_version(&work, &fleet, "v2");
+    let v2 = support::git(&work, &["rev-parse", "HEAD"]);
+    wait(Duration::from_secs(60), "v2", || {
+        serves(&fleet, "demo v2\n")
+    });
+    // A version that never becomes healthy: its rollout fails, it is parked.
+    push_version(&work, &fleet, "unhealthy");
+    let bad = support::git(&work, &["rev-parse", "HEAD"]);
+    wait(Duration::from_secs(60), "the failed rollout parked", || {
+        json_of(&berth, "/api/v1/apps")["apps"][0]["failed"] == serde_json::json!(bad)
+    });
+    assert_eq!(api_post(&berth, "/api/v1/apps/demo/suspend", "").0, 202);
+
+    // SIGKILL: nothing gets to say goodbye.
+    berth.child.kill().unwrap();
+    berth.child.wait().unwrap();
+    drop(berth);
+    let berth = Berth::start(&fleet, dir.path(), &["--interval", "1s"]);
+    let app = json_of(&berth, "/api/v1/apps")["apps"][0].clone();
+    assert_eq!(app["suspended"], serde_json::json!(true), "{app}");
+    assert_eq!(app["failed"], serde_json::json!(bad), "{app}");
+    assert_eq!(app["settled"], serde_json::json!(v2), "{app}");
+    let history = json_of(&berth, "/api/v1/apps/demo/history?limit=50");
+    let kinds: Vec<(String, String)> = history["cycles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap_or_default().to_string(),
+                c["revision"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (kind, rev) in [("deployed", &v1), ("deployed", &v2), ("failed", &bad)] {
+        assert!(
+            kinds.iter().any(|(k, r)| k == kind && r == rev),
+            "no {kind} of {rev} in {kinds:?}"
+        );
+    }
+    let deploy = history["cycles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["revision"] == serde_json::json!(v2) && c["kind"] == "deployed")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        deploy["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["container"] == "demo-web-v2")),
+        "the v2 deploy's actions: {deploy}"
+    );
+    // The parked revision is not retried by the new process either.
+    let seen = berth.reconciles("demo", "suspended") + berth.reconciles("demo", "drifted");
+    wait(Duration::from_secs(30), "cycles after the restart", || {
+        berth.reconciles("demo", "suspended") + berth.reconciles("demo", "drifted") >= seen + 2.0
+    });
+    assert!(serves(&fleet, "demo v2\n"));
+
+    // What a person sees.
+    let browser = Browser::start();
+    browser.open(&format!("http://127.0.0.1:{}/", berth.port));
+    browser.wait_for(
+        "the page shows the history",
+        "return document.querySelectorAll('[data-timeline=\"demo\"] li[data-kind=\"failed\"]').length >= 1 \
+         && document.querySelectorAll('[data-timeline=\"demo\"] li[data-kind=\"deployed\"]').length >= 2",
+    );
+    let card = browser.eval("return document.querySelector('.card[data-app=\"demo\"]').innerText");
+    let card = card.as_str().unwrap_or_default();
+    assert!(card.contains("suspended"), "{card}");
+    assert!(
+        card.contains(&format!("{bad} (its rollout failed")),
+        "the parked revision: {card}"
+    );
+    drop(browser);
+
+    // Rollback: an unknown revision is refused; a deployed one is applied
+    // and pins the app until a resume.
+    assert_eq!(
+        api_post(
+            &berth,
+            "/api/v1/apps/demo/rollback",
+            "{\"revision\":\"0123456789ab\"}"
+        )
+        .0,
+        404
+    );
+    assert_eq!(api_post(&berth, "/api/v1/apps/demo/rollback", "{}").0, 400);
+    let (code, text) = api_post(
+        &berth,
+        "/api/v1/apps/demo/rollback",
+        &format!("{{\"revision\":\"{}\"}}", &v1[..12]),
+    );
+    assert_eq!(code, 202, "{text}");
+    wait(Duration::from_secs(60), "rolled back to v1", || {
+        serves(&fleet, "demo v1\n")
+    });
+    let app = json_of(&berth, "/api/v1/apps")["apps"][0].clone();
+    assert_eq!(app["pinned"], serde_json::json!(v1), "{app}");
+    assert_eq!(app["suspended"], serde_json::json!(false), "{app}");
+    assert_eq!(api_post(&berth, "/api/v1/apps/demo/resume", "").0, 202);
+    wait(
+        Duration::from_secs(30),
+        "following the branch again",
+        || json_of(&berth, "/api/v1/apps")["apps"][0]["pinned"].is_null(),
+    );
+    assert_eq!(berth.stop(), Some(0));
     assert_eq!(fleet.teardown(), Vec::<String>::new());
 }

@@ -421,6 +421,24 @@ fn health_and_the_api_answer_under_2000_idle_connections_at_a_1024_fd_limit() {
     drop(idle);
 }
 
+/// Run `cmd` (stderr to `log`) until it exits, 10 s at most (then killed):
+/// its exit code (`None`: it did not exit) and the log.
+fn exit_and_log(mut cmd: Command, log: &std::path::Path) -> (Option<Option<i32>>, String) {
+    let mut child = cmd
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = poll(Duration::from_secs(10), || child.try_wait().unwrap());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (
+        status.map(|s| s.code()),
+        std::fs::read_to_string(log).unwrap(),
+    )
+}
+
 #[test]
 fn empty_secret_files_are_refused_at_start() {
     let dir = project();
@@ -442,20 +460,8 @@ fn empty_secret_files_are_refused_at_start() {
                     .arg(p.join("checkout"))
                     .args(["--listen", "127.0.0.1:0"]);
             }
-            let log = p.join("berth.log");
-            let mut child = cmd
-                .arg(flag)
-                .arg(&file)
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let status = poll(Duration::from_secs(10), || child.try_wait().unwrap());
-            if status.is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            let err = std::fs::read_to_string(&log).unwrap();
-            let code = status.map(|s| s.code());
+            cmd.arg(flag).arg(&file);
+            let (code, err) = exit_and_log(cmd, &p.join("berth.log"));
             assert_eq!(code, Some(Some(1)), "{flag} {content:?}: {err}");
             assert!(
                 err.contains(&format!("secret file {} is empty", file.display())),
@@ -464,4 +470,40 @@ fn empty_secret_files_are_refused_at_start() {
             assert!(!err.contains("serving"), "{flag}: served anyway: {err}");
         }
     }
+}
+
+#[test]
+fn a_bad_notifications_file_is_refused_at_start_naming_line_and_key() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::write(p.join("empty-token"), "\n").unwrap();
+    std::fs::write(p.join("hmac"), "notify-hmac-key\n").unwrap();
+    let file = p.join("notifications.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "providers:\n  ops:\n    type: webhook\n    url: http://127.0.0.1:9/\n    secret_file: {}\n    evnts: [deployed]\n  forge:\n    type: gitea\n    url: http://127.0.0.1:9\n    repository: acme/deploy\n    token_file: {}\n",
+            p.join("hmac").display(),
+            p.join("empty-token").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = berth_command(p, None);
+    cmd.arg("--notifications-file").arg(&file);
+    let (code, err) = exit_and_log(cmd, &p.join("berth.log"));
+    assert_eq!(code, Some(Some(1)), "{err}");
+    let f = file.display();
+    assert!(
+        err.contains(&format!("{f}:6:5: providers.ops.evnts: unknown key")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:11:17: providers.forge.token_file: secret file {} is empty",
+            p.join("empty-token").display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("notify-hmac-key"), "{err}");
+    assert!(!err.contains("serving"), "served anyway: {err}");
 }

@@ -11,6 +11,7 @@ mod support;
 
 mod chart;
 mod cli_generate;
+mod cli_history;
 mod config_corpus;
 mod decode_fuzz;
 mod deleted_refs;

@@ -211,6 +211,14 @@ Only file paths are passed: no secret is ever on the command line.
 - --age-key-file
 - /etc/berth/sops/keys.txt
 {{- end }}
+{{- if $v.notifications }}
+- --notifications-file
+- /etc/berth/config/notifications.yml
+{{- end }}
+{{- with $v.externalUrl }}
+- --external-url
+- {{ . | quote }}
+{{- end }}
 - --log-format
 - {{ $v.logFormat | quote }}
 {{- range $v.extraArgs }}
