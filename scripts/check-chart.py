@@ -94,6 +94,8 @@ QUICKSTART = {
         "auth": "token",
         "create": True,
         "token": QUICKSTART_SECRETS["git_token"],
+        "keys": {"caCert": "ca.pem"},
+        "caCert": "-----BEGIN CERTIFICATE-----\nquickstart-private-ca\n-----END CERTIFICATE-----\n",
     },
     "ssh": {
         "create": True,
@@ -432,6 +434,16 @@ def check_berth(
     }
     if get(values, "git", "auth") in ("ssh", "token"):
         secret_mounts["/etc/berth/git"] = "ssh-key" if values["git"]["auth"] == "ssh" else "token"
+    if get(values, "git", "auth") == "token" and get(values, "git", "keys", "caCert"):
+        c.expect(arg("--git-ca-file") == "/etc/berth/git/ca.pem", w, "--git-ca-file (git.keys.caCert)")
+        git_volume = get(volumes.get(get(mounts.get("/etc/berth/git"), "name") or ""), "secret") or {}
+        c.expect(
+            any(i.get("path") == "ca.pem" for i in git_volume.get("items", [])),
+            w,
+            "the CA bundle mounted at /etc/berth/git/ca.pem",
+        )
+    else:
+        c.expect("--git-ca-file" not in args, w, "no --git-ca-file without git.keys.caCert")
     if get(values, "apiToken", "existingSecret") or get(values, "apiToken", "create"):
         secret_mounts["/etc/berth/api"] = "token"
         c.expect(arg("--api-token-file") == "/etc/berth/api/token", w, "--api-token-file")

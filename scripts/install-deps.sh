@@ -10,9 +10,11 @@ set -euo pipefail
 # pull from here); prometheus: its promtool lints the chart's alert rules;
 # CI lints its sh scripts (and those berth runs on hosts) with shellcheck; GNU time
 # measures the peak RSS of berth in the hostile-repository suite; gnupg and
-# age: the signed-commit and SOPS tests make real keys with them.
+# age: the signed-commit and SOPS tests make real keys with them; nginx and
+# fcgiwrap: the HTTPS Git server (`git http-backend` behind TLS and basic
+# auth) of the transport tests, openssl its certificate authority.
 packages=(docker.io openssh-server docker-registry busybox-static iproute2 git curl libssl-dev pkg-config
-  chromium chromium-driver debootstrap prometheus shellcheck time gnupg age)
+  chromium chromium-driver debootstrap prometheus shellcheck time gnupg age nginx fcgiwrap openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -39,6 +39,10 @@ pub struct Args {
     /// known_hosts for the Git server's host key (default: `--known-hosts`).
     #[arg(long)]
     pub git_known_hosts: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `https://` repositories besides
+    /// the system's, e.g. a private CA (as git's `http.sslCAInfo`).
+    #[arg(long, env = "GIT_SSL_CAINFO")]
+    pub git_ca_file: Option<PathBuf>,
     /// Apply only signed revisions: `head` (the commit to apply is signed),
     /// `tag` (the followed annotated tag is; with `--tag`) or `tag_and_head`.
     /// An unsigned or badly signed revision is not checked out: the fleet
@@ -218,6 +222,10 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     let git_token = read_secret(&args.git_token_file)?;
     let api_token = read_secret(&args.api_token_file)?;
     let webhook_secret = read_secret(&args.webhook_secret_file)?;
+    if let Some(ca) = &args.git_ca_file {
+        // SAFETY: nothing has fetched yet and no other thread runs.
+        unsafe { crate::source::trust_ca_file(ca) }?;
+    }
     if let Some(u) = &args.external_url
         && !(u.starts_with("https://") || u.starts_with("http://"))
     {
@@ -262,7 +270,9 @@ pub fn run(args: &Args) -> anyhow::Result<super::ExitStatus> {
     };
     let source = match (&args.repo, &args.dir) {
         // `<checkout>/index` follows the index (`berth.yml`);
-        // `<checkout>/apps/…` holds one checkout per app instance.
+        // `<checkout>/instances/…` holds one checkout per app instance
+        // (`source::instance_checkout`; an `apps/` left by an older berth
+        // is not read).
         (Some(url), _) => Source::Git {
             url: url.clone(),
             reference: match (&args.tag, &args.commit) {

@@ -50,7 +50,7 @@ pub enum IndexSource {
 pub struct Template {
     /// The repository; each instance gets its own checkout of it.
     pub source: Source,
-    /// Where the per-instance checkouts live (`<root>/apps/…`).
+    /// Where the per-instance checkouts live (`<root>/instances/…`).
     pub checkout_root: PathBuf,
     /// `--app`, `-c`, `-d`: the single app, when there is no index.
     pub app: Option<String>,
@@ -80,13 +80,9 @@ pub fn instance_name(k: &Key) -> String {
 }
 
 /// The checkout of one instance: cycles of different instances never race
-/// on one work tree.
-pub fn instance_checkout(root: &Path, app: &str, destination: Option<&str>) -> PathBuf {
-    root.join("apps").join(match destination {
-        Some(d) => format!("{app}-{d}"),
-        None => app.to_string(),
-    })
-}
+/// on one work tree, and no two instances share one (app `a` with
+/// destination `b` and an app `a-b` included).
+pub use crate::source::instance_checkout;
 
 /// The instances an index asks for (`None`: the command line's one app,
 /// named `single_name`), in the index's order.
@@ -622,19 +618,19 @@ mod tests {
             },
             ..t
         };
-        let specs = instances(
-            &git,
-            Some(&[app("shop", &["staging", "production"]), app("blog", &[])]),
-            "",
-        );
-        let dirs: std::collections::BTreeSet<PathBuf> = specs
-            .iter()
-            .map(|s| match &s.source {
-                Source::Git { checkout, .. } => checkout.clone(),
-                Source::Dir(d) => d.clone(),
-            })
-            .collect();
-        assert_eq!(dirs.len(), 3);
-        assert!(!dirs.contains(&git.checkout_root.join("index")));
+        let dirs = |index: &[IndexApp]| -> std::collections::BTreeSet<PathBuf> {
+            instances(&git, Some(index), "")
+                .iter()
+                .map(|s| match &s.source {
+                    Source::Git { checkout, .. } => checkout.clone(),
+                    Source::Dir(d) => d.clone(),
+                })
+                .collect()
+        };
+        let all = dirs(&[app("shop", &["staging", "production"]), app("blog", &[])]);
+        assert_eq!(all.len(), 3);
+        assert!(!all.contains(&git.checkout_root.join("index")));
+        // App `a` in destination `b` and app `a-b`: `apps/a-b` for both once.
+        assert_eq!(dirs(&[app("a", &["b"]), app("a-b", &[])]).len(), 2);
     }
 }

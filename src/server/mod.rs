@@ -62,8 +62,33 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/v1/apps/{app}/history", get(history))
         .route("/api/v1/apps/{app}/{op}", post(app_op))
         .route("/webhooks/{kind}", post(webhook))
-        .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(announced_body_limit))
         .with_state(state)
+}
+
+/// The largest request body read (webhooks; the API reads none).
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// A body announced larger than [`BODY_LIMIT`] is refused before a byte of
+/// it is read (a chunked one is cut at the limit while it is read).
+async fn announced_body_limit(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than 1 MiB\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// The status page: static HTML, CSS and JS (no build step) that renders
@@ -274,7 +299,12 @@ pub fn webhook_authentic(kind: &str, headers: &HeaderMap, body: &[u8], secret: &
     let expected = hmac_hex(secret.expose().as_bytes(), body);
     let given = match kind {
         "github" => header("x-hub-signature-256").and_then(|v| v.strip_prefix("sha256=")),
-        "gitea" | "forgejo" => header("x-gitea-signature").or(header("x-forgejo-signature")),
+        // Gitea signs in X-Gitea-Signature; Forgejo in X-Forgejo-Signature
+        // and, for Gitea's receivers, the same in X-Gitea-Signature. Each
+        // kind checks its own header when present: a bad one is not
+        // rescued by the other.
+        "gitea" => header("x-gitea-signature").or(header("x-forgejo-signature")),
+        "forgejo" => header("x-forgejo-signature").or(header("x-gitea-signature")),
         "gitlab" => {
             return header("x-gitlab-token")
                 .is_some_and(|t| bool::from(t.as_bytes().ct_eq(secret.expose().as_bytes())));

@@ -11,6 +11,7 @@ mod support;
 mod container_image;
 mod controller;
 mod converge;
+mod deleted_tag;
 mod kamal212;
 mod kamal_realism;
 mod notifications;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const DEPLOY_YML: &str = "service: demo
+pub(crate) const DEPLOY_YML: &str = "service: demo
 image: demo
 servers:
   web:
@@ -34,8 +34,9 @@ x-berth:
 
 const TOKEN: &str = "api-token";
 
-/// A project whose host is unreachable, plus an API token file.
-fn project() -> tempfile::TempDir {
+/// A project whose host is unreachable, plus an API token file and a
+/// webhook secret file (`hook-secret`).
+pub(crate) fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::create_dir_all(p.join("proj/config")).unwrap();
@@ -43,13 +44,14 @@ fn project() -> tempfile::TempDir {
     std::fs::write(p.join("proj/config/deploy.yml"), DEPLOY_YML).unwrap();
     std::fs::write(p.join("proj/.kamal/secrets"), "KAMAL_REGISTRY_PASSWORD=x\n").unwrap();
     std::fs::write(p.join("api-token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(p.join("webhook-secret"), "hook-secret\n").unwrap();
     std::fs::write(p.join("known_hosts"), "").unwrap();
     dir
 }
 
 /// `berth run --dir` on `dir`'s project, listening on a port of its own
 /// choosing (read from its log: no race for a free port).
-fn berth_command(dir: &Path, nofile: Option<u64>) -> Command {
+pub(crate) fn berth_command(dir: &Path, nofile: Option<u64>) -> Command {
     let bin = env!("CARGO_BIN_EXE_berth");
     let mut cmd = match nofile {
         // The usual limit, soft and hard (so berth cannot raise it).
@@ -74,21 +76,31 @@ fn berth_command(dir: &Path, nofile: Option<u64>) -> Command {
     cmd
 }
 
-struct Berth {
+/// A running `berth run`, stopped (SIGTERM) when dropped.
+pub(crate) struct Berth {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log: PathBuf,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Berth {
     fn start(extra: &[&str], nofile: Option<u64>) -> Berth {
         let dir = project();
-        let log = dir.path().join("berth.log");
-        let child = berth_command(dir.path(), nofile)
-            .arg("--api-token-file")
+        let mut cmd = berth_command(dir.path(), nofile);
+        cmd.arg("--api-token-file")
             .arg(dir.path().join("api-token"))
-            .args(extra)
+            .args(extra);
+        Berth::spawn(cmd, dir)
+    }
+
+    /// `cmd` (a `berth run … --listen 127.0.0.1:0`) started, logging to
+    /// `dir/berth.log`, once it serves.
+    pub(crate) fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Berth {
+        let log = dir.path().join("berth.log");
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -107,7 +119,7 @@ impl Berth {
         b
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -139,7 +151,7 @@ impl Drop for Berth {
 }
 
 /// `f` until it gives a value or `within` passes (50 ms between tries).
-fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
@@ -186,7 +198,7 @@ fn exchange(s: &mut TcpStream, method: &str, path: &str, headers: &str) -> Strin
 }
 
 /// A fresh connection, one request; the response.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> String {
+pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connecting for {method} {path}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -219,7 +231,7 @@ fn wait_closed(
     None
 }
 
-fn reconciles(addr: SocketAddr) -> f64 {
+pub(crate) fn reconciles(addr: SocketAddr) -> f64 {
     request(addr, "GET", "/metrics", "")
         .lines()
         .filter(|l| l.starts_with("berth_reconcile_total{"))

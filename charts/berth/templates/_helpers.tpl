@@ -171,6 +171,10 @@ Only file paths are passed: no secret is ever on the command line.
 {{- else if eq $v.git.auth "token" }}
 - --git-token-file
 - /etc/berth/git/token
+{{- if $v.git.keys.caCert }}
+- --git-ca-file
+- /etc/berth/git/ca.pem
+{{- end }}
 {{- end }}
 {{- if $v.apps }}
 {{- /* berth.yml names each app's config, destinations and policy: -c, -d,
