@@ -739,17 +739,16 @@ mod tests {
     }
 
     #[test]
-    fn a_large_mapping_is_built_in_linear_time() {
-        // 45 000 entries, under MAX_NODES: 9 s in a debug build when each
-        // key was searched for linearly, ~0.2 s now.
+    fn a_large_mapping_keeps_its_order_and_a_repeated_key_takes_the_last_value() {
+        // 45 000 entries, under MAX_NODES (9 s in a debug build when each
+        // key was searched for linearly, ~0.2 s now: a figure for the
+        // benches, not a timed test).
         let mut s = String::new();
         for i in 0..45_000 {
             s.push_str(&format!("k{i}: {i}\n"));
         }
         s.push_str("k7: last\n");
-        let started = std::time::Instant::now();
         let n = p(&s);
-        assert!(started.elapsed() < std::time::Duration::from_secs(3));
         let Value::Map(entries) = &n.value else {
             panic!("{n:?}")
         };
