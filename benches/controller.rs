@@ -305,6 +305,9 @@ fn controller(n: usize) {
     let ms = |l: &[Duration], q: f64| {
         l[((l.len() as f64 * q).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1000.0
     };
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
     let (sum, count) = cycle_seconds(port);
     let mb = |kb: u64| kb as f64 / 1024.0;
     println!(
@@ -322,7 +325,7 @@ fn controller(n: usize) {
         sum / count.max(1.0) * 1000.0,
     );
     println!(
-        "  memory in steady state: berth RSS {:.1} MB (target <= 40 MB), PSS {:.1} MB; its {} ssh processes RSS {:.1} MB, PSS {:.1} MB ({:.2} MB RSS, {:.2} MB PSS per host); berth + ssh PSS {:.1} MB",
+        "  memory in steady state: berth RSS {:.1} MB (target <= 40 MB), PSS {:.1} MB; its {} ssh processes RSS {:.1} MB, PSS {:.1} MB ({:.2} MB RSS, {:.2} MB PSS per host); berth + ssh PSS {:.1} MB; berth holds {fds} file descriptors ({:.1} per host)",
         mb(rss),
         mb(pss),
         ssh.len(),
@@ -331,6 +334,7 @@ fn controller(n: usize) {
         mb(ssh_rss) / n as f64,
         mb(ssh_pss) / n as f64,
         mb(pss + ssh_pss),
+        fds as f64 / n as f64,
     );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -44,6 +44,11 @@ use berth::plan::{self, PlanOptions};
 use berth::remote::{Connections, Lifetime, Phase, SshOptions};
 use support::{Fleet, KAMAL_COMMON};
 
+/// Hosts observed at once: `reconcile`'s default `--parallel`, and what the
+/// warm figures have always been measured with.
+const CLI_PARALLEL: usize = 32;
+const WARM_PARALLEL: usize = 64;
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -293,7 +298,7 @@ fn main() {
             let mut once = ssh.clone();
             once.lifetime = Lifetime::OneShot;
             let conns = Arc::new(Connections::new(once));
-            let observed = rt.block_on(observe::observe(&desired, &conns, 128));
+            let observed = rt.block_on(observe::observe(&desired, &conns, CLI_PARALLEL));
             let p = plan::plan(&desired, &observed, &PlanOptions::default());
             assert!(p.in_sync());
             rt.block_on(conns.close());
@@ -336,7 +341,7 @@ fn main() {
         // Warm: connections kept, as the controller does.
         let (warm, trips, warm_row) = rt.block_on(async {
             let conns = Arc::new(Connections::new(ssh));
-            let first = observe::observe(&desired, &conns, 128).await;
+            let first = observe::observe(&desired, &conns, WARM_PARALLEL).await;
             let first_plan = plan::plan(&desired, &first, &PlanOptions::default());
             assert!(first_plan.in_sync());
             // Cold and warm see alike: the same plan, byte for byte.
@@ -345,14 +350,14 @@ fn main() {
                 plan::output::json(&first_plan),
                 "the cold CLI's plan differs from the warm one"
             );
-            assert_eq!(observe::observe(&desired, &conns, 128).await, first);
+            assert_eq!(observe::observe(&desired, &conns, WARM_PARALLEL).await, first);
             let (calls, batches) = (conns.commands_run(), conns.engine_batches());
             let mut row = Row::default();
             let mut times = Vec::new();
             for _ in 0..5 {
                 let before = Cpu::now(&daemons);
                 let t = Instant::now();
-                let o = observe::observe(&desired, &conns, 128).await;
+                let o = observe::observe(&desired, &conns, WARM_PARALLEL).await;
                 let p = plan::plan(&desired, &o, &PlanOptions::default());
                 let wall = t.elapsed();
                 let cpu = Cpu::now(&daemons).minus(before);
