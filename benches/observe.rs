@@ -350,7 +350,10 @@ fn main() {
                 plan::output::json(&first_plan),
                 "the cold CLI's plan differs from the warm one"
             );
-            assert_eq!(observe::observe(&desired, &conns, WARM_PARALLEL).await, first);
+            assert_eq!(
+                observe::observe(&desired, &conns, WARM_PARALLEL).await,
+                first
+            );
             let (calls, batches) = (conns.commands_run(), conns.engine_batches());
             let mut row = Row::default();
             let mut times = Vec::new();

@@ -1007,6 +1007,32 @@ mod tests {
     }
 
     #[test]
+    fn a_one_shot_run_prefers_p256_and_keeps_every_key_exchange() {
+        // Without an ssh client there is nothing to reorder.
+        let (Some(kept), Some(once)) = (
+            kex_preference(Lifetime::Persistent),
+            kex_preference(Lifetime::OneShot),
+        ) else {
+            return;
+        };
+        let set = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
+        let (mut a, mut b) = (set(&kept), set(&once));
+        // Post-quantum first in both, where the client has it.
+        assert_eq!(
+            a[0].starts_with("mlkem"),
+            b[0].starts_with("mlkem"),
+            "{kept} / {once}"
+        );
+        let classical = |v: &[String]| v.iter().find(|k| !k.starts_with("mlkem")).cloned();
+        assert_eq!(classical(&b).as_deref(), Some("ecdh-sha2-nistp256"));
+        assert!(classical(&a).is_some_and(|k| k.starts_with("curve25519")));
+        // Only reordered: every server either reaches, the other does.
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
     fn a_proxy_state_is_kept_only_while_watched_and_unchanged() {
         let tmp = tempfile::tempdir().unwrap();
         let mut opts = SshOptions::from_config(&Ssh::default(), None);
