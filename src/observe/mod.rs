@@ -1,9 +1,12 @@
 //! `observe`: what actually runs on every host, in one SSH round trip per
-//! host: the shell [`probe`], and once it has found the host's Docker socket,
-//! the Engine API through the SSH connection ([`crate::remote`]) for the
-//! containers, sent together with the probe for the rest. A host that cannot
-//! be reached is [`HostState::Unreachable`] — never mistaken for an empty
-//! host.
+//! host: the shell [`probe`] for the files and the lock, and the Engine API
+//! through the SSH connection ([`crate::remote`]) for the containers and
+//! kamal-proxy's state, asked as soon as the probe's first line names the
+//! host's Docker socket (the first time) or at once (from then on). Where
+//! the Engine API cannot be used, the whole probe, containers and routes
+//! included. A first observation and a warm one see alike (the fleet tests
+//! and the observe bench compare them). A host that cannot be reached is
+//! [`HostState::Unreachable`] — never mistaken for an empty host.
 
 pub mod probe;
 

@@ -1,7 +1,9 @@
 //! `remote`: SSH to the fleet's hosts. One multiplexed OpenSSH connection per
 //! host (the `openssh` crate: a ControlMaster per host), opened on first use
 //! and kept warm across reconcile cycles; every command is an argv turned into
-//! one remote string by [`crate::shell::join`].
+//! one remote string by [`crate::shell::join`]. A one-shot run
+//! ([`Lifetime::OneShot`]: `reconcile --dry-run`) differs only in its choice
+//! of key exchange; [`Connections::phase_times`] says where its time went.
 //!
 //! Host keys are verified: `StrictHostKeyChecking=yes` against the user's
 //! known_hosts or `--known-hosts FILE`; accepting a new key on first contact
