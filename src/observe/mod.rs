@@ -218,9 +218,10 @@ async fn by_engine(
     let engine_args = req.engine_args(quiet);
     let (tx, rx) = tokio::sync::oneshot::channel::<String>();
     let socket_line = std::sync::Mutex::new((!known).then_some(tx));
+    // Only the first line: later ones carry what the host's files say.
     let mut on_line = |line: &str| {
-        if let Some(socket) = line.strip_prefix("@@socket ")
-            && let Some(tx) = socket_line.lock().unwrap_or_else(|p| p.into_inner()).take()
+        if let Some(tx) = socket_line.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && let Some(socket) = probe::socket(line)
         {
             let _ = tx.send(socket.to_string());
         }
@@ -267,7 +268,8 @@ async fn by_engine(
             }
         }
         (Some(Ok(_)), Ok(out)) => Some(failed(host, &out)),
-        (None, Ok(out)) if !known && out.success() && probe::socket(&out.stdout).is_none() => {
+        // No usable socket named: the shell alone, for a while.
+        (None, Ok(out)) if !known && out.success() => {
             conns.engine_absent(host);
             None
         }

@@ -105,9 +105,10 @@ impl ProbeRequest {
     }
 }
 
-/// The host's Docker socket, as the probe reported it.
+/// The host's Docker socket, as the probe reported it: on its first line
+/// only (a later one could come from a file name on the host).
 pub fn socket(out: &str) -> Option<&str> {
-    out.lines().find_map(|l| l.strip_prefix("@@socket "))
+    out.lines().next()?.strip_prefix("@@socket ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -549,6 +550,25 @@ mod tests {
             o.proxy_settings.unwrap()["demo-web"]["health_check_path"],
             "/up"
         );
+    }
+
+    #[test]
+    fn the_docker_socket_is_read_off_the_first_line_only() {
+        assert_eq!(
+            socket("@@socket /run/docker.sock\n@@inspect\n"),
+            Some("/run/docker.sock")
+        );
+        // A name the host's files could print later is no socket.
+        assert_eq!(
+            socket("@@inspect\n@@lock\nstray x\n@@socket /tmp/evil.sock\n"),
+            None
+        );
+        assert_eq!(socket(""), None);
+        // The probe prints it first.
+        let first = SCRIPT
+            .lines()
+            .find(|l| l.contains("echo") && !l.trim_start().starts_with('#'));
+        assert!(first.is_some_and(|l| l.contains("@@socket")), "{first:?}");
     }
 
     #[test]
