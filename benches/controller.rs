@@ -1,12 +1,16 @@
-//! `cargo bench --bench controller` (root): `berth run` keeping a 30-host
-//! fleet in sync: one app with a proxied web role on every host and an
-//! accessory on the first. Prints the drift-detection latency — from a
-//! `docker stop` by hand (of a web container, every fourth time of the
-//! accessory) to `berth_app_in_sync` 0 on `/metrics` of `berth run --mode
-//! detect` — as p50/p95 over 20 drifts (each healed by hand before the next;
-//! back to back, and on a settled controller), the mean cycle time, and the
-//! controller's RSS in steady state. Targets (issues 6 and 13): p95 ≤ 1 s,
-//! RSS ≤ 40 MB.
+//! `cargo bench --bench controller` (root): `berth run` keeping a fleet of 30
+//! and of 100 hosts (`BERTH_BENCH_HOSTS=30` for fewer) in sync: one app with
+//! a proxied web role on every host and an accessory on the first. Prints
+//! the drift-detection latency — from a `docker stop` by hand (of a web
+//! container, every fourth time of the accessory) to `berth_app_in_sync` 0
+//! on `/metrics` of `berth run --mode detect` — as p50/p95 over 20 drifts
+//! (each healed by hand before the next; back to back, and on a settled
+//! controller), the mean cycle time, and the memory in steady state of the
+//! controller and of its ssh processes (one ControlMaster per host, found
+//! by their control sockets in berth's directory): RSS and PSS from
+//! /proc/PID/smaps_rollup, summed, and per host. A pod's memory limit must
+//! hold both (`charts/berth`'s defaults are derived from these figures).
+//! Targets (issues 6 and 13): p95 ≤ 1 s, berth's own RSS ≤ 40 MB.
 //!
 //! Last, the no-op cycle with the history database on and off.
 //!
@@ -17,6 +21,9 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "common/proc.rs"]
+mod proc;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -84,19 +91,19 @@ fn wait_settled(port: u16) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
+/// The ssh processes serving berth `pid`: their command lines name its
+/// control directory (`berth-ssh-<pid>`).
+fn ssh_children_of(pid: u32) -> Vec<u32> {
+    let needle = format!("berth-ssh-{pid}/");
+    proc::all()
+        .into_iter()
+        .filter(|p| p.comm == "ssh")
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
         })
-        .unwrap_or(0)
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Median of `runs` timings of `f`.
@@ -187,7 +194,16 @@ fn main() {
     if std::env::var_os("BERTH_BENCH_VERIFY_ONLY").is_some() {
         return;
     }
-    let n = 30;
+    let sizes: Vec<usize> = std::env::var("BERTH_BENCH_HOSTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![30, 100]);
+    for n in sizes {
+        controller(n);
+    }
+}
+
+fn controller(n: usize) {
     let fleet = Fleet::up(n).expect("the benches need root (network namespaces)");
     let first = fleet.addrs()[0].clone();
     let project = fleet.project(
@@ -280,21 +296,47 @@ fn main() {
         latencies.sort();
         rounds.push(latencies);
     }
-    // Steady state: a few quiet seconds, then RSS.
+    // Steady state: a few quiet seconds, then memory.
     std::thread::sleep(Duration::from_secs(3));
-    let rss = rss_kib(child.id());
+    let (rss, pss) = proc::memory_kb(child.id()).unwrap_or_default();
+    let ssh = ssh_children_of(child.id());
+    let (ssh_rss, ssh_pss) = ssh
+        .iter()
+        .filter_map(|p| proc::memory_kb(*p))
+        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2));
     let ms = |l: &[Duration], q: f64| {
         l[((l.len() as f64 * q).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1000.0
     };
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
     let (sum, count) = cycle_seconds(port);
+    let mb = |kb: u64| kb as f64 / 1024.0;
     println!(
-        "controller, {n} hosts (web behind kamal-proxy, an accessory): drift detection back to back p50 {:.0} ms, p95 {:.0} ms; settled p50 {:.0} ms, p95 {:.0} ms; 20 drifts each (target p95 <= 1000 ms); mean cycle {:.0} ms over {count} cycles; RSS {:.1} MB (target <= 40 MB)",
+        "controller, {n} hosts (web behind kamal-proxy, an accessory; load {}): drift detection back to back p50 {:.0} ms, p95 {:.0} ms; settled p50 {:.0} ms, p95 {:.0} ms; 20 drifts each (target p95 <= 1000 ms); mean cycle {:.0} ms over {count} cycles",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
         ms(&rounds[0], 0.5),
         ms(&rounds[0], 0.95),
         ms(&rounds[1], 0.5),
         ms(&rounds[1], 0.95),
         sum / count.max(1.0) * 1000.0,
-        rss as f64 / 1024.0
+    );
+    println!(
+        "  memory in steady state: berth RSS {:.1} MB (target <= 40 MB), PSS {:.1} MB; its {} ssh processes RSS {:.1} MB, PSS {:.1} MB ({:.2} MB RSS, {:.2} MB PSS per host); berth + ssh PSS {:.1} MB; berth holds {fds} file descriptors ({:.1} per host)",
+        mb(rss),
+        mb(pss),
+        ssh.len(),
+        mb(ssh_rss),
+        mb(ssh_pss),
+        mb(ssh_rss) / n as f64,
+        mb(ssh_pss) / n as f64,
+        mb(pss + ssh_pss),
+        fds as f64 / n as f64,
     );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

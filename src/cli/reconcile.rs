@@ -91,6 +91,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     ssh.known_hosts = args.known_hosts.clone();
     ssh.accept_new_host_keys = args.accept_new_host_keys;
     ssh.connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
+    if args.dry_run {
+        // One observation per host, then exit.
+        ssh.lifetime = crate::remote::Lifetime::OneShot;
+    }
     let control_dir = ssh.control_dir.clone();
     let opts = PlanOptions {
         prune: cfg.berth.prune,

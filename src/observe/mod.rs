@@ -1,9 +1,12 @@
 //! `observe`: what actually runs on every host, in one SSH round trip per
-//! host: the shell [`probe`], and once it has found the host's Docker socket,
-//! the Engine API through the SSH connection ([`crate::remote`]) for the
-//! containers, sent together with the probe for the rest. A host that cannot
-//! be reached is [`HostState::Unreachable`] — never mistaken for an empty
-//! host.
+//! host: the shell [`probe`] for the files and the lock, and the Engine API
+//! through the SSH connection ([`crate::remote`]) for the containers and
+//! kamal-proxy's state, asked as soon as the probe's first line names the
+//! host's Docker socket (the first time) or at once (from then on). Where
+//! the Engine API cannot be used, the whole probe, containers and routes
+//! included. A first observation and a warm one see alike (the fleet tests
+//! and the observe bench compare them). A host that cannot be reached is
+//! [`HostState::Unreachable`] — never mistaken for an empty host.
 
 pub mod probe;
 
@@ -169,44 +172,19 @@ pub fn lock_dir(desired: &Desired) -> String {
     crate::kamal::lock_dir(&desired.service, desired.destination.as_deref())
 }
 
-/// One host's state, in one round trip. Once the shell probe has found the
-/// host's Docker socket, the containers come from the Engine API directly
-/// while the shell, in the same trip, reports only the files, the lock and
-/// the proxy's routes: nothing is started on the host for the containers.
-/// If the Engine API fails, the whole probe runs in the shell, as at first.
+/// One host's state, in one round trip: the containers from the Engine API
+/// directly while the shell, in the same trip, reports only the files, the
+/// lock and the proxy's routes: nothing is started on the host for the
+/// containers. The first time, the probe's first line names the host's
+/// Docker socket and the Engine API is asked at once. If the Engine API
+/// fails (or the host has no unix socket), the whole probe runs in the
+/// shell instead.
 async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest) -> HostState {
-    if !req.force_cli && conns.has_engine(host) {
-        let lists = req.list_paths();
-        // kamal-proxy's state through the Engine API (no process on the
-        // host); once that worked, the shell no longer runs `kamal-proxy list`.
-        // Kept between cycles while an event stream watches the proxy.
-        let kept = req.proxy.then(|| conns.kept_proxy_state(host)).flatten();
-        let others: Vec<String> = (req.proxy && kept.is_none())
-            .then(probe::proxy_state_path)
-            .into_iter()
-            .collect();
-        let quiet = req.proxy && conns.proxy_state_by_engine(host);
-        let engine_args = req.engine_args(quiet);
-        let (snapshot, shell) = tokio::join!(
-            conns.engine_snapshot(host, &lists, &others),
-            conns.call(host, "berth_probe", probe::SCRIPT, &engine_args)
-        );
-        match (snapshot, shell) {
-            (Some(Ok(snapshot)), shell) => {
-                return from_probe(host, shell, |out| {
-                    let (observation, state) =
-                        probe::parse_engine(snapshot, out, req, kept.as_deref())?;
-                    conns.set_proxy_state_by_engine(host, state.is_some());
-                    if let Some(text) = state.filter(|_| kept.is_none()) {
-                        conns.keep_proxy_state(host, &text);
-                    }
-                    Ok(observation)
-                });
-            }
-            // The host itself cannot be reached: asking again would not help.
-            (_, Err(e)) => return HostState::Unreachable(e.to_string()),
-            _ => {}
-        }
+    if !req.force_cli
+        && (conns.has_engine(host) || conns.may_find_engine(host))
+        && let Some(state) = by_engine(conns, host, req).await
+    {
+        return state;
     }
     let shell = conns
         .call(host, "berth_probe", probe::SCRIPT, &req.args())
@@ -220,6 +198,88 @@ async fn observe_host(conns: &Connections, host: &str, req: &probe::ProbeRequest
     })
 }
 
+/// The Engine API's snapshot and the probe beside it (`E`); `None`: ask the
+/// whole probe instead.
+async fn by_engine(
+    conns: &Connections,
+    host: &str,
+    req: &probe::ProbeRequest,
+) -> Option<HostState> {
+    let lists = req.list_paths();
+    // kamal-proxy's state through the Engine API (no process on the host);
+    // kept between cycles while an event stream watches the proxy.
+    let kept = req.proxy.then(|| conns.kept_proxy_state(host)).flatten();
+    let others: Vec<String> = (req.proxy && kept.is_none())
+        .then(probe::proxy_state_path)
+        .into_iter()
+        .collect();
+    let known = conns.has_engine(host);
+    // The shell lists the proxy's routes only while the state file has not
+    // been read through the Engine API; at first contact that is tried at
+    // once, and the whole probe lists them if it fails.
+    let quiet = req.proxy && (!known || conns.proxy_state_by_engine(host));
+    let engine_args = req.engine_args(quiet);
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let socket_line = std::sync::Mutex::new((!known).then_some(tx));
+    // Only the first line: later ones carry what the host's files say.
+    let mut on_line = |line: &str| {
+        if let Some(tx) = socket_line.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && let Some(socket) = probe::socket(line)
+        {
+            let _ = tx.send(socket.to_string());
+        }
+    };
+    let shell = async {
+        let out = conns
+            .call_lines(
+                host,
+                "berth_probe",
+                probe::SCRIPT,
+                &engine_args,
+                &mut on_line,
+            )
+            .await;
+        // No socket named: the snapshot waits no longer.
+        socket_line.lock().unwrap_or_else(|p| p.into_inner()).take();
+        out
+    };
+    let snapshot = async {
+        if !known {
+            let socket = rx.await.ok()?;
+            conns.engine_found(host, &socket);
+        }
+        conns.engine_snapshot(host, &lists, &others).await
+    };
+    let (snapshot, shell) = tokio::join!(snapshot, shell);
+    match (snapshot, shell) {
+        // The host itself cannot be reached: asking again would not help.
+        (_, Err(e)) => Some(HostState::Unreachable(e.to_string())),
+        (Some(Ok(snapshot)), Ok(out)) if out.success() => {
+            match probe::parse_engine(snapshot, &out.stdout, req, kept.as_deref()) {
+                Ok((observation, state)) => {
+                    conns.set_proxy_state_by_engine(host, state.is_some());
+                    if let Some(text) = state.filter(|_| kept.is_none()) {
+                        conns.keep_proxy_state(host, &text);
+                    }
+                    Some(HostState::Reached(observation))
+                }
+                Err(probe::ProbeError::ProxyStateUnread) => {
+                    conns.set_proxy_state_by_engine(host, false);
+                    None
+                }
+                Err(e) => Some(HostState::Unreachable(format!("{host}: {e}"))),
+            }
+        }
+        (Some(Ok(_)), Ok(out)) => Some(failed(host, &out)),
+        // No usable socket named: the shell alone, for a while.
+        (None, Ok(out)) if !known && out.success() => {
+            conns.engine_absent(host);
+            None
+        }
+        _ => None,
+    }
+}
+
 /// A host's state from the probe's answer.
 fn from_probe(
     host: &str,
@@ -228,14 +288,17 @@ fn from_probe(
 ) -> HostState {
     match answer {
         Err(e) => HostState::Unreachable(e.to_string()),
-        Ok(out) if !out.success() => {
-            HostState::Unreachable(format!("{host}: observation failed: {}", out.stderr.trim()))
-        }
+        Ok(out) if !out.success() => failed(host, &out),
         Ok(out) => match parse(&out.stdout) {
             Ok(o) => HostState::Reached(o),
             Err(e) => HostState::Unreachable(format!("{host}: {e}")),
         },
     }
+}
+
+/// A probe that ran and failed: the host is unknown.
+fn failed(host: &str, out: &crate::remote::RemoteOutput) -> HostState {
+    HostState::Unreachable(format!("{host}: observation failed: {}", out.stderr.trim()))
 }
 
 /// Observe every host of `desired` (at most `parallel` at once).

@@ -13,10 +13,10 @@ use serde_json::Value;
 
 use super::{EnvValue, HostObservation, ObservedContainer, ProxyRouteState};
 
-/// The remote script. It reports the host's Docker socket (`@@socket`), for
-/// berth to use the Engine API directly from then on ([`crate::remote`]'s
-/// forwarded socket). With `E` (the Engine API is used directly) it skips the
-/// containers. Otherwise, when the host has `curl` and a unix Docker socket:
+/// The remote script. It reports the host's Docker socket (`@@socket`) on
+/// its first line, for berth to use the Engine API directly
+/// ([`crate::remote`]'s forwarded socket) while the rest runs. With `E` (the
+/// Engine API is used directly) it skips the containers. Otherwise, when the host has `curl` and a unix Docker socket:
 /// two `curl` calls to the Engine API (the service's containers by label,
 /// then every container and image inspected in one call); else two docker
 /// CLI calls (`ps`, then one `inspect` of containers *and* their images).
@@ -105,9 +105,10 @@ impl ProbeRequest {
     }
 }
 
-/// The host's Docker socket, as the probe reported it.
+/// The host's Docker socket, as the probe reported it: on its first line
+/// only (a later one could come from a file name on the host).
 pub fn socket(out: &str) -> Option<&str> {
-    out.lines().find_map(|l| l.strip_prefix("@@socket "))
+    out.lines().next()?.strip_prefix("@@socket ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +120,10 @@ pub enum ProbeError {
     /// The proxy's routes are unknown: planning would take them for none.
     #[error("kamal-proxy is running but `kamal-proxy list` failed: {0}")]
     ProxyList(String),
+    /// kamal-proxy runs, the probe was told not to list its routes, and its
+    /// state file did not read through the Engine API: ask the probe.
+    #[error("kamal-proxy is running but its state file did not read")]
+    ProxyStateUnread,
 }
 
 fn section<'a>(
@@ -205,6 +210,13 @@ pub fn parse_engine(
     let from_engine = (req.proxy && proxy_running)
         .then(|| text.as_deref().and_then(proxy_from_engine))
         .flatten();
+    if req.proxy
+        && proxy_running
+        && from_engine.is_none()
+        && section(out, "proxy", "lock")?.starts_with("@@proxy-unasked")
+    {
+        return Err(ProbeError::ProxyStateUnread);
+    }
     let mut objects = snapshot.containers;
     objects.extend(snapshot.images);
     let mut observation = parse_with(objects, out, req, Some(proxy_running))?;
@@ -542,6 +554,55 @@ mod tests {
             o.proxy_settings.unwrap()["demo-web"]["health_check_path"],
             "/up"
         );
+    }
+
+    #[test]
+    fn the_docker_socket_is_read_off_the_first_line_only() {
+        assert_eq!(
+            socket("@@socket /run/docker.sock\n@@inspect\n"),
+            Some("/run/docker.sock")
+        );
+        // A name the host's files could print later is no socket.
+        assert_eq!(
+            socket("@@inspect\n@@lock\nstray x\n@@socket /tmp/evil.sock\n"),
+            None
+        );
+        assert_eq!(socket(""), None);
+        // The probe prints it first.
+        let first = SCRIPT
+            .lines()
+            .find(|l| l.contains("echo") && !l.trim_start().starts_with('#'));
+        assert!(first.is_some_and(|l| l.contains("@@socket")), "{first:?}");
+    }
+
+    #[test]
+    fn a_running_proxy_whose_state_did_not_read_is_asked_again_never_taken_for_none() {
+        let req = ProbeRequest {
+            proxy: true,
+            ..Default::default()
+        };
+        let running = || crate::remote::Snapshot {
+            listed: vec![
+                serde_json::json!({"Id": "ab", "Names": ["/kamal-proxy"], "State": "running"}),
+            ],
+            others: vec![Some(b"not a tar".to_vec())],
+            ..Default::default()
+        };
+        // The routes were not listed either (`Q`): ask the whole probe.
+        let unasked = "@@socket /s\n@@inspect\n@@proxy\n@@proxy-unasked\n@@lock\n@@files\n@@end\n";
+        assert!(matches!(
+            parse_engine(running(), unasked, &req, None),
+            Err(ProbeError::ProxyStateUnread)
+        ));
+        // Listed: those routes.
+        let listed = "@@inspect\n@@proxy\nService Host Path Target State TLS\ndemo-web * / abc:80 running no\n@@proxy-state\n@@lock\n@@files\n@@end\n";
+        let (o, read) = parse_engine(running(), listed, &req, None).unwrap();
+        assert_eq!(read, None);
+        assert_eq!(o.proxy_routes.unwrap().len(), 1);
+        // No proxy running: no routes, nothing to ask.
+        let stopped = crate::remote::Snapshot::default();
+        let (o, _) = parse_engine(stopped, unasked, &req, None).unwrap();
+        assert_eq!(o.proxy_routes, None);
     }
 
     #[test]

@@ -11,9 +11,10 @@ for a in "$@"; do case "$a" in
 esac; done
 sock=""
 case "${DOCKER_HOST:-}" in unix://*) sock="${DOCKER_HOST#unix://}";; "") sock=/var/run/docker.sock;; esac
+# First, so that berth can reach the Engine API while the rest runs.
+if [ -n "$sock" ] && [ -S "$sock" ]; then echo "@@socket $sock"; fi
 proxy_running=""
-if [ -n "$engine" ]; then proxy_running=1
-elif [ -n "$sock" ] && [ -S "$sock" ]; then echo "@@socket $sock"; fi
+if [ -n "$engine" ]; then proxy_running=1; fi
 echo "@@inspect"
 if [ -n "$engine" ]; then :
 elif [ -z "$force_cli" ] && [ -n "$sock" ] && [ -S "$sock" ] && command -v curl >/dev/null 2>&1; then

@@ -110,6 +110,26 @@ impl Connections {
         );
     }
 
+    /// The probe found no unix Docker socket on `host`: observe it with the
+    /// shell alone, for [`RETRY_AFTER`].
+    pub fn engine_absent(&self, host: &str) {
+        let mut map = self
+            .engines_absent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(host.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether `host`'s Engine API may be looked for (its socket is not
+    /// known yet): not if the probe recently found none.
+    pub fn may_find_engine(&self, host: &str) -> bool {
+        let map = self
+            .engines_absent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(host).is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+    }
+
     /// Whether `host`'s Engine API is known and not set aside.
     pub fn has_engine(&self, host: &str) -> bool {
         let map = self.engines.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,12 +162,14 @@ impl Connections {
         if engine.resting() {
             return None;
         }
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(
             CALL_TIMEOUT,
             self.snapshot(host, &mut engine, lists, others),
         )
         .await
         .unwrap_or_else(|_| Err("no answer in time".to_string()));
+        self.phases.add(super::Phase::Engine, started.elapsed());
         Some(match result {
             Ok(s) => {
                 engine.failures = 0;

@@ -1,7 +1,9 @@
 //! `remote`: SSH to the fleet's hosts. One multiplexed OpenSSH connection per
 //! host (the `openssh` crate: a ControlMaster per host), opened on first use
 //! and kept warm across reconcile cycles; every command is an argv turned into
-//! one remote string by [`crate::shell::join`].
+//! one remote string by [`crate::shell::join`]. A one-shot run
+//! ([`Lifetime::OneShot`]: `reconcile --dry-run`) differs only in its choice
+//! of key exchange; [`Connections::phase_times`] says where its time went.
 //!
 //! Host keys are verified: `StrictHostKeyChecking=yes` against the user's
 //! known_hosts or `--known-hosts FILE`; accepting a new key on first contact
@@ -55,6 +57,25 @@ pub struct SshOptions {
     pub connect_timeout: Duration,
     /// Where control sockets and berth's generated ssh_config live.
     pub control_dir: PathBuf,
+    /// What the connections are for: a one-shot run (`reconcile --dry-run`:
+    /// one observation per host, then exit) or a long-lived one (the
+    /// controller, an apply).
+    pub lifetime: Lifetime,
+}
+
+/// How long berth will use a host's connection: the one choice by which a
+/// one-shot run differs from the controller. Both make one ControlMaster
+/// per host (the only process: channels are opened by berth itself through
+/// its socket, natively) with the same strict host-key checking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Kept warm across cycles (the controller) or many commands (an apply).
+    #[default]
+    Persistent,
+    /// One observation, then closed: the connection's own set-up is most of
+    /// what the run costs, so its key exchange is the one cheapest for the
+    /// host (see [`kex_preference`]).
+    OneShot,
 }
 
 impl SshOptions {
@@ -86,6 +107,7 @@ impl SshOptions {
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
             control_dir: std::env::temp_dir().join(format!("berth-ssh-{}", std::process::id())),
+            lifetime: Lifetime::Persistent,
         }
     }
 }
@@ -181,6 +203,8 @@ pub struct Connections {
     dir: PathBuf,
     /// Hosts' Docker Engine APIs, once the shell probe found their sockets.
     engines: std::sync::Mutex<HashMap<String, engine::EngineSlot>>,
+    /// Hosts where the probe found no unix Docker socket, and when.
+    engines_absent: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     engine_batches: std::sync::atomic::AtomicU64,
     /// Hosts whose kamal-proxy state the Engine API read last time: their
     /// probe skips `docker exec kamal-proxy kamal-proxy list`.
@@ -188,6 +212,45 @@ pub struct Connections {
     /// kamal-proxy's state per host, kept while an event stream watches the
     /// proxy (`None` inside: changed since, read again).
     proxy_state_cache: std::sync::Mutex<HashMap<String, ProxyStateCache>>,
+    /// Where this set's time went, for benchmarks.
+    phases: Phases,
+}
+
+/// A step of reaching hosts, timed per host ([`Connections::phase_times`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The ControlMaster up: `ssh` started, key exchange, authentication,
+    /// the control socket answering.
+    Connect,
+    /// A channel opened through the master for a host's persistent shell.
+    Channel,
+    /// A shell call (the probe), its channel's opening included.
+    Call,
+    /// An Engine API snapshot, its socket's forwarding included.
+    Engine,
+    /// Closing a host's connection (its shell, then its master).
+    Close,
+}
+
+/// How often a phase ran and how long it took, summed over hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTime {
+    pub count: u32,
+    pub total: Duration,
+    pub max: Duration,
+}
+
+#[derive(Default)]
+struct Phases(std::sync::Mutex<std::collections::BTreeMap<Phase, PhaseTime>>);
+
+impl Phases {
+    fn add(&self, phase: Phase, took: Duration) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = map.entry(phase).or_default();
+        t.count += 1;
+        t.total += took;
+        t.max = t.max.max(took);
+    }
 }
 
 /// One host's kept kamal-proxy state: the file's text and when it was read,
@@ -283,10 +346,21 @@ impl Connections {
             commands: std::sync::atomic::AtomicU64::new(0),
             ssh_config: std::sync::OnceLock::new(),
             engines: std::sync::Mutex::new(HashMap::new()),
+            engines_absent: Default::default(),
             engine_batches: std::sync::atomic::AtomicU64::new(0),
             proxy_state_by_engine: Default::default(),
             proxy_state_cache: Default::default(),
+            phases: Phases::default(),
         }
+    }
+
+    /// The time spent so far in each [`Phase`], over all hosts.
+    pub fn phase_times(&self) -> std::collections::BTreeMap<Phase, PhaseTime> {
+        self.phases
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Remote commands run so far.
@@ -337,7 +411,7 @@ impl Connections {
         if let Some(kh) = &o.known_hosts {
             cfg.push_str(&format!("UserKnownHostsFile \"{}\"\n", kh.display()));
         }
-        if let Some(kex) = kex_preference() {
+        if let Some(kex) = kex_preference(o.lifetime) {
             cfg.push_str(&format!("KexAlgorithms {kex}\n"));
         }
         for k in &o.keys {
@@ -444,7 +518,9 @@ impl Connections {
                 }
             }
         }
+        let started = std::time::Instant::now();
         let session = Arc::new(b.connect_mux(host).await.map_err(|e| classify(host, &e))?);
+        self.phases.add(Phase::Connect, started.elapsed());
         *guard = Some(session.clone());
         Ok(session)
     }
@@ -570,39 +646,65 @@ impl Connections {
         body: &'static str,
         args: &[String],
     ) -> Result<RemoteOutput, RemoteError> {
-        let slot = {
-            let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(host.to_string()).or_default().clone()
-        };
-        let mut worker = slot.lock().await;
-        for _ in 0..2 {
-            if worker.is_none() {
-                *worker = self.start_worker(host).await.ok();
-            }
-            let Some(w) = worker.as_mut() else { break };
-            match tokio::time::timeout(CALL_TIMEOUT, w.call(name, body, args)).await {
-                Ok(Ok(out)) => {
-                    self.commands
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(out);
+        self.call_lines(host, name, body, args, &mut |_| {}).await
+    }
+
+    /// [`Connections::call`], handing each line of output to `on_line` as
+    /// it arrives (what the probe prints first can be acted on while it
+    /// runs). A call run again after a broken shell hands its lines again.
+    pub async fn call_lines(
+        &self,
+        host: &str,
+        name: &'static str,
+        body: &'static str,
+        args: &[String],
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<RemoteOutput, RemoteError> {
+        let started = std::time::Instant::now();
+        let out = async {
+            let slot = {
+                let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+                map.entry(host.to_string()).or_default().clone()
+            };
+            let mut worker = slot.lock().await;
+            for _ in 0..2 {
+                if worker.is_none() {
+                    *worker = self.start_worker(host).await.ok();
                 }
-                // A broken or stuck shell: end it, try a fresh one once.
-                _ => {
-                    if let Some(w) = worker.take() {
-                        let _ = w.child.disconnect().await;
+                let Some(w) = worker.as_mut() else { break };
+                match tokio::time::timeout(CALL_TIMEOUT, w.call(name, body, args, on_line)).await {
+                    Ok(Ok(out)) => {
+                        self.commands
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(out);
+                    }
+                    // A broken or stuck shell: end it, try a fresh one once.
+                    _ => {
+                        if let Some(w) = worker.take() {
+                            let _ = w.child.disconnect().await;
+                        }
                     }
                 }
             }
+            // No persistent shell to be had: the same call as its own command.
+            let out = self.run(host, &call_argv(name, body, args)).await?;
+            out.stdout.lines().for_each(&mut *on_line);
+            Ok(out)
         }
-        // No persistent shell to be had: the same call as its own command.
-        self.run(host, &call_argv(name, body, args)).await
+        .await;
+        self.phases.add(Phase::Call, started.elapsed());
+        out
     }
 
     async fn start_worker(&self, host: &str) -> Result<Worker, RemoteError> {
         let argv = ["sh".to_string(), "-s".to_string()];
+        // The master's own set-up is timed apart.
+        self.session(host).await?;
+        let started = std::time::Instant::now();
         let mut child = self
             .spawn(host, &argv, openssh::Stdio::piped, openssh::Stdio::null)
             .await?;
+        self.phases.add(Phase::Channel, started.elapsed());
         let fail = |what: &str| command_error(host, &argv, &what);
         let stdin = child.stdin().take().ok_or_else(|| fail("no stdin"))?;
         let stdout = child.stdout().take().ok_or_else(|| fail("no stdout"))?;
@@ -615,30 +717,50 @@ impl Connections {
         })
     }
 
-    /// Close every connection (the ControlMasters exit).
+    /// Close every connection (the ControlMasters exit), hosts at once.
     pub async fn close(&self) {
         self.forget_engines();
-        // Persistent shells first: they hold their sessions.
-        let workers: Vec<_> = {
+        let mut workers: HashMap<String, WorkerSlot> = {
             let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-            map.drain().map(|(_, v)| v).collect()
+            map.drain().collect()
         };
-        for slot in workers {
-            if let Some(w) = slot.lock().await.take() {
-                // End of input ends the shell.
-                drop(w.stdin);
-                let _ = tokio::time::timeout(Duration::from_secs(5), w.child.wait()).await;
-            }
-        }
-        let slots: Vec<_> = {
+        let mut sessions: Vec<(String, Option<Slot>)> = {
             let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            map.drain().map(|(_, v)| v).collect()
+            map.drain().map(|(h, s)| (h, Some(s))).collect()
         };
-        for slot in slots {
-            if let Some(s) = slot.lock().await.take()
-                && let Ok(s) = Arc::try_unwrap(s)
-            {
-                let _ = s.close().await;
+        // A shell whose master was forgotten (it broke) still ends.
+        sessions.extend(
+            workers
+                .keys()
+                .filter(|h| !sessions.iter().any(|(s, _)| s == *h))
+                .map(|h| (h.clone(), None))
+                .collect::<Vec<_>>(),
+        );
+        let mut closing = tokio::task::JoinSet::new();
+        for (host, session) in sessions {
+            let worker = workers.remove(&host);
+            closing.spawn(async move {
+                let started = std::time::Instant::now();
+                // The persistent shell first: it holds its session.
+                if let Some(slot) = worker
+                    && let Some(w) = slot.lock().await.take()
+                {
+                    // End of input ends the shell.
+                    drop(w.stdin);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), w.child.wait()).await;
+                }
+                if let Some(slot) = session
+                    && let Some(s) = slot.lock().await.take()
+                    && let Ok(s) = Arc::try_unwrap(s)
+                {
+                    let _ = s.close().await;
+                }
+                started.elapsed()
+            });
+        }
+        while let Some(done) = closing.join_next().await {
+            if let Ok(took) = done {
+                self.phases.add(Phase::Close, took);
             }
         }
         // Sockets and config go; the process's directory too once the last
@@ -704,48 +826,70 @@ fn classify(host: &str, e: &openssh::Error) -> RemoteError {
 }
 
 /// The SSH client's own key exchanges, the fast ones first: ML-KEM hybrid
-/// (post-quantum) where the client has it, then curve25519. OpenSSH 9.x
-/// prefers sntrup761, whose key generation costs ~100 ms of CPU per
-/// connection, most of a cold run on a big fleet. Nothing is added or
-/// removed, so every server the client could reach it still reaches; `None`
-/// (the client's defaults) when the list cannot be read.
-fn kex_preference() -> Option<String> {
-    static PREFERENCE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    PREFERENCE
-        .get_or_init(|| {
-            let out = std::process::Command::new("ssh")
-                .args(["-G", "-F", "none", "berth.invalid"])
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let defaults: Vec<&str> = text
-                .lines()
-                .find_map(|l| l.strip_prefix("kexalgorithms "))?
-                .split(',')
-                .map(str::trim)
-                .filter(|a| {
-                    !a.is_empty()
-                        && a.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-@._".contains(&b))
-                })
-                .collect();
-            const FAST: [&str; 4] = [
-                "mlkem768x25519-sha256",
-                "curve25519-sha256",
-                "curve25519-sha256@libssh.org",
-                "ecdh-sha2-nistp256",
-            ];
-            let mut ordered: Vec<&str> =
-                FAST.into_iter().filter(|a| defaults.contains(a)).collect();
-            if ordered.is_empty() {
-                return None;
-            }
-            ordered.extend(defaults.iter().filter(|a| !FAST.contains(a)));
-            Some(ordered.join(","))
-        })
-        .clone()
+/// (post-quantum) where the client has it, then the classical ones by their
+/// cost. OpenSSH 9.x prefers sntrup761, whose key generation costs ~100 ms
+/// of CPU per connection, most of a cold run on a big fleet. For a one-shot
+/// run NIST P-256 (OpenSSL's) comes before curve25519 (OpenSSH's portable
+/// code), which costs the host's sshd ~6 ms more per connection: the
+/// observe bench measures both. Nothing is added or removed, so every
+/// server the client could reach it still reaches; `None` (the client's
+/// defaults) when the list cannot be read.
+fn kex_preference(lifetime: Lifetime) -> Option<String> {
+    static DEFAULTS: std::sync::OnceLock<Option<Vec<String>>> = std::sync::OnceLock::new();
+    let defaults = DEFAULTS.get_or_init(client_kex_defaults).as_ref()?;
+    let fast: &[&str] = match lifetime {
+        Lifetime::Persistent => &[
+            "mlkem768x25519-sha256",
+            "curve25519-sha256",
+            "curve25519-sha256@libssh.org",
+            "ecdh-sha2-nistp256",
+        ],
+        Lifetime::OneShot => &[
+            "mlkem768x25519-sha256",
+            "ecdh-sha2-nistp256",
+            "curve25519-sha256",
+            "curve25519-sha256@libssh.org",
+        ],
+    };
+    let mut ordered: Vec<&str> = fast
+        .iter()
+        .copied()
+        .filter(|a| defaults.iter().any(|d| d == a))
+        .collect();
+    if ordered.is_empty() {
+        return None;
+    }
+    ordered.extend(
+        defaults
+            .iter()
+            .map(String::as_str)
+            .filter(|a| !fast.contains(a)),
+    );
+    Some(ordered.join(","))
+}
+
+/// The client's default key exchanges, as `ssh -G` prints them.
+fn client_kex_defaults() -> Option<Vec<String>> {
+    let out = std::process::Command::new("ssh")
+        .args(["-G", "-F", "none", "berth.invalid"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("kexalgorithms "))?
+            .split(',')
+            .map(str::trim)
+            .filter(|a| {
+                !a.is_empty()
+                    && a.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-@._".contains(&b))
+            })
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 /// [`Connections::call`] as a command of its own: `sh -c` defining and
@@ -770,6 +914,7 @@ impl Worker {
         name: &'static str,
         body: &'static str,
         args: &[String],
+        on_line: &mut (dyn FnMut(&str) + Send),
     ) -> std::io::Result<RemoteOutput> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut request = String::new();
@@ -811,6 +956,7 @@ impl Worker {
                     stdout: out,
                 });
             }
+            on_line(line.trim_end_matches('\n'));
             out.push_str(&line);
         }
     }
@@ -860,6 +1006,32 @@ mod tests {
             assert!(forward.is_some(), "{set:?}:\n{text}");
             assert!(include.is_none_or(|i| Some(i) > forward), "{text}");
         }
+    }
+
+    #[test]
+    fn a_one_shot_run_prefers_p256_and_keeps_every_key_exchange() {
+        // Without an ssh client there is nothing to reorder.
+        let (Some(kept), Some(once)) = (
+            kex_preference(Lifetime::Persistent),
+            kex_preference(Lifetime::OneShot),
+        ) else {
+            return;
+        };
+        let set = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
+        let (mut a, mut b) = (set(&kept), set(&once));
+        // Post-quantum first in both, where the client has it.
+        assert_eq!(
+            a[0].starts_with("mlkem"),
+            b[0].starts_with("mlkem"),
+            "{kept} / {once}"
+        );
+        let classical = |v: &[String]| v.iter().find(|k| !k.starts_with("mlkem")).cloned();
+        assert_eq!(classical(&b).as_deref(), Some("ecdh-sha2-nistp256"));
+        assert!(classical(&a).is_some_and(|k| k.starts_with("curve25519")));
+        // Only reordered: every server either reaches, the other does.
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]

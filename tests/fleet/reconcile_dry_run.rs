@@ -352,6 +352,7 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         .unwrap();
     rt.block_on(async {
         let conns = std::sync::Arc::new(Connections::new(ssh.clone()));
+        let mut by_shell = Vec::new();
         for h in &desired.hosts {
             let mut req = observe::probe_request(&desired, &h.host);
             let fast = conns
@@ -389,12 +390,18 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
             );
             assert!(!a.containers.is_empty());
             assert_eq!(a, b, "{}", h.host);
+            by_shell.push(observe::ObservedHost {
+                host: h.host.clone(),
+                state: observe::HostState::Reached(a),
+            });
         }
+        let by_shell = observe::Observed { hosts: by_shell };
 
-        // Then the Engine API directly, through the forwarded socket, once a
-        // shell probe found it: the same observation, and really used.
+        // Then the Engine API directly, through the forwarded socket: at
+        // first contact as soon as the probe's first line names the socket
+        // (listed, then inspected), then listed and inspected together. The
+        // same observation as the shell's, and really used.
         let n = desired.hosts.len() as u64;
-        let by_shell = observe::observe(&desired, &conns, 8).await;
         let before = conns.engine_batches();
         assert_eq!(observe::observe(&desired, &conns, 8).await, by_shell);
         let first = conns.engine_batches() - before;
@@ -405,6 +412,13 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
             n,
             "listed and inspected together"
         );
+        // A one-shot run (`reconcile --dry-run`) observes the same.
+        let mut once = ssh.clone();
+        once.lifetime = berth::remote::Lifetime::OneShot;
+        let once = std::sync::Arc::new(Connections::new(once));
+        assert_eq!(observe::observe(&desired, &once, 8).await, by_shell);
+        assert_eq!(once.engine_batches(), 2 * n);
+        once.close().await;
         // Drift shows at once, as a fresh shell probe sees it.
         fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
         let drifted = observe::observe(&desired, &conns, 8).await;
@@ -422,12 +436,13 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         assert_eq!(again, observe::observe(&desired, &conns, 8).await);
         assert!(broken.engine_batches() >= n);
         broken.close().await;
-        // A Docker engine that stops answering (its socket gone) once its
+        // A Docker engine that does not answer (its socket gone) once its
         // socket is known: that host is unknown, never empty; the others are
-        // seen; then it is seen again.
+        // seen; then it is seen again. (A kept Engine API connection would
+        // outlive the socket's name, so none is made beforehand.)
         let warm = std::sync::Arc::new(Connections::new(ssh.clone()));
-        assert_eq!(observe::observe(&desired, &warm, 8).await, again);
         let sock = fleet.host(0).docker_socket();
+        warm.engine_found(&fleet.addrs()[0], &sock.to_string_lossy());
         let away = sock.with_extension("away");
         std::fs::rename(&sock, &away).unwrap();
         let down = observe::observe(&desired, &warm, 8).await;

@@ -73,6 +73,17 @@ impl Host {
         self.dir.join("docker.sock")
     }
 
+    /// The host's listening sshd (every session's sshd is its child), for
+    /// the benches' CPU accounting.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        pid_from(&self.dir.join("sshd.pid"), "sshd")
+    }
+
+    /// The host's dockerd (its containerd is its child).
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        pid_from(&self.dir.join("docker.pid"), "dockerd")
+    }
+
     /// Run the docker CLI against this host's engine, from outside.
     pub fn docker(&self, args: &[&str]) -> Result<Output> {
         let sock = format!("unix://{}", self.docker_socket().display());
@@ -259,8 +270,18 @@ impl Testbed {
 
     /// Run a command on a host over real SSH, with strict host-key checking.
     pub fn ssh(&self, host: &Host, remote_command: &str) -> Result<Output> {
-        Command::new("ssh")
-            .arg("-i")
+        self.ssh_command()
+            .arg(format!("root@{}", host.addr))
+            .arg(remote_command)
+            .output()
+            .map_err(|e| step(format!("ssh {}", host.name), e))
+    }
+
+    /// `ssh` with the testbed's key and strict host-key checking, options
+    /// only: the caller adds more, then the destination.
+    pub fn ssh_command(&self) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-i")
             .arg(self.ssh_key())
             .arg("-o")
             .arg(format!(
@@ -274,11 +295,8 @@ impl Testbed {
                 "IdentitiesOnly=yes",
                 "-o",
                 "BatchMode=yes",
-            ])
-            .arg(format!("root@{}", host.addr))
-            .arg(remote_command)
-            .output()
-            .map_err(|e| step(format!("ssh {}", host.name), e))
+            ]);
+        c
     }
 
     /// Every part answers: dockerd, sshd, registry.
