@@ -40,8 +40,16 @@ pub enum HistoryError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("history database {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("history database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The writer thread could not commit a change (its SQLite error).
+    #[error("history database: cannot write: {0}")]
+    Write(String),
     #[error("history database: the writer stopped")]
     Stopped,
 }
@@ -230,9 +238,9 @@ fn open(path: &Path) -> Result<Connection, HistoryError> {
 impl History {
     /// Open (or create) `<dir>/history.sqlite3` and start its writer.
     pub fn open(dir: &Path, retention: Retention) -> Result<Arc<History>, HistoryError> {
-        std::fs::create_dir_all(dir).map_err(|e| HistoryError::Open {
+        std::fs::create_dir_all(dir).map_err(|source| HistoryError::Io {
             path: dir.display().to_string(),
-            source: rusqlite::Error::InvalidPath(PathBuf::from(e.to_string())),
+            source,
         })?;
         let path = dir.join("history.sqlite3");
         let writer = open(&path)?;
@@ -241,9 +249,9 @@ impl History {
         std::thread::Builder::new()
             .name("berth-history".into())
             .spawn(move || write_loop(writer, rx, retention))
-            .map_err(|e| HistoryError::Open {
+            .map_err(|source| HistoryError::Io {
                 path: path.display().to_string(),
-                source: rusqlite::Error::InvalidPath(PathBuf::from(e.to_string())),
+                source,
             })?;
         Ok(Arc::new(History {
             tx,
@@ -317,7 +325,7 @@ impl History {
             .map_err(|_| HistoryError::Stopped)?;
         match wait.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(HistoryError::Sql(rusqlite::Error::InvalidParameterName(e))),
+            Ok(Err(e)) => Err(HistoryError::Write(e)),
             Err(_) => Err(HistoryError::Stopped),
         }
     }
