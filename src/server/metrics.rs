@@ -59,10 +59,8 @@ impl Process {
         // The fields after the command name (which may hold spaces).
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
-        // SAFETY: sysconf has no preconditions; it only reads a constant.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // SAFETY: as above.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
+        let page = rustix::param::page_size() as u64;
         let boot: f64 = std::fs::read_to_string("/proc/stat")
             .ok()?
             .lines()
