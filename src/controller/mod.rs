@@ -219,9 +219,6 @@ pub struct Controller {
     notices: events::Events,
     /// berth's memory across restarts (`--state-dir`), if kept.
     history: Option<Arc<History>>,
-    /// A rollback's revision, applied instead of the followed ref until
-    /// resumed.
-    pinned: Mutex<Option<String>>,
 }
 
 impl Controller {
@@ -249,7 +246,6 @@ impl Controller {
             forced: std::sync::atomic::AtomicBool::new(false),
             notices: events,
             history,
-            pinned: Mutex::new(None),
         })
     }
 
@@ -262,7 +258,6 @@ impl Controller {
     pub fn suspend(&self, suspended: bool) -> Result<(), history::HistoryError> {
         self.set_suspended(suspended);
         if !suspended {
-            *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.lock().pinned = None;
         }
         self.save_state()
@@ -272,7 +267,6 @@ impl Controller {
     /// deployed): it is applied instead of the followed ref, which is not
     /// followed again until a resume. Persisted before it is answered.
     pub fn roll_back(&self, revision: &str) -> Result<(), history::HistoryError> {
-        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = Some(revision.to_string());
         {
             let mut st = self.lock();
             st.pinned = Some(revision.to_string());
@@ -298,11 +292,7 @@ impl Controller {
             suspended: st.suspended,
             settled: st.settled.clone(),
             failed: st.failed.clone(),
-            pinned: self
-                .pinned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            pinned: st.pinned.clone(),
         }
     }
 
@@ -391,7 +381,6 @@ impl Controller {
                 Ok(Some(kept)) => {
                     revisions.settled = kept.settled.clone();
                     revisions.failed = kept.failed.clone();
-                    *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = kept.pinned.clone();
                     let mut st = self.lock();
                     st.suspended = kept.suspended;
                     st.settled = kept.settled;
@@ -740,11 +729,7 @@ impl Controller {
         let spec = &self.spec;
         let settings = self.settings();
         // A rollback pins a revision; the followed ref waits for a resume.
-        let pinned = self
-            .pinned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let pinned = self.lock().pinned.clone();
         let source = pinned
             .as_deref()
             .and_then(|p| spec.source.pinned_to(p))
