@@ -875,11 +875,7 @@ impl Controller {
             st.units = unit_states(&desired, &st.hosts, &st.drift);
             // What docker says of each unit's container: health, restarts.
             for u in st.units.iter_mut() {
-                let found = observed.host(&u.host).and_then(|h| match &h.state {
-                    HostState::Reached(o) => o.containers.iter().find(|c| c.name == u.container),
-                    HostState::Unreachable(_) => None,
-                });
-                if let Some(c) = found {
+                if let Some(c) = observed.container(&u.host, &u.container) {
                     u.status = Some(c.status.clone());
                     u.health = c.health.clone();
                     u.restart_count = c.restart_count;
@@ -924,12 +920,13 @@ impl Controller {
             plan.actions = heal;
             for a in &held {
                 let key = (a.host.clone(), a.container.clone());
+                let heals = revisions.heals.count(&key);
                 let unit = FlappingUnit {
                     host: a.host.clone(),
                     unit: drift_unit(&a.unit),
                     container: a.container.clone(),
-                    heals: revisions.heals.count(&key),
-                    reason: flap_reason(&observed, a, revisions.heals.count(&key), limit),
+                    heals,
+                    reason: flap_reason(&observed, a, heals, limit),
                 };
                 if newly.contains(&key) {
                     tracing::warn!(app = %spec.name, host = %a.host, container = %a.container, reason = %unit.reason, "flap limit reached: the unit is left alone");
@@ -1147,11 +1144,7 @@ fn flap_reason(
     limit: crate::policy::FlapLimit,
 ) -> String {
     let window = humantime::format_duration(limit.window);
-    let container = observed.host(&action.host).and_then(|h| match &h.state {
-        HostState::Reached(o) => o.containers.iter().find(|c| c.name == action.container),
-        HostState::Unreachable(_) => None,
-    });
-    match container {
+    match observed.container(&action.host, &action.container) {
         Some(c) => format!(
             "healed {heals} times in {window}; container {}, restarted {} times by docker, last exit code {}",
             c.status, c.restart_count, c.exit_code

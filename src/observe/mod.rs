@@ -123,6 +123,15 @@ impl Observed {
     pub fn host(&self, host: &str) -> Option<&ObservedHost> {
         self.hosts.iter().find(|h| h.host == host)
     }
+
+    /// The container named `name` on `host`, if the host was reached and
+    /// has one.
+    pub fn container(&self, host: &str, name: &str) -> Option<&ObservedContainer> {
+        match &self.host(host)?.state {
+            HostState::Reached(o) => o.containers.iter().find(|c| c.name == name),
+            HostState::Unreachable(_) => None,
+        }
+    }
 }
 
 /// The probe for one host of `desired`.
