@@ -236,24 +236,7 @@ fn controller(n: usize) {
         "{}",
         String::from_utf8_lossy(&deploy.stderr)
     );
-    let mut child = Command::new(&berth)
-        .args([
-            "run",
-            "--app",
-            "bench",
-            "--mode",
-            "detect",
-            "--interval",
-            "10m",
-        ])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--dir")
-        .arg(project.path())
-        .arg("--known-hosts")
-        .arg(fleet.tb.known_hosts())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut child = berth_run(&berth, &fleet, project.path(), port, "10m")
         .spawn()
         .expect("berth run");
     testbed::poll(
@@ -345,6 +328,36 @@ fn controller(n: usize) {
     history_cost(&berth, &fleet, project.path());
 }
 
+/// `berth run --mode detect` of the bench's project on `port`, output
+/// discarded.
+fn berth_run(
+    berth: &std::path::Path,
+    fleet: &Fleet,
+    project: &std::path::Path,
+    port: u16,
+    interval: &str,
+) -> Command {
+    let mut cmd = Command::new(berth);
+    cmd.args([
+        "run",
+        "--app",
+        "bench",
+        "--mode",
+        "detect",
+        "--interval",
+        interval,
+    ])
+    .arg("--listen")
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("--dir")
+    .arg(project)
+    .arg("--known-hosts")
+    .arg(fleet.tb.known_hosts())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
 /// The no-op cycle with the history database on and off (`--no-history`):
 /// a no-op cycle writes nothing, so the two should not differ. Each run:
 /// `berth run --mode detect --interval 500ms` on the settled fleet, the mean
@@ -358,26 +371,8 @@ fn history_cost(berth: &std::path::Path, fleet: &Fleet, project: &std::path::Pat
             .unwrap()
             .port();
         let state = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(berth);
-        cmd.args([
-            "run",
-            "--app",
-            "bench",
-            "--mode",
-            "detect",
-            "--interval",
-            "500ms",
-        ])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--dir")
-        .arg(project)
-        .arg("--checkout")
-        .arg(state.path().join("checkout"))
-        .arg("--known-hosts")
-        .arg(fleet.tb.known_hosts())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        let mut cmd = berth_run(berth, fleet, project, port, "500ms");
+        cmd.arg("--checkout").arg(state.path().join("checkout"));
         if history {
             cmd.arg("--state-dir").arg(state.path().join("state"));
         } else {
