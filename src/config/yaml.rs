@@ -82,6 +82,16 @@ impl Node {
         }
     }
 
+    /// The node as a name or a setting written as text: a string, or an
+    /// integer or symbol as Ruby prints it; `None` for anything else.
+    pub fn as_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Scalar(Scalar::Str(s)) => Some(s.clone()),
+            Value::Scalar(s @ (Scalar::Int(_) | Scalar::Symbol(_))) => Some(s.to_ruby_string()),
+            _ => None,
+        }
+    }
+
     /// A name for the node's type, in Kamal's words ("a string", "an array"...).
     pub fn type_name(&self) -> &'static str {
         match &self.value {

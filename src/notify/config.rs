@@ -146,17 +146,9 @@ fn read_secret_file(p: &Path) -> Result<Secret, String> {
     Ok(Secret::new(v))
 }
 
-fn string(node: &Node) -> Option<String> {
-    match &node.value {
-        Value::Scalar(Scalar::Str(s)) => Some(s.clone()),
-        Value::Scalar(s @ (Scalar::Int(_) | Scalar::Symbol(_))) => Some(s.to_ruby_string()),
-        _ => None,
-    }
-}
-
 fn strings(node: &Node) -> Option<Vec<String>> {
     match &node.value {
-        Value::Seq(items) => items.iter().map(string).collect(),
+        Value::Seq(items) => items.iter().map(Node::as_text).collect(),
         _ => None,
     }
 }
@@ -194,7 +186,7 @@ fn from_tree(
         )]));
     };
     let duration = |errors: &mut Vec<String>, k: &Key, v: &Node| -> Option<Duration> {
-        match string(v).and_then(|s| humantime::parse_duration(&s).ok()) {
+        match v.as_text().and_then(|s| humantime::parse_duration(&s).ok()) {
             Some(d) if !d.is_zero() => Some(d),
             _ => {
                 errors.push(format!(
@@ -314,7 +306,7 @@ fn provider(
     // A plain string field, its node kept for the error's position.
     let text = |errors: &mut Vec<String>, key: &str| -> Option<(String, &Node)> {
         let (_, v) = field(key)?;
-        match string(v) {
+        match v.as_text() {
             Some(s) if !s.trim().is_empty() => Some((s, v)),
             _ => {
                 errors.push(format!(

@@ -45,14 +45,6 @@ fn err(errors: &mut Vec<String>, node: &Node, path: &str, msg: &str) {
     errors.push(format!("{}: {path}: {msg}", node.mark));
 }
 
-fn string(node: &Node) -> Option<String> {
-    match &node.value {
-        Value::Scalar(Scalar::Str(s)) => Some(s.clone()),
-        Value::Scalar(s @ (Scalar::Int(_) | Scalar::Symbol(_))) => Some(s.to_ruby_string()),
-        _ => None,
-    }
-}
-
 fn boolean(node: &Node) -> Option<bool> {
     match &node.value {
         Value::Scalar(Scalar::Bool(b)) => Some(*b),
@@ -81,7 +73,7 @@ fn flap_limit(node: &Node) -> Result<FlapLimit, &'static str> {
                 limit.heals = u32::try_from(*n).map_err(|_| SHAPE)?;
             }
             ("window", _) => {
-                let text = string(v).ok_or(SHAPE)?;
+                let text = v.as_text().ok_or(SHAPE)?;
                 let text = if text.bytes().all(|b| b.is_ascii_digit()) {
                     format!("{text}s")
                 } else {
@@ -185,7 +177,7 @@ fn parse(text: &str, file: &Path) -> Result<Vec<IndexApp>, IndexError> {
             for (fk, fv) in fields {
                 let fp = format!("{p}.{}", fk.name);
                 match fk.name.as_str() {
-                    "path" | "config" => match string(fv) {
+                    "path" | "config" => match fv.as_text() {
                         Some(s) if !s.starts_with('/') && !s.split('/').any(|c| c == "..") => {
                             if fk.name == "path" {
                                 app.path = PathBuf::from(s);
@@ -198,7 +190,7 @@ fn parse(text: &str, file: &Path) -> Result<Vec<IndexApp>, IndexError> {
                     "destinations" => match &fv.value {
                         Value::Seq(items) => {
                             for i in items {
-                                match string(i) {
+                                match i.as_text() {
                                     Some(d) => app.destinations.push(d),
                                     None => err(&mut errors, i, &fp, "should be a list of destination names"),
                                 }
@@ -214,7 +206,7 @@ fn parse(text: &str, file: &Path) -> Result<Vec<IndexApp>, IndexError> {
                         for (pk, pv) in pol {
                             let pp = format!("{fp}.{}", pk.name);
                             match pk.name.as_str() {
-                                "mode" => match string(pv).as_deref() {
+                                "mode" => match pv.as_text().as_deref() {
                                     Some("auto") => app.mode = Mode::Auto,
                                     Some("detect") => app.mode = Mode::Detect,
                                     _ => err(&mut errors, pv, &pp, "should be auto or detect"),
