@@ -1,5 +1,7 @@
 //! Test images, built `FROM scratch` with the static busybox (nothing can be
-//! pulled here) on the testbed's first host and pushed to its registry.
+//! pulled here) and pushed to the testbed's registry. Each is a context
+//! directory with a `Dockerfile` under the slot's `images/`, which
+//! `docker build` would build the same; [`crate::build`] builds it here.
 //!
 //! - `demo:v1`..`v3`: serves `demo <version>` on `/`, `200` on `/up`, its
 //!   environment on `/cgi-bin/env`; exits 0 on SIGTERM.
@@ -13,6 +15,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::build::Image;
 use crate::{Result, Testbed, step};
 
 /// Which images to build: the demo versions and failure modes always, the
@@ -28,29 +31,19 @@ pub const PROXY_VERSION: &str = "v0.9.2";
 
 const SERVE: &str = "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
 
-/// Build and push every image; returns the pushed references.
+/// Build and push every image; returns the pushed references. Each image is
+/// built from its context's `Dockerfile` in this process
+/// ([`crate::build`]), not on a host's dockerd.
 pub fn push(tb: &Testbed, set: &ImageSet<'_>) -> Result<Vec<String>> {
     let reg = tb.registry();
     let work = tb.base.join("images");
     let mut pushed = Vec::new();
     let mut build = |name: &str, ctx: PathBuf| -> Result<()> {
-        let tag = format!("{reg}/{name}");
-        let host = &tb.hosts[0];
-        let sock = format!("unix://{}", host.docker_socket().display());
-        let out = Command::new("docker")
-            .env("DOCKER_BUILDKIT", "0")
-            .args(["-H", &sock, "build", "-q", "--network", "none", "-t", &tag])
-            .arg(&ctx)
-            .output()
-            .map_err(|e| step(format!("docker build {tag}"), e))?;
-        if !out.status.success() {
-            return Err(step(
-                format!("docker build {tag}"),
-                String::from_utf8_lossy(&out.stderr),
-            ));
-        }
-        host.docker_ok(&["push", "-q", &tag])?;
-        pushed.push(tag);
+        let (repository, tag) = name
+            .split_once(':')
+            .ok_or_else(|| step("image name", name))?;
+        Image::build(&ctx)?.push(&reg, repository, tag)?;
+        pushed.push(format!("{reg}/{name}"));
         Ok(())
     };
     for v in ["v1", "v2", "v3"] {

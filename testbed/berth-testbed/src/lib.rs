@@ -18,6 +18,7 @@
 //! A crate of its own, not part of the `berth` library: berth's tests and
 //! benches use it as a dev-dependency, so none of it ships in the controller.
 
+pub mod build;
 pub mod images;
 
 use std::fs;

@@ -31,7 +31,7 @@ enum Cmd {
     Down,
     /// Show whether each part answers; exit 1 if any does not.
     Status,
-    /// Build the test images on the first host and push them to the registry.
+    /// Build the test images (in process) and push them to the registry.
     Images {
         /// The static kamal-proxy stand-in binary to package as basecamp/kamal-proxy.
         #[arg(long)]
