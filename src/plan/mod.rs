@@ -509,8 +509,8 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
                 .position(|r| *r == app.role)
                 .unwrap_or(usize::MAX);
             let main = plan_app(&units.host, app, obs);
-            let retired = main.as_ref().and_then(|a| a.replaces.clone());
-            if let Some(a) = main {
+            let retired = main.first().and_then(|a| a.replaces.clone());
+            for a in main {
                 apps.entry(role_rank).or_default().push((host_index, a));
             }
             for c in leftover_versions(app, obs, retired.as_deref()) {
@@ -569,7 +569,17 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
     plan
 }
 
-fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> {
+/// What `app` needs on its host: nothing, one action on its container, or,
+/// for a container in sync, its env file and its route, each when it
+/// drifted (both can: a berth killed mid-boot leaves the new container
+/// running, its env file half-written and the route on the old version —
+/// which the leftover stops after these must not take out of service).
+fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Vec<Action> {
+    plan_app_container(host, app, obs).map_or_else(|| plan_app_in_sync(host, app, obs), |a| vec![a])
+}
+
+/// The container's own action, or `None` when it runs as desired.
+fn plan_app_container(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> {
     let want = app_spec(app);
     let mine = |c: &&ObservedContainer| {
         c.labels.get("service")
@@ -619,45 +629,8 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
                     running_other.map(|o| o.name.clone()),
                 ));
             }
-            // In sync as a container; the env file and route may still drift.
-            let want_file = env_file_hash(&app.env_file);
-            match obs.env_files.get(&app.env_file.path) {
-                Some(Some(h)) if *h == want_file => {}
-                other => {
-                    return Some(action(
-                        ActionKind::WriteEnvFile,
-                        vec![Change::EnvFile {
-                            path: app.env_file.path.clone(),
-                            missing: !matches!(other, Some(Some(_))),
-                        }],
-                        None,
-                    ));
-                }
-            }
-            if let (Some(route), Some(routes)) = (&app.proxy, &obs.proxy_routes) {
-                let current = routes.iter().find(|r| r.service == route.service);
-                let target_ok = current.and_then(|r| r.target.as_deref()).is_some_and(|t| {
-                    let host_part = t.rsplit_once(':').map_or(t, |(h, _)| h);
-                    !host_part.is_empty()
-                        && (c.id.starts_with(host_part) || host_part == c.name)
-                        && t.ends_with(&format!(":{}", route.app_port))
-                });
-                if !target_ok {
-                    return Some(action(
-                        ActionKind::Route,
-                        vec![Change::Route {
-                            service: route.service.clone(),
-                            from: current.and_then(|r| r.target.clone()),
-                            to: format!("{}:{}", app.container_name, route.app_port),
-                        }],
-                        None,
-                    ));
-                }
-                let settings = route_setting_changes(route, obs);
-                if !settings.is_empty() {
-                    return Some(action(ActionKind::Route, settings, None));
-                }
-            }
+            // In sync as a container; the env file and route may still
+            // drift (`plan_app_in_sync`).
             None
         }
         None => match running_other {
@@ -680,6 +653,61 @@ fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> 
             None => Some(action(ActionKind::Create, vec![Change::Missing], None)),
         },
     }
+}
+
+/// A running, in-sync container's env file and route: an action for each
+/// that drifted, the env file first.
+fn plan_app_in_sync(host: &str, app: &AppUnit, obs: &HostObservation) -> Vec<Action> {
+    let Some(c) = obs.containers.iter().find(|c| c.name == app.container_name) else {
+        return Vec::new();
+    };
+    let action = |kind, reasons| Action {
+        host: host.to_string(),
+        unit: Unit::App {
+            role: app.role.clone(),
+        },
+        container: app.container_name.clone(),
+        kind,
+        replaces: None,
+        reasons,
+    };
+    let mut actions = Vec::new();
+    let want_file = env_file_hash(&app.env_file);
+    match obs.env_files.get(&app.env_file.path) {
+        Some(Some(h)) if *h == want_file => {}
+        other => actions.push(action(
+            ActionKind::WriteEnvFile,
+            vec![Change::EnvFile {
+                path: app.env_file.path.clone(),
+                missing: !matches!(other, Some(Some(_))),
+            }],
+        )),
+    }
+    if let (Some(route), Some(routes)) = (&app.proxy, &obs.proxy_routes) {
+        let current = routes.iter().find(|r| r.service == route.service);
+        let target_ok = current.and_then(|r| r.target.as_deref()).is_some_and(|t| {
+            let host_part = t.rsplit_once(':').map_or(t, |(h, _)| h);
+            !host_part.is_empty()
+                && (c.id.starts_with(host_part) || host_part == c.name)
+                && t.ends_with(&format!(":{}", route.app_port))
+        });
+        if !target_ok {
+            actions.push(action(
+                ActionKind::Route,
+                vec![Change::Route {
+                    service: route.service.clone(),
+                    from: current.and_then(|r| r.target.clone()),
+                    to: format!("{}:{}", app.container_name, route.app_port),
+                }],
+            ));
+        } else {
+            let settings = route_setting_changes(route, obs);
+            if !settings.is_empty() {
+                actions.push(action(ActionKind::Route, settings));
+            }
+        }
+    }
+    actions
 }
 
 /// The route settings kamal-proxy holds for `route` that differ from what
@@ -992,10 +1020,17 @@ pub fn simulate(desired: &Desired, observed: &Observed, plan: &Plan) -> Observed
                     obs.containers
                         .push(container_from_spec(&app.container_name, &app_spec(app)));
                 }
-                obs.env_files.insert(
-                    app.env_file.path.clone(),
-                    Some(env_file_hash(&app.env_file)),
-                );
+                // A boot writes the env file and deploys the route; the two
+                // in-sync repairs do only what they say.
+                if action.kind != ActionKind::Route {
+                    obs.env_files.insert(
+                        app.env_file.path.clone(),
+                        Some(env_file_hash(&app.env_file)),
+                    );
+                }
+                if action.kind == ActionKind::WriteEnvFile {
+                    continue;
+                }
                 if let (Some(route), Some(routes)) = (&app.proxy, obs.proxy_routes.as_mut()) {
                     let id = format!("id-{}", app.container_name);
                     routes.retain(|r| r.service != route.service);

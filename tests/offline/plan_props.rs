@@ -65,6 +65,8 @@ enum Drift {
     ChangeEnv(usize),
     TamperEnvFile(usize),
     DropRoute(usize),
+    /// kamal-proxy routes to a container that is not the desired one.
+    RouteElsewhere(usize),
     OldVersionRunning(usize),
     Orphan(usize),
 }
@@ -76,6 +78,7 @@ fn drift() -> impl Strategy<Value = Drift> {
         (0..50usize).prop_map(Drift::ChangeEnv),
         (0..50usize).prop_map(Drift::TamperEnvFile),
         (0..50usize).prop_map(Drift::DropRoute),
+        (0..50usize).prop_map(Drift::RouteElsewhere),
         (0..50usize).prop_map(Drift::OldVersionRunning),
         (0..50usize).prop_map(Drift::Orphan),
     ]
@@ -90,6 +93,7 @@ fn apply_drift(observed: &mut Observed, d: &Drift) {
         | Drift::ChangeEnv(i)
         | Drift::TamperEnvFile(i)
         | Drift::DropRoute(i)
+        | Drift::RouteElsewhere(i)
         | Drift::OldVersionRunning(i)
         | Drift::Orphan(i) => pick(*i),
     };
@@ -127,6 +131,14 @@ fn apply_drift(observed: &mut Observed, d: &Drift) {
             {
                 let len = routes.len();
                 routes.remove(i % len);
+            }
+        }
+        Drift::RouteElsewhere(i) => {
+            if let Some(routes) = obs.proxy_routes.as_mut()
+                && !routes.is_empty()
+            {
+                let len = routes.len();
+                routes[i % len].target = Some("0ld0ld0ld0ld:80".into());
             }
         }
         Drift::OldVersionRunning(i) => {
@@ -310,4 +322,56 @@ fn a_moved_tag_is_reported_naming_the_hosts() {
         ]
     );
     assert!(plan::output::text(&p).contains("10.9.0.3"));
+}
+
+/// A berth killed mid-boot leaves the new container running in sync, its env
+/// file half-written and kamal-proxy still routing to the old version, which
+/// is still running: the next plan rewrites the env file *and* moves the route
+/// before the old version is stopped (it used to plan only the env file, so
+/// the stop took the host out of service and the run still reported success).
+#[test]
+fn a_drifted_env_file_and_route_are_both_repaired_before_the_old_version_stops() {
+    let d = desired_for(1, false, true, false, "v2");
+    let mut observed = plan::observed_from_desired(&d);
+    let HostState::Reached(obs) = &mut observed.hosts[0].state else {
+        unreachable!()
+    };
+    let web = obs
+        .containers
+        .iter()
+        .find(|c| c.name == "app-web-v2")
+        .unwrap()
+        .clone();
+    let mut old = web.clone();
+    old.name = "app-web-v1".into();
+    old.id = "0ld0ld0ld0ld".into();
+    old.image = old.image.replace(":v2", ":v1");
+    obs.containers.push(old);
+    for f in obs.env_files.values_mut() {
+        *f = Some("f".repeat(64));
+    }
+    let routes = obs.proxy_routes.as_mut().unwrap();
+    routes[0].target = Some("0ld0ld0ld0ld:80".into());
+    let opts = PlanOptions {
+        prune: true,
+        orphans: true,
+    };
+    let p = plan::plan(&d, &observed, &opts);
+    let kinds: Vec<(&str, &str)> = p
+        .actions
+        .iter()
+        .map(|a| (a.kind.as_str(), a.container.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("write_env_file", "app-web-v2"),
+            ("route", "app-web-v2"),
+            ("stop", "app-web-v1")
+        ],
+        "{p:#?}"
+    );
+    let after = plan::simulate(&d, &observed, &p);
+    let again = plan::plan(&d, &after, &opts);
+    assert!(again.actions.is_empty(), "{:#?}", again.actions);
 }
