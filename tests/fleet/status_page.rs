@@ -172,14 +172,36 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let r = http(
+        let r = self.try_call(method, path, &body);
+        assert!(r["value"].get("error").is_none(), "{method} {path}: {r}");
+        r["value"].clone()
+    }
+
+    /// The WebDriver answer, an error included.
+    fn try_call(&self, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        http(
             self.port,
             method,
             &format!("/session/{}{path}", self.session),
-            &body,
-        );
-        assert!(r["value"].get("error").is_none(), "{method} {path}: {r}");
-        r["value"].clone()
+            body,
+        )
+    }
+
+    /// Find `css` and act on it. The page redraws its cards every few
+    /// seconds, so an element found just before a redraw is stale by the
+    /// time it is acted on (WebDriver's "stale element reference"): find it
+    /// again, as WebDriver clients do, a bounded number of times.
+    fn on_element(&self, css: &str, action: &str, body: serde_json::Value) {
+        for _ in 0..10 {
+            let id = self.element(css);
+            let r = self.try_call("POST", &format!("/element/{id}/{action}"), &body);
+            match r["value"].get("error").and_then(|e| e.as_str()) {
+                None => return,
+                Some("stale element reference") => continue,
+                Some(_) => panic!("{action} {css}: {r}"),
+            }
+        }
+        panic!("{action} {css}: the element went stale 10 times in a row");
     }
 
     fn open(&self, url: &str) {
@@ -216,26 +238,12 @@ impl Browser {
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.call(
-            "POST",
-            &format!("/element/{id}/clear"),
-            serde_json::json!({}),
-        );
-        self.call(
-            "POST",
-            &format!("/element/{id}/value"),
-            serde_json::json!({ "text": text }),
-        );
+        self.on_element(css, "clear", serde_json::json!({}));
+        self.on_element(css, "value", serde_json::json!({ "text": text }));
     }
 
     fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.call(
-            "POST",
-            &format!("/element/{id}/click"),
-            serde_json::json!({}),
-        );
+        self.on_element(css, "click", serde_json::json!({}));
     }
 
     fn screenshot(&self, file: &Path) {
