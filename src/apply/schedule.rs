@@ -125,24 +125,27 @@ mod tests {
     }
 
     /// What one host plans, as `plan::plan` emits it: accessories and the
-    /// proxy, per role at most one main action followed by the stops of
-    /// leftover versions, then orphans.
+    /// proxy, per role its main actions (one on the container, or an
+    /// env-file rewrite and a route for a container in sync) followed by
+    /// the stops of leftover versions, then orphans.
     #[derive(Clone, Debug)]
     struct HostPlan {
         accessories: Vec<ActionKind>,
         proxy: Option<ActionKind>,
-        /// Per role: the main action, and how many leftovers to stop.
-        roles: Vec<(Option<ActionKind>, usize)>,
+        /// Per role: the main actions, and how many leftovers to stop.
+        roles: Vec<(Vec<ActionKind>, usize)>,
         orphans: usize,
     }
 
-    fn kind() -> impl Strategy<Value = ActionKind> {
+    fn main_actions() -> impl Strategy<Value = Vec<ActionKind>> {
         prop_oneof![
-            Just(ActionKind::Create),
-            Just(ActionKind::Start),
-            Just(ActionKind::Replace),
-            Just(ActionKind::WriteEnvFile),
-            Just(ActionKind::Route),
+            Just(vec![]),
+            Just(vec![ActionKind::Create]),
+            Just(vec![ActionKind::Start]),
+            Just(vec![ActionKind::Replace]),
+            Just(vec![ActionKind::WriteEnvFile]),
+            Just(vec![ActionKind::Route]),
+            Just(vec![ActionKind::WriteEnvFile, ActionKind::Route]),
         ]
     }
 
@@ -156,7 +159,7 @@ mod tests {
                 Just(ActionKind::Create),
                 Just(ActionKind::Start)
             ]),
-            proptest::collection::vec((proptest::option::of(kind()), 0..3usize), roles),
+            proptest::collection::vec((main_actions(), 0..3usize), roles),
             0..3usize,
         )
             .prop_map(|(accessories, proxy, roles, orphans)| HostPlan {
@@ -195,7 +198,7 @@ mod tests {
             for (i, h) in hosts.iter().enumerate() {
                 let (main, stops) = &h.roles[r];
                 let unit = || Unit::App { role: role.clone() };
-                if let Some(k) = main {
+                for k in main {
                     actions.push(action(i, unit(), *k, next()));
                 }
                 for _ in 0..*stops {
