@@ -1,7 +1,8 @@
 //! Test images, built `FROM scratch` with the static busybox (nothing can be
 //! pulled here) and pushed to the testbed's registry. Each is a context
-//! directory with a `Dockerfile` under the slot's `images/`, which
-//! `docker build` would build the same; [`crate::build`] builds it here.
+//! directory with a `Dockerfile` (under the `images/` of the first slot a
+//! process builds them in), which `docker build` would build the same;
+//! [`crate::build`] builds it here, once per process.
 //!
 //! - `demo:v1`..`v3`: serves `demo <version>` on `/`, `200` on `/up`, its
 //!   environment on `/cgi-bin/env`; exits 0 on SIGTERM.
@@ -31,19 +32,41 @@ pub const PROXY_VERSION: &str = "v0.9.2";
 
 const SERVE: &str = "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
 
-/// Build and push every image; returns the pushed references. Each image is
-/// built from its context's `Dockerfile` in this process
-/// ([`crate::build`]), not on a host's dockerd.
+/// Push every image; returns the pushed references.
 pub fn push(tb: &Testbed, set: &ImageSet<'_>) -> Result<Vec<String>> {
     let reg = tb.registry();
-    let work = tb.base.join("images");
     let mut pushed = Vec::new();
-    let mut build = |name: &str, ctx: PathBuf| -> Result<()> {
+    for (name, image) in built(tb, set)?.iter() {
         let (repository, tag) = name
             .split_once(':')
             .ok_or_else(|| step("image name", name))?;
-        Image::build(&ctx)?.push(&reg, repository, tag)?;
+        image.push(&reg, repository, tag)?;
         pushed.push(format!("{reg}/{name}"));
+    }
+    Ok(pushed)
+}
+
+/// The image set, built once per process and image set: the images are the
+/// same bytes in every slot (deterministic layers), and writing their
+/// contexts — a busybox and its few hundred applet symlinks per image — was
+/// most of what the in-process build still cost each fleet test.
+type Built = std::sync::Arc<Vec<(String, Image)>>;
+static BUILT: std::sync::Mutex<Vec<(Option<PathBuf>, Built)>> = std::sync::Mutex::new(Vec::new());
+
+/// Each image built from its context's `Dockerfile` in this process
+/// ([`crate::build`]), not on a host's dockerd; the contexts are written
+/// under the `images/` of the first slot that asks.
+fn built(tb: &Testbed, set: &ImageSet<'_>) -> Result<Built> {
+    let key = set.proxy_binary.map(Path::to_path_buf);
+    // Held while building: a second test waits for the first one's images.
+    let mut cache = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, images)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(images.clone());
+    }
+    let work = tb.base.join("images");
+    let mut images = Vec::new();
+    let mut build = |name: &str, ctx: PathBuf| -> Result<()> {
+        images.push((name.to_string(), Image::build(&ctx)?));
         Ok(())
     };
     for v in ["v1", "v2", "v3"] {
@@ -62,7 +85,9 @@ pub fn push(tb: &Testbed, set: &ImageSet<'_>) -> Result<Vec<String>> {
             proxy(&work, bin)?,
         )?;
     }
-    Ok(pushed)
+    let images: Built = std::sync::Arc::new(images);
+    cache.push((key, images.clone()));
+    Ok(images)
 }
 
 enum Variant {
