@@ -570,16 +570,12 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: &PlanOptions) -> Plan 
 }
 
 /// What `app` needs on its host: nothing, one action on its container, or,
-/// for a container in sync, its env file and its route, each when it
-/// drifted (both can: a berth killed mid-boot leaves the new container
-/// running, its env file half-written and the route on the old version —
-/// which the leftover stops after these must not take out of service).
+/// for a container in sync, one for its env file and one for its route, each
+/// when it drifted (both can: a berth killed mid-boot leaves the new
+/// container running, its env file half-written and the route on the old
+/// version — which the leftover stops after these must not take out of
+/// service). The env file comes first.
 fn plan_app(host: &str, app: &AppUnit, obs: &HostObservation) -> Vec<Action> {
-    plan_app_container(host, app, obs).map_or_else(|| plan_app_in_sync(host, app, obs), |a| vec![a])
-}
-
-/// The container's own action, or `None` when it runs as desired.
-fn plan_app_container(host: &str, app: &AppUnit, obs: &HostObservation) -> Option<Action> {
     let want = app_spec(app);
     let mine = |c: &&ObservedContainer| {
         c.labels.get("service")
@@ -611,7 +607,7 @@ fn plan_app_container(host: &str, app: &AppUnit, obs: &HostObservation) -> Optio
         Some(c) => {
             let diff = want.diff(&UnitSpec::from_observed(c, &want));
             if !diff.is_empty() {
-                return Some(action(ActionKind::Replace, diff, Some(c.name.clone())));
+                return vec![action(ActionKind::Replace, diff, Some(c.name.clone()))];
             }
             if !c.running() {
                 let mut reasons = vec![Change::State {
@@ -623,15 +619,52 @@ fn plan_app_container(host: &str, app: &AppUnit, obs: &HostObservation) -> Optio
                         to: app.container_name.clone(),
                     });
                 }
-                return Some(action(
+                return vec![action(
                     ActionKind::Start,
                     reasons,
                     running_other.map(|o| o.name.clone()),
-                ));
+                )];
             }
-            // In sync as a container; the env file and route may still
-            // drift (`plan_app_in_sync`).
-            None
+            // In sync as a container; the env file and route may still drift.
+            let mut actions = Vec::new();
+            let want_file = env_file_hash(&app.env_file);
+            match obs.env_files.get(&app.env_file.path) {
+                Some(Some(h)) if *h == want_file => {}
+                other => actions.push(action(
+                    ActionKind::WriteEnvFile,
+                    vec![Change::EnvFile {
+                        path: app.env_file.path.clone(),
+                        missing: !matches!(other, Some(Some(_))),
+                    }],
+                    None,
+                )),
+            }
+            if let (Some(route), Some(routes)) = (&app.proxy, &obs.proxy_routes) {
+                let current = routes.iter().find(|r| r.service == route.service);
+                let target_ok = current.and_then(|r| r.target.as_deref()).is_some_and(|t| {
+                    let host_part = t.rsplit_once(':').map_or(t, |(h, _)| h);
+                    !host_part.is_empty()
+                        && (c.id.starts_with(host_part) || host_part == c.name)
+                        && t.ends_with(&format!(":{}", route.app_port))
+                });
+                if !target_ok {
+                    actions.push(action(
+                        ActionKind::Route,
+                        vec![Change::Route {
+                            service: route.service.clone(),
+                            from: current.and_then(|r| r.target.clone()),
+                            to: format!("{}:{}", app.container_name, route.app_port),
+                        }],
+                        None,
+                    ));
+                } else {
+                    let settings = route_setting_changes(route, obs);
+                    if !settings.is_empty() {
+                        actions.push(action(ActionKind::Route, settings, None));
+                    }
+                }
+            }
+            actions
         }
         None => match running_other {
             Some(other) => {
@@ -644,70 +677,15 @@ fn plan_app_container(host: &str, app: &AppUnit, obs: &HostObservation) -> Optio
                         .into_iter()
                         .filter(|c| !matches!(c, Change::Image { .. }) && !is_version_env(c)),
                 );
-                Some(action(
+                vec![action(
                     ActionKind::Replace,
                     reasons,
                     Some(other.name.clone()),
-                ))
+                )]
             }
-            None => Some(action(ActionKind::Create, vec![Change::Missing], None)),
+            None => vec![action(ActionKind::Create, vec![Change::Missing], None)],
         },
     }
-}
-
-/// A running, in-sync container's env file and route: an action for each
-/// that drifted, the env file first.
-fn plan_app_in_sync(host: &str, app: &AppUnit, obs: &HostObservation) -> Vec<Action> {
-    let Some(c) = obs.containers.iter().find(|c| c.name == app.container_name) else {
-        return Vec::new();
-    };
-    let action = |kind, reasons| Action {
-        host: host.to_string(),
-        unit: Unit::App {
-            role: app.role.clone(),
-        },
-        container: app.container_name.clone(),
-        kind,
-        replaces: None,
-        reasons,
-    };
-    let mut actions = Vec::new();
-    let want_file = env_file_hash(&app.env_file);
-    match obs.env_files.get(&app.env_file.path) {
-        Some(Some(h)) if *h == want_file => {}
-        other => actions.push(action(
-            ActionKind::WriteEnvFile,
-            vec![Change::EnvFile {
-                path: app.env_file.path.clone(),
-                missing: !matches!(other, Some(Some(_))),
-            }],
-        )),
-    }
-    if let (Some(route), Some(routes)) = (&app.proxy, &obs.proxy_routes) {
-        let current = routes.iter().find(|r| r.service == route.service);
-        let target_ok = current.and_then(|r| r.target.as_deref()).is_some_and(|t| {
-            let host_part = t.rsplit_once(':').map_or(t, |(h, _)| h);
-            !host_part.is_empty()
-                && (c.id.starts_with(host_part) || host_part == c.name)
-                && t.ends_with(&format!(":{}", route.app_port))
-        });
-        if !target_ok {
-            actions.push(action(
-                ActionKind::Route,
-                vec![Change::Route {
-                    service: route.service.clone(),
-                    from: current.and_then(|r| r.target.clone()),
-                    to: format!("{}:{}", app.container_name, route.app_port),
-                }],
-            ));
-        } else {
-            let settings = route_setting_changes(route, obs);
-            if !settings.is_empty() {
-                actions.push(action(ActionKind::Route, settings));
-            }
-        }
-    }
-    actions
 }
 
 /// The route settings kamal-proxy holds for `route` that differ from what

@@ -2,7 +2,7 @@
 //! (the Docker Registry v2 protocol `docker push` speaks), with no daemon.
 //!
 //! Why: dockerd 20.10 re-executes its own 100 MB binary (chrootarchive) for
-//! every layer it builds or commits, about 0.1 s of CPU each. Building the
+//! every layer it builds or commits, about 65 ms of CPU each. Building the
 //! image set on a host's dockerd cost every fleet test about 5 s of CPU on a
 //! two-core machine whose fleet tests are CPU-bound; here it is a few ms of
 //! tar and gzip, and the hosts still pull real images from a real registry.
