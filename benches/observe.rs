@@ -15,9 +15,11 @@
 //! daemonized ControlMasters included), of the hosts' sshd (every session,
 //! and what the probe ran there) and of their dockerd, and of the whole
 //! machine, for: the tools as above; berth's cold path in-process (the same
-//! code, `Lifetime::OneShot`), with its phases timed per host (ControlMaster
-//! up = `ssh` start + key exchange + authentication; a channel for the
-//! host's shell; the probe's call; the Engine API snapshot; closing); and
+//! code, `Lifetime::OneShot`), with its phases timed per host (connection up
+//! = TCP + key exchange + authentication, in berth's process where
+//! `remote::direct` applies, as here, else an OpenSSH ControlMaster; a
+//! channel for the host's shell; the probe's call; the Engine API snapshot;
+//! closing), and how many hosts were reached in process; and
 //! the floor any process-based SSH client pays: `ssh -G` (the process, no
 //! network) and `ssh HOST true` (spawn, key exchange, authentication, one
 //! session) with curve25519 and with NIST P-256, all hosts at once.
@@ -290,6 +292,7 @@ fn main() {
 
         // The cold path in-process, phases timed.
         let mut in_process = Row::default();
+        let mut reached_in_process = 0;
         let mut phases = std::collections::BTreeMap::<Phase, (u32, Duration, Duration)>::new();
         for _ in 0..3 {
             hosts_settled(&daemons);
@@ -301,6 +304,7 @@ fn main() {
             let observed = rt.block_on(observe::observe(&desired, &conns, CLI_PARALLEL));
             let p = plan::plan(&desired, &observed, &PlanOptions::default());
             assert!(p.in_sync());
+            reached_in_process = conns.reached_in_process();
             rt.block_on(conns.close());
             let wall = t.elapsed();
             proc::reap("ssh", Duration::from_secs(10));
@@ -410,6 +414,9 @@ fn main() {
             row.print(what, "", n);
         }
         warm_row.print("berth warm observation", "berth", n);
+        println!(
+            "  cold: {reached_in_process} of {n} hosts reached in process (no ssh process; the CLI row's ssh column is then clock-tick rounding)"
+        );
         let phase_text: Vec<String> = phases
             .iter()
             .map(|(phase, (count, total, max))| {

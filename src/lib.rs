@@ -14,6 +14,7 @@ pub mod desired;
 pub mod docker_flags;
 pub mod history;
 pub mod kamal;
+pub mod known_hosts;
 pub mod notify;
 pub mod observe;
 pub mod plan;
@@ -36,6 +37,7 @@ mod layering {
         ("checkout", 0),
         ("docker_flags", 0),
         ("kamal", 0),
+        ("known_hosts", 0),
         ("secret", 0),
         ("policy", 0),
         ("config", 1),

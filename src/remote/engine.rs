@@ -24,7 +24,11 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{CALL_TIMEOUT, Connections, RemoteError};
+use super::{CALL_TIMEOUT, Connections, Duplex, RemoteError};
+
+/// A connection to a host's Docker socket: an in-process SSH channel, or a
+/// socket OpenSSH forwards.
+type Conn = BufReader<Box<dyn Duplex>>;
 
 /// Largest response body accepted: an inspect is a few KiB, a list of a
 /// service's containers rarely more than a few hundred.
@@ -46,7 +50,7 @@ pub(super) struct Engine {
     local_socket: PathBuf,
     /// The session the forward was made on: a reconnect loses it.
     forwarded_on: Option<Weak<Session>>,
-    conn: Option<BufReader<UnixStream>>,
+    conn: Option<Conn>,
     failures: u32,
     /// Set aside until then (after [`GIVE_UP_AFTER`] failures).
     resting_until: Option<std::time::Instant>,
@@ -325,11 +329,12 @@ impl Connections {
         }
     }
 
-    async fn engine_connect(
-        &self,
-        host: &str,
-        engine: &mut Engine,
-    ) -> Result<BufReader<UnixStream>, String> {
+    async fn engine_connect(&self, host: &str, engine: &mut Engine) -> Result<Conn, String> {
+        if let Some(direct) = self.direct_session(host).await.map_err(|e| e.to_string())? {
+            return Ok(BufReader::new(
+                direct.unix_socket(&engine.remote_socket).await?,
+            ));
+        }
         let session = self.session(host).await.map_err(|e| e.to_string())?;
         let current = engine
             .forwarded_on
@@ -352,7 +357,7 @@ impl Connections {
         let stream = UnixStream::connect(&engine.local_socket)
             .await
             .map_err(|e| format!("{}: {e}", engine.local_socket.display()))?;
-        Ok(BufReader::new(stream))
+        Ok(BufReader::new(Box::new(stream)))
     }
 
     /// Follow `host`'s Docker events that match `filters` (Engine API
@@ -482,10 +487,10 @@ fn image_path(id: &str) -> String {
 /// Write the pipelined requests and read `n` responses in order. The
 /// connection comes back unless the Engine said it will close it.
 async fn exchange(
-    mut conn: BufReader<UnixStream>,
+    mut conn: Conn,
     request: &[u8],
     n: usize,
-) -> std::io::Result<(Vec<Response>, Option<BufReader<UnixStream>>)> {
+) -> std::io::Result<(Vec<Response>, Option<Conn>)> {
     conn.get_mut().write_all(request).await?;
     let mut responses = Vec::with_capacity(n);
     let mut open = true;
@@ -501,7 +506,7 @@ fn bad(what: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
 }
 
-async fn read_line(conn: &mut BufReader<UnixStream>) -> std::io::Result<String> {
+async fn read_line(conn: &mut Conn) -> std::io::Result<String> {
     let mut line = String::new();
     // Bounded: a status line, a header or a chunk size is short.
     let n = (&mut *conn).take(8192).read_line(&mut line).await?;
@@ -525,7 +530,7 @@ struct Head {
     keep_alive: bool,
 }
 
-async fn read_head(conn: &mut BufReader<UnixStream>) -> std::io::Result<Head> {
+async fn read_head(conn: &mut Conn) -> std::io::Result<Head> {
     let status_line = read_line(conn).await?;
     let mut parts = status_line.split(' ');
     let status = match (parts.next(), parts.next()) {
@@ -565,7 +570,7 @@ async fn read_head(conn: &mut BufReader<UnixStream>) -> std::io::Result<Head> {
 }
 
 /// The next chunk of a chunked body; `None` at its end.
-async fn read_chunk(conn: &mut BufReader<UnixStream>) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_chunk(conn: &mut Conn) -> std::io::Result<Option<Vec<u8>>> {
     let size = read_line(conn).await?;
     let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
         .map_err(|_| bad("bad chunk size"))?;
@@ -585,7 +590,7 @@ async fn read_chunk(conn: &mut BufReader<UnixStream>) -> std::io::Result<Option<
 
 /// One HTTP/1.1 response: status, body (by Content-Length or chunked), and
 /// whether the connection stays open.
-async fn read_response(conn: &mut BufReader<UnixStream>) -> std::io::Result<(Response, bool)> {
+async fn read_response(conn: &mut Conn) -> std::io::Result<(Response, bool)> {
     let head = read_head(conn).await?;
     let mut keep_alive = head.keep_alive;
     let mut body = Vec::new();
@@ -641,7 +646,7 @@ mod tests {
         tokio::spawn(async move {
             let _ = b.write_all(raw).await;
         });
-        let mut conn = BufReader::new(a);
+        let mut conn: Conn = BufReader::new(Box::new(a));
         let mut out = Vec::new();
         for _ in 0..2 {
             let (r, keep) = read_response(&mut conn).await?;

@@ -12,6 +12,7 @@
 //! `engine`: a host's Docker Engine API through the same connection
 //! ([`Connections::engine_snapshot`], [`Connections::engine_events`]).
 
+mod direct;
 mod engine;
 
 pub use engine::{Snapshot, percent_encode};
@@ -168,13 +169,33 @@ impl RemoteOutput {
 /// A host's connection, once made.
 type Slot = Arc<Mutex<Option<Arc<Session>>>>;
 
+/// A byte stream both ways: an SSH channel or a forwarded unix socket.
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Duplex for T {}
+
+/// A host's in-process connection ([`direct`]), as far as it went.
+#[derive(Default)]
+enum DirectState {
+    #[default]
+    Untried,
+    Open(Arc<direct::Session>),
+    /// Nothing answered: the same error for every later use.
+    Unreachable(String),
+    /// OpenSSH connects this host instead.
+    OpenSsh,
+}
+
+type DirectSlot = Arc<Mutex<DirectState>>;
+
 /// A long-lived `sh` on a host reading requests from its stdin: a function
 /// called there costs no SSH channel, no sshd fork and no shell start-up,
 /// which is most of an observation's cost (see [`Connections::call`]).
 struct Worker {
-    child: openssh::Child<Arc<Session>>,
-    stdin: openssh::ChildStdin,
-    stdout: tokio::io::BufReader<openssh::ChildStdout>,
+    /// OpenSSH's session for the shell; `None` on an in-process channel,
+    /// which ends with its stream.
+    child: Option<openssh::Child<Arc<Session>>>,
+    stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    stdout: tokio::io::BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
     /// Functions already defined in this shell.
     defined: std::collections::HashSet<&'static str>,
     /// Ends each answer; random, so no output line can fake it.
@@ -214,6 +235,10 @@ pub struct Connections {
     proxy_state_cache: std::sync::Mutex<HashMap<String, ProxyStateCache>>,
     /// Where this set's time went, for benchmarks.
     phases: Phases,
+    /// A one-shot run's in-process SSH ([`direct`]): how, decided once
+    /// (`None`: OpenSSH for every host), and each host's connection.
+    direct_plan: std::sync::OnceLock<Option<Arc<direct::Plan>>>,
+    direct: std::sync::Mutex<HashMap<String, DirectSlot>>,
 }
 
 /// A step of reaching hosts, timed per host ([`Connections::phase_times`]).
@@ -351,6 +376,56 @@ impl Connections {
             proxy_state_by_engine: Default::default(),
             proxy_state_cache: Default::default(),
             phases: Phases::default(),
+            direct_plan: std::sync::OnceLock::new(),
+            direct: Default::default(),
+        }
+    }
+
+    /// `host`'s in-process connection, made on first use; `None`: OpenSSH
+    /// connects it (not a one-shot run, or something only OpenSSH does).
+    async fn direct_session(
+        &self,
+        host: &str,
+    ) -> Result<Option<Arc<direct::Session>>, RemoteError> {
+        let plan = self.direct_plan.get_or_init(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            match direct::Plan::for_options(&self.opts, home.as_deref()) {
+                Ok(plan) => Some(Arc::new(plan)),
+                Err(why) => {
+                    if self.opts.lifetime == Lifetime::OneShot {
+                        tracing::debug!("hosts are reached through OpenSSH: {why}");
+                    }
+                    None
+                }
+            }
+        });
+        let Some(plan) = plan else {
+            return Ok(None);
+        };
+        let slot = {
+            let mut map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(host.to_string()).or_default().clone()
+        };
+        let mut state = slot.lock().await;
+        if let DirectState::Untried = *state {
+            let started = std::time::Instant::now();
+            *state = match plan.connect(host).await {
+                Ok(s) => DirectState::Open(Arc::new(s)),
+                Err(direct::Failure::Unreachable(message)) => DirectState::Unreachable(message),
+                Err(direct::Failure::UseOpenSsh(why)) => {
+                    tracing::debug!(host, "reached through OpenSSH: {why}");
+                    DirectState::OpenSsh
+                }
+            };
+            self.phases.add(Phase::Connect, started.elapsed());
+        }
+        match &*state {
+            DirectState::Open(s) => Ok(Some(s.clone())),
+            DirectState::Unreachable(message) => Err(RemoteError::Connect {
+                host: host.to_string(),
+                message: message.clone(),
+            }),
+            DirectState::Untried | DirectState::OpenSsh => Ok(None),
         }
     }
 
@@ -361,6 +436,17 @@ impl Connections {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Hosts connected in process so far ([`direct`]: a one-shot run).
+    pub fn reached_in_process(&self) -> usize {
+        let map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|slot| {
+                slot.try_lock()
+                    .is_ok_and(|s| matches!(*s, DirectState::Open(_)))
+            })
+            .count()
     }
 
     /// Remote commands run so far.
@@ -680,8 +766,8 @@ impl Connections {
                     }
                     // A broken or stuck shell: end it, try a fresh one once.
                     _ => {
-                        if let Some(w) = worker.take() {
-                            let _ = w.child.disconnect().await;
+                        if let Some(child) = worker.take().and_then(|w| w.child) {
+                            let _ = child.disconnect().await;
                         }
                     }
                 }
@@ -698,7 +784,25 @@ impl Connections {
 
     async fn start_worker(&self, host: &str) -> Result<Worker, RemoteError> {
         let argv = ["sh".to_string(), "-s".to_string()];
-        // The master's own set-up is timed apart.
+        let marker = format!("@@berth-done-{}", random_hex(16));
+        // The connection's own set-up is timed apart.
+        if let Some(direct) = self.direct_session(host).await? {
+            let started = std::time::Instant::now();
+            let stream = direct
+                .exec(&shell::join(&argv))
+                .await
+                .map_err(|e| command_error(host, &argv, &e))?;
+            self.phases.add(Phase::Channel, started.elapsed());
+            // The shell's stderr (extended data) is not read, as below.
+            let (stdout, stdin) = tokio::io::split(stream);
+            return Ok(Worker {
+                child: None,
+                stdin: Box::new(stdin),
+                stdout: tokio::io::BufReader::new(Box::new(stdout)),
+                defined: Default::default(),
+                marker,
+            });
+        }
         self.session(host).await?;
         let started = std::time::Instant::now();
         let mut child = self
@@ -709,11 +813,11 @@ impl Connections {
         let stdin = child.stdin().take().ok_or_else(|| fail("no stdin"))?;
         let stdout = child.stdout().take().ok_or_else(|| fail("no stdout"))?;
         Ok(Worker {
-            child,
-            stdin,
-            stdout: tokio::io::BufReader::new(stdout),
+            child: Some(child),
+            stdin: Box::new(stdin),
+            stdout: tokio::io::BufReader::new(Box::new(stdout)),
             defined: Default::default(),
-            marker: format!("@@berth-done-{}", random_hex(16)),
+            marker,
         })
     }
 
@@ -724,36 +828,65 @@ impl Connections {
             let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().collect()
         };
+        let mut direct: HashMap<String, DirectSlot> = {
+            let mut map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().collect()
+        };
         let mut sessions: Vec<(String, Option<Slot>)> = {
             let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().map(|(h, s)| (h, Some(s))).collect()
         };
-        // A shell whose master was forgotten (it broke) still ends.
-        sessions.extend(
-            workers
-                .keys()
-                .filter(|h| !sessions.iter().any(|(s, _)| s == *h))
-                .map(|h| (h.clone(), None))
-                .collect::<Vec<_>>(),
-        );
+        // A shell whose master was forgotten (it broke) still ends, and an
+        // in-process connection has no master.
+        let others: std::collections::BTreeSet<String> = workers
+            .keys()
+            .chain(direct.keys())
+            .filter(|h| !sessions.iter().any(|(s, _)| s == *h))
+            .cloned()
+            .collect();
+        sessions.extend(others.into_iter().map(|h| (h, None)));
         let mut closing = tokio::task::JoinSet::new();
         for (host, session) in sessions {
             let worker = workers.remove(&host);
+            let direct = direct.remove(&host);
             closing.spawn(async move {
                 let started = std::time::Instant::now();
                 // The persistent shell first: it holds its session.
                 if let Some(slot) = worker
-                    && let Some(w) = slot.lock().await.take()
+                    && let Some(mut w) = slot.lock().await.take()
                 {
-                    // End of input ends the shell.
+                    // End of input ends the shell (on a channel, only a
+                    // shutdown sends it: the stream's other half lives on).
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::io::AsyncWriteExt::shutdown(&mut w.stdin),
+                    )
+                    .await;
                     drop(w.stdin);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), w.child.wait()).await;
+                    let wait = async {
+                        match w.child {
+                            Some(child) => {
+                                let _ = child.wait().await;
+                            }
+                            // The channel's end: the shell has exited.
+                            None => {
+                                let _ =
+                                    tokio::io::copy(&mut w.stdout, &mut tokio::io::sink()).await;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
                 }
                 if let Some(slot) = session
                     && let Some(s) = slot.lock().await.take()
                     && let Ok(s) = Arc::try_unwrap(s)
                 {
                     let _ = s.close().await;
+                }
+                if let Some(slot) = direct
+                    && let DirectState::Open(s) = std::mem::take(&mut *slot.lock().await)
+                {
+                    s.close().await;
                 }
                 started.elapsed()
             });

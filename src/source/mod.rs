@@ -13,7 +13,6 @@
 //! where each app instance's checkout lives ([`instance_checkout`]).
 
 pub mod index;
-pub mod known_hosts;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -271,22 +270,22 @@ impl GitAuth {
             let name = name.trim_matches(['[', ']']);
             // The raw key when libssh2 gives it, else its SHA-256.
             let key = match (hostkey.hostkey(), hostkey.hash_sha256()) {
-                (Some(key), _) => known_hosts::HostKey::Raw(key),
-                (None, Some(hash)) => known_hosts::HostKey::Sha256(hash),
+                (Some(key), _) => crate::known_hosts::HostKey::Raw(key),
+                (None, Some(hash)) => crate::known_hosts::HostKey::Sha256(hash),
                 (None, None) => {
                     return Err(git2::Error::from_str(&format!(
                         "host key of {host}: libssh2 gave neither the key nor its SHA-256"
                     )));
                 }
             };
-            let reason = match known_hosts::check(&known, name, port, key) {
-                known_hosts::Verdict::Known => {
+            let reason = match crate::known_hosts::check(&known, name, port, key) {
+                crate::known_hosts::Verdict::Known => {
                     return Ok(git2::CertificateCheckStatus::CertificateOk);
                 }
-                known_hosts::Verdict::Revoked => {
+                crate::known_hosts::Verdict::Revoked => {
                     format!("the host key of {host} is marked @revoked in the known_hosts file")
                 }
-                known_hosts::Verdict::Unknown => format!(
+                crate::known_hosts::Verdict::Unknown => format!(
                     "the host key of {host} is not in the known_hosts file (strict host key checking)"
                 ),
             };

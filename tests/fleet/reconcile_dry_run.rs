@@ -314,6 +314,45 @@ fn bad_input_fails_cleanly_before_touching_any_host() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("host key verification failed"));
+    // A one-shot run reaches hosts in process, and is as strict: another
+    // key listed for the host is a changed key; the host's own key listed
+    // and also `@revoked` is refused.
+    let real = std::fs::read_to_string(fleet.tb.known_hosts()).unwrap();
+    let line = real
+        .lines()
+        .find(|l| l.split(' ').next() == Some(addr.as_str()))
+        .expect("the host's known_hosts line")
+        .to_string();
+    let other = tempfile::tempdir().unwrap();
+    let other_key = other.path().join("k");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let other_pub = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let mut other_pub = other_pub.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    other_pub.insert_str(0, &format!("{addr} "));
+    for (known, says) in [
+        (format!("{other_pub}\n"), "has CHANGED"),
+        (
+            format!("{line}\n@revoked {line}\n"),
+            "host key verification failed",
+        ),
+    ] {
+        let file = other.path().join("known_hosts");
+        std::fs::write(&file, &known).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["reconcile", "--dry-run", "--known-hosts"])
+            .arg(&file)
+            .current_dir(p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{known}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{known}: {err}");
+    }
 
     // An unreachable bastion: a clear connection error.
     write_config(
@@ -418,6 +457,14 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         let once = std::sync::Arc::new(Connections::new(once));
         assert_eq!(observe::observe(&desired, &once, 8).await, by_shell);
         assert_eq!(once.engine_batches(), 2 * n);
+        // Each host over one in-process connection, no OpenSSH master.
+        assert_eq!(once.reached_in_process(), n as usize);
+        assert_eq!(
+            once.phase_times()
+                .get(&berth::remote::Phase::Connect)
+                .map(|t| t.count),
+            Some(n as u32)
+        );
         once.close().await;
         // Drift shows at once, as a fresh shell probe sees it.
         fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();

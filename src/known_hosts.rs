@@ -1,11 +1,11 @@
-//! `source::known_hosts`: is a Git server's SSH host key listed for it in a
-//! known_hosts file? Lines are parsed by the `ssh-key` crate (markers,
-//! hashed `|1|salt|hash` names as `HashKnownHosts yes` writes them, pattern
-//! lists); matching follows OpenSSH's `ssh`: the name is `host`, or
+//! `known_hosts`: is a server's SSH host key listed for it in a known_hosts
+//! file (a Git server's for `source`, a fleet host's for `remote::direct`)?
+//! Lines are parsed by the `ssh-key` crate (markers, hashed `|1|salt|hash`
+//! names as `HashKnownHosts yes` writes them, pattern lists); matching follows OpenSSH's `ssh`: the name is `host`, or
 //! `[host]:port` off port 22, lower-cased; `*`/`?` globs, a matching `!`
 //! pattern rules its line out; a `@revoked` key listed for the host is
 //! refused whatever else lists it. `@cert-authority` lines are skipped
-//! (libssh2 presents no host certificates), and so are lines `ssh-key`
+//! (neither libssh2 nor `remote::direct` accepts host certificates), and so are lines `ssh-key`
 //! cannot parse (OpenSSH skips them too).
 
 use hmac::{KeyInit, Mac};
@@ -29,14 +29,31 @@ pub enum Verdict {
     Unknown,
 }
 
-/// What `known_hosts` says about `key` for `host` on `port`.
-pub fn check(known_hosts: &str, host: &str, port: u16, key: HostKey<'_>) -> Verdict {
+/// The name OpenSSH looks `host` up by: lower-cased, `[host]:port` off 22.
+fn lookup_name(host: &str, port: u16) -> String {
     let host = host.to_ascii_lowercase();
-    let name = if port == 22 {
+    if port == 22 {
         host
     } else {
         format!("[{host}]:{port}")
-    };
+    }
+}
+
+/// The key algorithms (`ssh-ed25519`, ...) of the keys `known_hosts` lists
+/// for `host` on `port`, revoked and CA lines left out: what an SSH client
+/// asks the host for first, as OpenSSH does.
+pub fn listed_algorithms(known_hosts: &str, host: &str, port: u16) -> Vec<String> {
+    let name = lookup_name(host, port);
+    KnownHosts::new(known_hosts)
+        .flatten()
+        .filter(|e| e.marker().is_none() && host_matches(e.host_patterns(), &name))
+        .map(|e| e.public_key().algorithm().as_str().to_string())
+        .collect()
+}
+
+/// What `known_hosts` says about `key` for `host` on `port`.
+pub fn check(known_hosts: &str, host: &str, port: u16, key: HostKey<'_>) -> Verdict {
+    let name = lookup_name(host, port);
     let mut verdict = Verdict::Unknown;
     for entry in KnownHosts::new(known_hosts).flatten() {
         if entry.marker() == Some(&Marker::CertAuthority)
@@ -204,6 +221,20 @@ mod tests {
         assert_eq!(verdict(&kh, "10.0.0.1", 22, B), Verdict::Unknown);
         let kh = format!("@revoked 10.0.0.9 ssh-ed25519 {A}\n10.0.0.1 ssh-ed25519 {A}\n");
         assert_eq!(verdict(&kh, "10.0.0.1", 22, A), Verdict::Known);
+    }
+
+    #[test]
+    fn the_algorithms_listed_for_a_host_are_its_lines_only() {
+        let ecdsa = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBBkltpuulGykrfuvabzYVg71fzloL9ut5wC+XiSR7/FY5RxM6/f10KR30aL0YYcIiUGcEudeBSmmAsj9vrggYLA=";
+        let kh = format!(
+            "10.0.0.1 ecdsa-sha2-nistp256 {ecdsa}\n@revoked 10.0.0.1 ssh-ed25519 {A}\n@cert-authority * ssh-ed25519 {B}\n[10.0.0.1]:2222 ssh-ed25519 {B}\n"
+        );
+        assert_eq!(
+            listed_algorithms(&kh, "10.0.0.1", 22),
+            ["ecdsa-sha2-nistp256"]
+        );
+        assert_eq!(listed_algorithms(&kh, "10.0.0.1", 2222), ["ssh-ed25519"]);
+        assert!(listed_algorithms(&kh, "10.0.0.2", 22).is_empty());
     }
 
     #[test]
