@@ -466,6 +466,18 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
             Some(n as u32)
         );
         once.close().await;
+        // An ssh_config naming what only OpenSSH applies: OpenSSH for every
+        // host, the same observation.
+        let cfg_dir = tempfile::tempdir().unwrap();
+        let user_cfg = cfg_dir.path().join("ssh_config");
+        std::fs::write(&user_cfg, "Host *\n  Port 22\n").unwrap();
+        let mut by_openssh = ssh.clone();
+        by_openssh.lifetime = berth::remote::Lifetime::OneShot;
+        by_openssh.config_files = vec![user_cfg];
+        let once = std::sync::Arc::new(Connections::new(by_openssh));
+        assert_eq!(observe::observe(&desired, &once, 8).await, by_shell);
+        assert_eq!(once.reached_in_process(), 0);
+        once.close().await;
         // Drift shows at once, as a fresh shell probe sees it.
         fleet.host(0).docker_ok(&["stop", "demo-web-v1"]).unwrap();
         let drifted = observe::observe(&desired, &conns, 8).await;
