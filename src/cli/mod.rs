@@ -173,6 +173,11 @@ pub fn main() -> ExitCode {
             .into();
         }
     };
+    // The one-shot commands log only when asked (`RUST_LOG`, to stderr);
+    // `berth run` sets up its own (format, default level).
+    if !matches!(cli.command, Command::Run(_)) && std::env::var_os("RUST_LOG").is_some() {
+        run::init_logging(run::LogFormat::Text);
+    }
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Render(args) => render::run(&args),

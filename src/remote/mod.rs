@@ -2,8 +2,10 @@
 //! host (the `openssh` crate: a ControlMaster per host), opened on first use
 //! and kept warm across reconcile cycles; every command is an argv turned into
 //! one remote string by [`crate::shell::join`]. A one-shot run
-//! ([`Lifetime::OneShot`]: `reconcile --dry-run`) differs only in its choice
-//! of key exchange; [`Connections::phase_times`] says where its time went.
+//! ([`Lifetime::OneShot`]: `reconcile --dry-run`) reaches hosts in berth's
+//! own process instead where that connects as OpenSSH would ([`direct`]),
+//! and otherwise differs only in its choice of key exchange;
+//! [`Connections::phase_times`] says where its time went.
 //!
 //! Host keys are verified: `StrictHostKeyChecking=yes` against the user's
 //! known_hosts or `--known-hosts FILE`; accepting a new key on first contact
@@ -65,17 +67,20 @@ pub struct SshOptions {
 }
 
 /// How long berth will use a host's connection: the one choice by which a
-/// one-shot run differs from the controller. Both make one ControlMaster
-/// per host (the only process: channels are opened by berth itself through
-/// its socket, natively) with the same strict host-key checking.
+/// one-shot run differs from the controller. The controller makes one
+/// ControlMaster per host (the only process: channels are opened by berth
+/// itself through its socket, natively); a one-shot run connects in process
+/// ([`direct`]) where it can, else the same way. Host keys are checked as
+/// strictly either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Lifetime {
     /// Kept warm across cycles (the controller) or many commands (an apply).
     #[default]
     Persistent,
     /// One observation, then closed: the connection's own set-up is most of
-    /// what the run costs, so its key exchange is the one cheapest for the
-    /// host (see [`kex_preference`]).
+    /// what the run costs, so it is made in process where it can be (no
+    /// `ssh` started, [`direct`]) and its key exchange is the one cheapest
+    /// for the host (see [`kex_preference`]).
     OneShot,
 }
 

@@ -363,10 +363,27 @@ fn bad_input_fails_cleanly_before_touching_any_host() {
             &format!("ssh:\n  proxy: root@10.210.{}.250\n", fleet.tb.slot),
         ),
     );
-    let out = berth.dry_run(&["--connect-timeout", "2"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "reconcile",
+            "--dry-run",
+            "--connect-timeout",
+            "2",
+            "--known-hosts",
+        ])
+        .arg(fleet.tb.known_hosts())
+        .env("RUST_LOG", "berth=debug")
+        .current_dir(p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect"), "{err}");
+    // Through OpenSSH (a jump host is its to make), and the log says so.
+    assert!(
+        err.contains("hosts are reached through OpenSSH: a jump host or ProxyCommand"),
+        "{err}"
+    );
     // Nothing ran: no docker network was ever created on the host.
     let nets = fleet
         .host(0)
