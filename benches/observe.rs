@@ -266,7 +266,9 @@ fn main() {
                     ])
                     .arg(fleet.tb.known_hosts())
                     .arg("-c")
-                    .arg(p.join("config/deploy.yml")),
+                    .arg(p.join("config/deploy.yml"))
+                    // The keys the config names, as on a CI runner.
+                    .env_remove("SSH_AUTH_SOCK"),
             );
             assert_eq!(
                 run.output.status.code(),
@@ -285,6 +287,7 @@ fn main() {
         let (cfg, desired) = load_desired_for(&p.join("config/deploy.yml"), None).expect("config");
         let mut ssh = SshOptions::from_config(&cfg.ssh, Some(PathBuf::from("/root")));
         ssh.known_hosts = Some(fleet.tb.known_hosts());
+        ssh.agent = false;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -7,10 +7,14 @@
 //! It is used only where it connects as OpenSSH with berth's ssh_config
 //! would ([`Plan::for_options`] says why not otherwise): no jump host or
 //! ProxyCommand, strict host keys, a user's or `ssh.config`'s ssh_config
-//! holding only directives that change nothing here, and at least one
-//! unencrypted key file it can read (ed25519 or ECDSA; the permission rule
-//! OpenSSH applies to key files is applied too). Everything else goes to
-//! OpenSSH, and so does any host whose key no known_hosts line lists, that
+//! holding only directives that change nothing here, no ssh-agent (OpenSSH
+//! offers its keys first), and key files in OpenSSH's order whose first
+//! usable one is ed25519 or ECDSA; keys are offered in that order up to the
+//! first one OpenSSH would offer and this client cannot (RSA, a
+//! certificate), so a host accepts the key OpenSSH would have used, with
+//! the same `authorized_keys` options. Encrypted keys and keys others may
+//! read are skipped, as OpenSSH in BatchMode skips them. Everything else
+//! goes to OpenSSH, and so does any host whose key no known_hosts line lists, that
 //! accepts none of the keys, or that speaks nothing in common with russh:
 //! OpenSSH then decides and reports as it always has. A host that cannot be
 //! reached at all is reported at once (OpenSSH would only wait as long
@@ -95,34 +99,10 @@ impl Plan {
                 .map_err(|d| format!("{}: `{d}` is OpenSSH's to apply", c.display()))?;
         }
 
-        let mut keys = Vec::new();
-        let files: Vec<PathBuf> = if o.keys.is_empty() && o.key_data.is_empty() {
-            // OpenSSH's default identities, those russh can use.
-            home.map(|h| {
-                ["id_ecdsa", "id_ed25519"]
-                    .iter()
-                    .map(|f| h.join(".ssh").join(f))
-                    .filter(|p| p.exists())
-                    .collect()
-            })
-            .unwrap_or_default()
-        } else {
-            o.keys.clone()
-        };
-        for f in &files {
-            if let Some(k) = load_key_file(f) {
-                keys.push(Arc::new(k));
-            }
+        if o.agent {
+            return Err("an ssh-agent (SSH_AUTH_SOCK) offers its keys first, to OpenSSH".into());
         }
-        for k in &o.key_data {
-            if let Ok(k) = russh::keys::decode_secret_key(k.expose().trim(), None) {
-                keys.push(Arc::new(k));
-            }
-        }
-        keys.retain(|k| usable(k.algorithm()));
-        if keys.is_empty() {
-            return Err("no unencrypted ed25519 or ECDSA key file".into());
-        }
+        let keys = identities(o, home)?;
 
         let user_files: Vec<PathBuf> = match (&o.known_hosts, home) {
             (Some(f), _) => vec![f.clone()],
@@ -357,16 +337,126 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// A private key file as OpenSSH would use it: not one of this user's files
-/// that others may read (OpenSSH ignores those: "UNPROTECTED PRIVATE KEY
-/// FILE"), not encrypted (BatchMode asks for no passphrase).
-fn load_key_file(path: &Path) -> Option<PrivateKey> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.uid() == rustix::process::getuid().as_raw() && meta.mode() & 0o077 != 0 {
-        return None;
+/// OpenSSH's default identities, in its order (`ssh_config(5)`,
+/// IdentityFile), when berth's ssh_config names none.
+const DEFAULT_IDENTITIES: &[&str] = &[
+    "id_rsa",
+    "id_ecdsa",
+    "id_ecdsa_sk",
+    "id_ed25519",
+    "id_ed25519_sk",
+    "id_xmss",
+    "id_dsa",
+];
+
+/// The keys OpenSSH would offer, in its order (`ssh.keys`, then
+/// `ssh.key_data`, as berth's ssh_config lists them; else its default
+/// identities), up to the first one this client cannot offer as OpenSSH
+/// would (an RSA key, a certificate beside a key, ...). A host that accepts
+/// one of them is then authenticated with the key OpenSSH would have used:
+/// per-key restrictions in `authorized_keys` (`restrict`, `command=`) apply
+/// the same. Empty: OpenSSH's to connect.
+fn identities(o: &SshOptions, home: Option<&Path>) -> Result<Vec<Arc<PrivateKey>>, String> {
+    let files: Vec<PathBuf> = if o.keys.is_empty() && o.key_data.is_empty() {
+        home.map(|h| {
+            DEFAULT_IDENTITIES
+                .iter()
+                .map(|f| h.join(".ssh").join(f))
+                .collect()
+        })
+        .unwrap_or_default()
+    } else {
+        o.keys.clone()
+    };
+    let mut keys = Vec::new();
+    let mut stop = None;
+    for f in &files {
+        // OpenSSH offers `<key>-cert.pub` with the key: certificates are
+        // its own, and so is the key beside one.
+        let mut cert = f.clone().into_os_string();
+        cert.push("-cert.pub");
+        let cert = PathBuf::from(cert);
+        if cert.exists() {
+            stop = Some(format!("{}: a certificate is OpenSSH's", cert.display()));
+            break;
+        }
+        match identity_file(f) {
+            Identity::Usable(k) => keys.push(k),
+            Identity::Skipped => {}
+            Identity::OpenSsh(why) => {
+                stop = Some(format!("{}: {why}", f.display()));
+                break;
+            }
+        }
     }
-    russh::keys::decode_secret_key(&read_bounded(path).ok()?, None).ok()
+    if stop.is_none() {
+        for k in &o.key_data {
+            match identity(k.expose().trim()) {
+                Identity::Usable(k) => keys.push(k),
+                Identity::Skipped => {}
+                Identity::OpenSsh(why) => {
+                    stop = Some(format!("ssh.key_data: {why}"));
+                    break;
+                }
+            }
+        }
+    }
+    match (keys.is_empty(), stop) {
+        (false, _) => Ok(keys),
+        (true, Some(why)) => Err(why),
+        (true, None) => Err("no unencrypted ed25519 or ECDSA key file".into()),
+    }
+}
+
+/// What OpenSSH (in BatchMode) does with an identity, as far as this client
+/// follows it.
+enum Identity {
+    /// Offered and signed with here.
+    Usable(Arc<PrivateKey>),
+    /// OpenSSH passes over it too: missing or unreadable, readable by
+    /// others, encrypted (BatchMode asks for no passphrase).
+    Skipped,
+    /// OpenSSH would offer it and this client does not.
+    OpenSsh(&'static str),
+}
+
+/// A key file: not one of this user's files that others may read (OpenSSH
+/// ignores those: "UNPROTECTED PRIVATE KEY FILE").
+fn identity_file(path: &Path) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Identity::Skipped;
+    };
+    if meta.uid() == rustix::process::getuid().as_raw() && meta.mode() & 0o077 != 0 {
+        return Identity::Skipped;
+    }
+    match read_bounded(path) {
+        Ok(text) => identity(&text),
+        Err(_) => Identity::Skipped,
+    }
+}
+
+fn identity(text: &str) -> Identity {
+    // OpenSSH's own format tells an encrypted key and the key type apart
+    // without a passphrase; any other format is OpenSSH's to read.
+    match ssh_key::PrivateKey::from_openssh(text) {
+        Ok(k) if k.is_encrypted() => Identity::Skipped,
+        Ok(k)
+            if !matches!(
+                k.algorithm(),
+                ssh_key::Algorithm::Ed25519 | ssh_key::Algorithm::Ecdsa { .. }
+            ) =>
+        {
+            Identity::OpenSsh(
+                "a key of a type this client does not sign with (RSA, DSA, a security key)",
+            )
+        }
+        Ok(_) => match russh::keys::decode_secret_key(text, None) {
+            Ok(k) if usable(k.algorithm()) => Identity::Usable(Arc::new(k)),
+            _ => Identity::OpenSsh("a key this client cannot read"),
+        },
+        Err(_) => Identity::OpenSsh("a key format this client does not read"),
+    }
 }
 
 /// Whether an ssh_config changes nothing this client does: only directives
@@ -460,6 +550,7 @@ mod tests {
     fn opts(dir: &Path) -> SshOptions {
         let mut o = SshOptions::from_config(&crate::config::Ssh::default(), None);
         o.lifetime = Lifetime::OneShot;
+        o.agent = false;
         o.control_dir = dir.join("ctl");
         o
     }
@@ -525,10 +616,37 @@ mod tests {
         assert!(Plan::for_options(&named, Some(home)).is_err());
         let rsa = home.join("rsa");
         keygen(&rsa, "rsa", "");
-        named.keys = vec![rsa];
+        named.keys = vec![rsa.clone()];
         assert!(Plan::for_options(&named, Some(home)).is_err());
-        named.keys.push(key);
-        assert!(Plan::for_options(&named, Some(home)).is_ok());
+        // OpenSSH's order: a key it offers before any this client can
+        // offer is OpenSSH's (the host might accept that one, with other
+        // authorized_keys options); one it skips (encrypted) is not.
+        named.keys = vec![rsa.clone(), key.clone()];
+        assert!(Plan::for_options(&named, Some(home)).is_err());
+        named.keys = vec![key.clone(), rsa.clone()];
+        assert_eq!(
+            Plan::for_options(&named, Some(home)).map(|p| p.keys.len()),
+            Ok(1)
+        );
+        named.keys = vec![home.join("enc"), home.join("missing"), key.clone()];
+        assert_eq!(
+            Plan::for_options(&named, Some(home)).map(|p| p.keys.len()),
+            Ok(1)
+        );
+        // The default identities: id_rsa comes first.
+        std::fs::copy(&rsa, home.join(".ssh/id_rsa")).unwrap();
+        assert!(Plan::for_options(&o, Some(home)).is_err());
+        std::fs::remove_file(home.join(".ssh/id_rsa")).unwrap();
+        // A certificate beside the key: OpenSSH offers it next.
+        let cert = home.join(".ssh/id_ed25519-cert.pub");
+        std::fs::write(&cert, "ssh-ed25519-cert-v01@openssh.com AAAA\n").unwrap();
+        assert!(Plan::for_options(&o, Some(home)).is_err());
+        std::fs::remove_file(&cert).unwrap();
+        // An agent's keys come first for OpenSSH.
+        let mut agent = o.clone();
+        agent.agent = true;
+        assert!(Plan::for_options(&agent, Some(home)).is_err());
+        assert!(Plan::for_options(&o, Some(home)).is_ok());
     }
 
     #[test]

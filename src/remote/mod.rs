@@ -56,6 +56,10 @@ pub struct SshOptions {
     /// beside berth's ssh_config and offered like `ssh.keys`.
     pub key_data: Vec<crate::secret::Secret>,
     pub known_hosts: Option<PathBuf>,
+    /// An ssh-agent offers its keys (`SSH_AUTH_SOCK` is set where berth
+    /// runs): OpenSSH offers them before any key file. `false` writes
+    /// `IdentityAgent none`, so no agent is asked.
+    pub agent: bool,
     pub accept_new_host_keys: bool,
     pub connect_timeout: Duration,
     /// Where control sockets and berth's generated ssh_config live.
@@ -110,6 +114,7 @@ impl SshOptions {
                 .map(|k| crate::secret::Secret::new(k.clone()))
                 .collect(),
             known_hosts: None,
+            agent: std::env::var_os("SSH_AUTH_SOCK").is_some_and(|s| !s.is_empty()),
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
             control_dir: std::env::temp_dir().join(format!("berth-ssh-{}", std::process::id())),
@@ -525,6 +530,9 @@ impl Connections {
         }
         if o.keys_only {
             cfg.push_str("IdentitiesOnly yes\n");
+        }
+        if !o.agent {
+            cfg.push_str("IdentityAgent none\n");
         }
         if let Some(c) = &o.proxy_command {
             cfg.push_str(&format!("ProxyCommand {c}\n"));

@@ -207,7 +207,15 @@ fn no_ssh_agent_reaches_the_hosts_whatever_forward_agent_says() {
     };
     let dry_run = |extra: &[&str]| {
         let args: Vec<&str> = ["--dry-run"].iter().chain(extra).copied().collect();
-        reconcile_in(&fleet, p, &args, &[("SSH_AUTH_SOCK", sock.as_os_str())])
+        reconcile_in(
+            &fleet,
+            p,
+            &args,
+            &[
+                ("SSH_AUTH_SOCK", sock.as_os_str()),
+                ("RUST_LOG", "berth=debug".as_ref()),
+            ],
+        )
     };
 
     for forward in [false, true] {
@@ -215,6 +223,12 @@ fn no_ssh_agent_reaches_the_hosts_whatever_forward_agent_says() {
         for extra in [&[][..], &["--untrusted"][..]] {
             let (code, out) = dry_run(extra);
             assert_eq!(code, Some(2), "{out}");
+            // With an agent, OpenSSH connects (it offers the agent's keys
+            // first), and still forwards none.
+            assert!(
+                out.contains("reached through OpenSSH: an ssh-agent (SSH_AUTH_SOCK)"),
+                "{out}"
+            );
             assert_eq!(
                 out.contains("warning: config/deploy.yml:")
                     && out.contains("ssh.forward_agent: berth never forwards"),

@@ -402,6 +402,8 @@ fn compare_probe_paths(fleet: &Fleet, project: &Path) {
         berth::cli::load_desired_for(&project.join("config/deploy.yml"), None).unwrap();
     let mut ssh = SshOptions::from_config(&cfg.ssh, None);
     ssh.known_hosts = Some(fleet.tb.known_hosts());
+    // The config's key, whatever agent the tests run beside.
+    ssh.agent = false;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
