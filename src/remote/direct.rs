@@ -14,11 +14,11 @@
 //! certificate), so a host accepts the key OpenSSH would have used, with
 //! the same `authorized_keys` options. Encrypted keys and keys others may
 //! read are skipped, as OpenSSH in BatchMode skips them. Everything else
-//! goes to OpenSSH, and so does any host whose key no known_hosts line lists, that
-//! accepts none of the keys, or that speaks nothing in common with russh:
-//! OpenSSH then decides and reports as it always has. A host that cannot be
-//! reached at all is reported at once (OpenSSH would only wait as long
-//! again).
+//! goes to OpenSSH, and so does any host whose key no known_hosts line
+//! lists, that accepts none of the keys, or that speaks nothing in common
+//! with russh: OpenSSH then decides and reports as it always has. A host
+//! that cannot be reached at all is reported at once (OpenSSH would only
+//! wait as long again).
 //!
 //! Host keys: accepted only if a line of the known_hosts files OpenSSH would
 //! read lists the key for the host and no `@revoked` line does
