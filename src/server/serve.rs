@@ -16,7 +16,10 @@
 //!   if every connection is inside a handler is the new one refused. So idle
 //!   connections, however many, never lock out `/healthz` or the API: the
 //!   newest connection gets in. The cap also keeps sockets well below the fd
-//!   limit, which the controller's SSH and Git connections share.
+//!   limit, which the controller's SSH and Git connections share: a shed
+//!   connection's socket closes in its own task, and while
+//!   [`MAX_CLOSING`] of them are still open the accept loop waits, so a
+//!   burst never holds more than the cap plus that many.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,6 +53,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Far above what scrapers, browsers and forges open at once, and at most
 /// half of the usual 1,024 fds (see [`cap_for_fd_limit`]).
 pub const MAX_CONNECTIONS: usize = 512;
+/// Shed connections whose sockets may still be open: beyond this, accepting
+/// waits for their tasks to close them.
+pub const MAX_CLOSING: usize = 32;
 
 /// Connections the kernel completes before berth accepts them. A burst
 /// beyond the backlog has its SYNs dropped, and each such client waits a 1 s
@@ -128,7 +134,10 @@ pub async fn serve(
     let registry = Arc::new(Registry::default());
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = async {
+                registry.closing_below(MAX_CLOSING).await;
+                listener.accept().await
+            } => r,
             // A dropped sender means stop as well.
             _ = stop.wait_for(|s| *s) => break,
         };
@@ -207,8 +216,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    let http = builder.serve_connection(io, service);
-    tokio::pin!(http);
+    // Boxed, so the socket can be dropped before the registry hears of it.
+    let mut http = Box::pin(builder.serve_connection(io, service));
     let mut draining = false;
     loop {
         tokio::select! {
@@ -235,7 +244,8 @@ async fn connection(
             }
         }
     }
-    registry.remove(conn.id);
+    drop(http);
+    registry.remove(&conn);
 }
 
 /// What the accept loop knows of a live connection.
@@ -248,6 +258,9 @@ struct Conn {
     busy: AtomicUsize,
     /// Close now: the cap needs the slot.
     shed: Notify,
+    /// Shed, and counted in [`Registry::closing`] until its socket closes
+    /// (set and read under the registry's lock).
+    was_shed: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -282,6 +295,10 @@ struct Registry {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     /// When the cap was last reported (ms after `epoch`), to log it once a minute.
     warned_ms: AtomicU64,
+    /// Shed connections whose sockets are not closed yet.
+    closing: AtomicUsize,
+    /// A shed connection's socket closed.
+    closed: Notify,
 }
 
 impl Default for Registry {
@@ -291,6 +308,8 @@ impl Default for Registry {
             next_id: AtomicU64::new(0),
             conns: Mutex::default(),
             warned_ms: AtomicU64::new(u64::MAX),
+            closing: AtomicUsize::new(0),
+            closed: Notify::new(),
         }
     }
 }
@@ -302,7 +321,7 @@ impl Registry {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         if conns.len() >= cap {
             self.warn_at_cap(cap);
-            if !Self::shed_quietest(&mut conns) {
+            if !self.shed_quietest(&mut conns) {
                 return None;
             }
         }
@@ -312,6 +331,7 @@ impl Registry {
             last_io_ms: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             shed: Notify::new(),
+            was_shed: Default::default(),
         });
         conn.touch();
         conns.insert(conn.id, conn.clone());
@@ -320,10 +340,10 @@ impl Registry {
 
     fn shed_one(&self) -> bool {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::shed_quietest(&mut conns)
+        self.shed_quietest(&mut conns)
     }
 
-    fn shed_quietest(conns: &mut HashMap<u64, Arc<Conn>>) -> bool {
+    fn shed_quietest(&self, conns: &mut HashMap<u64, Arc<Conn>>) -> bool {
         let victim = conns
             .values()
             .filter(|c| c.busy.load(Ordering::Relaxed) == 0)
@@ -331,6 +351,8 @@ impl Registry {
             .map(|c| c.id);
         match victim.and_then(|id| conns.remove(&id)) {
             Some(c) => {
+                c.was_shed.store(true, Ordering::Relaxed);
+                self.closing.fetch_add(1, Ordering::AcqRel);
                 // A stored permit: the task sees it even if not waiting yet.
                 c.shed.notify_one();
                 true
@@ -339,9 +361,29 @@ impl Registry {
         }
     }
 
-    fn remove(&self, id: u64) {
+    /// `conn`'s task has ended and its socket is closed.
+    fn remove(&self, conn: &Conn) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        conns.remove(&id);
+        conns.remove(&conn.id);
+        if conn.was_shed.load(Ordering::Relaxed) {
+            drop(conns);
+            self.closing.fetch_sub(1, Ordering::AcqRel);
+            self.closed.notify_waiters();
+        }
+    }
+
+    /// Until fewer than `max` shed connections are still closing.
+    async fn closing_below(&self, max: usize) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check: a close in between still wakes it.
+            closed.as_mut().enable();
+            if self.closing.load(Ordering::Acquire) < max {
+                return;
+            }
+            closed.await;
+        }
     }
 
     fn warn_at_cap(&self, cap: usize) {

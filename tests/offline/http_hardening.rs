@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth::server::serve;
+
 pub(crate) const DEPLOY_YML: &str = "service: demo
 image: demo
 servers:
@@ -386,9 +388,12 @@ fn health_and_the_api_answer_under_2000_idle_connections_at_a_1024_fd_limit() {
         "/healthz took {first:?} after the burst"
     );
     assert_eq!(idle.len(), 2_000, "connections the kernel completed");
-    // berth holds at most its cap (512) of them, not the fd limit.
+    // berth holds at most its cap of them, not the fd limit: 512, plus at
+    // most 32 shed ones whose tasks have not closed them yet (accepting
+    // waits for those), plus its own ~20.
     let fds = b.fds();
-    assert!(fds < 700, "berth holds {fds} fds with 2,000 clients");
+    let most = serve::MAX_CONNECTIONS + serve::MAX_CLOSING + 40;
+    assert!(fds < most, "berth holds {fds} fds with 2,000 clients");
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
         let t = Instant::now();
