@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -185,6 +185,11 @@ async fn connection(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Declared first, so dropped last: after the socket, also on a panic.
+    let _registered = Registered {
+        registry,
+        conn: conn.clone(),
+    };
     // Responses are written whole; no reason to wait for ACKs (Nagle).
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(Tracked {
@@ -216,8 +221,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    // Boxed, so the socket can be dropped before the registry hears of it.
-    let mut http = Box::pin(builder.serve_connection(io, service));
+    let http = builder.serve_connection(io, service);
+    tokio::pin!(http);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -244,8 +249,18 @@ async fn connection(
             }
         }
     }
-    drop(http);
-    registry.remove(&conn);
+}
+
+/// A connection's place in the registry, given up when its task ends.
+struct Registered {
+    registry: Arc<Registry>,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.remove(&self.conn);
+    }
 }
 
 /// What the accept loop knows of a live connection.
@@ -260,7 +275,7 @@ struct Conn {
     shed: Notify,
     /// Shed, and counted in [`Registry::closing`] until its socket closes
     /// (set and read under the registry's lock).
-    was_shed: std::sync::atomic::AtomicBool,
+    was_shed: AtomicBool,
 }
 
 impl Conn {
