@@ -1,11 +1,12 @@
 //! `known_hosts`: is a server's SSH host key listed for it in a known_hosts
 //! file (a Git server's for `source`, a fleet host's for `remote::direct`)?
 //! Lines are parsed by the `ssh-key` crate (markers, hashed `|1|salt|hash`
-//! names as `HashKnownHosts yes` writes them, pattern lists); matching follows OpenSSH's `ssh`: the name is `host`, or
-//! `[host]:port` off port 22, lower-cased; `*`/`?` globs, a matching `!`
-//! pattern rules its line out; a `@revoked` key listed for the host is
-//! refused whatever else lists it. `@cert-authority` lines are skipped
-//! (neither libssh2 nor `remote::direct` accepts host certificates), and so are lines `ssh-key`
+//! names as `HashKnownHosts yes` writes them, pattern lists); matching
+//! follows OpenSSH's `ssh`: the name is `host`, or `[host]:port` off port
+//! 22, lower-cased; `*`/`?` globs, a matching `!` pattern rules its line
+//! out; a `@revoked` key listed for the host is refused whatever else lists
+//! it. `@cert-authority` lines are skipped (neither libssh2 nor
+//! `remote::direct` accepts host certificates), and so are lines `ssh-key`
 //! cannot parse (OpenSSH skips them too).
 
 use hmac::{KeyInit, Mac};

@@ -46,8 +46,9 @@ pub(super) struct Plan {
     user: String,
     port: u16,
     keys: Vec<Arc<PrivateKey>>,
-    /// The text of each known_hosts file OpenSSH would read.
-    known_hosts: Arc<[String]>,
+    /// The known_hosts files OpenSSH would read, one after another (their
+    /// lines are read one by one: a revoked line in any file still wins).
+    known_hosts: Arc<str>,
     timeout: Duration,
 }
 
@@ -122,7 +123,7 @@ impl Plan {
             user: o.user.clone(),
             port: o.port,
             keys,
-            known_hosts: known.into(),
+            known_hosts: known.join("\n").into(),
             timeout: o.connect_timeout,
         })
     }
@@ -252,7 +253,7 @@ fn usable(a: Algorithm) -> bool {
 
 /// russh's host-key algorithms, those known_hosts lists for the host first
 /// (OpenSSH's order otherwise).
-fn host_key_order(known: &[String], host: &str, port: u16) -> Vec<Algorithm> {
+fn host_key_order(known: &str, host: &str, port: u16) -> Vec<Algorithm> {
     let default: Vec<Algorithm> = vec![
         Algorithm::Ed25519,
         Algorithm::Ecdsa {
@@ -271,10 +272,7 @@ fn host_key_order(known: &[String], host: &str, port: u16) -> Vec<Algorithm> {
             hash: Some(HashAlg::Sha256),
         },
     ];
-    let listed: Vec<String> = known
-        .iter()
-        .flat_map(|k| known_hosts::listed_algorithms(k, host, port))
-        .collect();
+    let listed = known_hosts::listed_algorithms(known, host, port);
     let is_listed = |a: &Algorithm| {
         let name = match a {
             // A listed `ssh-rsa` key serves either signature.
@@ -293,7 +291,7 @@ fn host_key_order(known: &[String], host: &str, port: u16) -> Vec<Algorithm> {
 struct Checker {
     host: String,
     port: u16,
-    known_hosts: Arc<[String]>,
+    known_hosts: Arc<str>,
     verdict: Arc<std::sync::Mutex<Option<Verdict>>>,
 }
 
@@ -305,26 +303,16 @@ impl client::Handler for Checker {
         key: &russh::keys::PublicKey,
     ) -> Result<bool, Self::Error> {
         let verdict = match key.to_bytes() {
-            Ok(blob) => verdict_of(&self.known_hosts, &self.host, self.port, &blob),
+            Ok(blob) => known_hosts::check(
+                &self.known_hosts,
+                &self.host,
+                self.port,
+                known_hosts::HostKey::Raw(&blob),
+            ),
             Err(_) => Verdict::Unknown,
         };
         *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
         Ok(verdict == Verdict::Known)
-    }
-}
-
-/// Over every file: revoked anywhere beats listed anywhere.
-fn verdict_of(files: &[String], host: &str, port: u16, blob: &[u8]) -> Verdict {
-    let verdicts: Vec<Verdict> = files
-        .iter()
-        .map(|text| known_hosts::check(text, host, port, known_hosts::HostKey::Raw(blob)))
-        .collect();
-    if verdicts.contains(&Verdict::Revoked) {
-        Verdict::Revoked
-    } else if verdicts.contains(&Verdict::Known) {
-        Verdict::Known
-    } else {
-        Verdict::Unknown
     }
 }
 
@@ -368,36 +356,24 @@ fn identities(o: &SshOptions, home: Option<&Path>) -> Result<Vec<Arc<PrivateKey>
     } else {
         o.keys.clone()
     };
+    // Lazily, in OpenSSH's order: nothing after the first stop is read.
+    let offered = files
+        .iter()
+        .map(|f| (f.display().to_string(), identity_file(f)))
+        .chain(
+            o.key_data
+                .iter()
+                .map(|k| ("ssh.key_data".to_string(), identity(k.expose().trim()))),
+        );
     let mut keys = Vec::new();
     let mut stop = None;
-    for f in &files {
-        // OpenSSH offers `<key>-cert.pub` with the key: certificates are
-        // its own, and so is the key beside one.
-        let mut cert = f.clone().into_os_string();
-        cert.push("-cert.pub");
-        let cert = PathBuf::from(cert);
-        if cert.exists() {
-            stop = Some(format!("{}: a certificate is OpenSSH's", cert.display()));
-            break;
-        }
-        match identity_file(f) {
+    for (source, id) in offered {
+        match id {
             Identity::Usable(k) => keys.push(k),
             Identity::Skipped => {}
             Identity::OpenSsh(why) => {
-                stop = Some(format!("{}: {why}", f.display()));
+                stop = Some(format!("{source}: {why}"));
                 break;
-            }
-        }
-    }
-    if stop.is_none() {
-        for k in &o.key_data {
-            match identity(k.expose().trim()) {
-                Identity::Usable(k) => keys.push(k),
-                Identity::Skipped => {}
-                Identity::OpenSsh(why) => {
-                    stop = Some(format!("ssh.key_data: {why}"));
-                    break;
-                }
             }
         }
     }
@@ -424,6 +400,13 @@ enum Identity {
 /// ignores those: "UNPROTECTED PRIVATE KEY FILE").
 fn identity_file(path: &Path) -> Identity {
     use std::os::unix::fs::MetadataExt;
+    // OpenSSH offers `<key>-cert.pub` with the key: certificates are its
+    // own, and so is the key beside one.
+    let mut cert = path.as_os_str().to_owned();
+    cert.push("-cert.pub");
+    if Path::new(&cert).exists() {
+        return Identity::OpenSsh("a certificate beside it is OpenSSH's");
+    }
     let Ok(meta) = std::fs::metadata(path) else {
         return Identity::Skipped;
     };
@@ -653,7 +636,7 @@ mod tests {
     fn host_key_types_listed_for_the_host_are_asked_for_first() {
         let kh = "h ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBBkltpuulGykrfuvabzYVg71fzloL9ut5wC+XiSR7/FY5RxM6/f10KR30aL0YYcIiUGcEudeBSmmAsj9vrggYLA=
 ";
-        let order = host_key_order(&[kh.to_string()], "h", 22);
+        let order = host_key_order(kh, "h", 22);
         assert_eq!(
             order[0],
             Algorithm::Ecdsa {
@@ -662,9 +645,6 @@ mod tests {
         );
         assert_eq!(order[1], Algorithm::Ed25519);
         // Another host's lines change nothing.
-        assert_eq!(
-            host_key_order(&[kh.to_string()], "g", 22)[0],
-            Algorithm::Ed25519
-        );
+        assert_eq!(host_key_order(kh, "g", 22)[0], Algorithm::Ed25519);
     }
 }

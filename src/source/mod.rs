@@ -18,6 +18,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::known_hosts::{self, HostKey, Verdict};
 use crate::secret::Secret;
 
 #[derive(Clone, Debug)]
@@ -270,22 +271,22 @@ impl GitAuth {
             let name = name.trim_matches(['[', ']']);
             // The raw key when libssh2 gives it, else its SHA-256.
             let key = match (hostkey.hostkey(), hostkey.hash_sha256()) {
-                (Some(key), _) => crate::known_hosts::HostKey::Raw(key),
-                (None, Some(hash)) => crate::known_hosts::HostKey::Sha256(hash),
+                (Some(key), _) => HostKey::Raw(key),
+                (None, Some(hash)) => HostKey::Sha256(hash),
                 (None, None) => {
                     return Err(git2::Error::from_str(&format!(
                         "host key of {host}: libssh2 gave neither the key nor its SHA-256"
                     )));
                 }
             };
-            let reason = match crate::known_hosts::check(&known, name, port, key) {
-                crate::known_hosts::Verdict::Known => {
+            let reason = match known_hosts::check(&known, name, port, key) {
+                Verdict::Known => {
                     return Ok(git2::CertificateCheckStatus::CertificateOk);
                 }
-                crate::known_hosts::Verdict::Revoked => {
+                Verdict::Revoked => {
                     format!("the host key of {host} is marked @revoked in the known_hosts file")
                 }
-                crate::known_hosts::Verdict::Unknown => format!(
+                Verdict::Unknown => format!(
                     "the host key of {host} is not in the known_hosts file (strict host key checking)"
                 ),
             };
