@@ -68,10 +68,6 @@ pub(super) struct Session {
     handle: Handle<Checker>,
 }
 
-/// The longest known_hosts or key file read (a file is the user's own; the
-/// bound keeps a mistake from costing memory).
-const MAX_FILE: u64 = 16 << 20;
-
 impl Plan {
     /// The plan for `o`, or why OpenSSH must connect instead. `home` is
     /// where `~/.ssh` is.
@@ -95,7 +91,7 @@ impl Plan {
             configs.push(h.join(".ssh/config"));
         }
         for c in &configs {
-            let text = read_bounded(c).map_err(|e| format!("{}: {e}", c.display()))?;
+            let text = read_file(c).map_err(|e| e.to_string())?;
             inert_ssh_config(&text, o.known_hosts.is_some())
                 .map_err(|d| format!("{}: `{d}` is OpenSSH's to apply", c.display()))?;
         }
@@ -110,15 +106,19 @@ impl Plan {
             (None, Some(h)) => vec![h.join(".ssh/known_hosts"), h.join(".ssh/known_hosts2")],
             (None, None) => Vec::new(),
         };
-        let known: Vec<String> = user_files
-            .iter()
-            .map(PathBuf::as_path)
-            .chain([
-                Path::new("/etc/ssh/ssh_known_hosts"),
-                Path::new("/etc/ssh/ssh_known_hosts2"),
-            ])
-            .filter_map(|p| read_bounded(p).ok())
-            .collect();
+        // Every file ssh reads, or OpenSSH's: a file left out could be the
+        // one with a host's `@revoked` line.
+        let mut known: Vec<String> = Vec::new();
+        for f in user_files.iter().map(PathBuf::as_path).chain([
+            Path::new("/etc/ssh/ssh_known_hosts"),
+            Path::new("/etc/ssh/ssh_known_hosts2"),
+        ]) {
+            match read_file(f) {
+                Ok(text) => known.push(text),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         Ok(Plan {
             user: o.user.clone(),
             port: o.port,
@@ -316,13 +316,10 @@ impl client::Handler for Checker {
     }
 }
 
-fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE)
-        .read_to_string(&mut text)?;
-    Ok(text)
+/// A file of the user's own (ssh_config, key, known_hosts) as berth reads
+/// any file: regular files only, opened without blocking, capped.
+fn read_file(path: &Path) -> Result<String, crate::checkout::FileError> {
+    crate::checkout::Checkout::unconfined().read_text(path)
 }
 
 /// OpenSSH's default identities, in its order (`ssh_config(5)`,
@@ -413,9 +410,10 @@ fn identity_file(path: &Path) -> Identity {
     if meta.uid() == rustix::process::getuid().as_raw() && meta.mode() & 0o077 != 0 {
         return Identity::Skipped;
     }
-    match read_bounded(path) {
+    match read_file(path) {
         Ok(text) => identity(&text),
-        Err(_) => Identity::Skipped,
+        // A FIFO, a huge file: OpenSSH's to judge.
+        Err(_) => Identity::OpenSsh("a key file this client does not read"),
     }
 }
 
@@ -625,6 +623,18 @@ mod tests {
         std::fs::write(&cert, "ssh-ed25519-cert-v01@openssh.com AAAA\n").unwrap();
         assert!(Plan::for_options(&o, Some(home)).is_err());
         std::fs::remove_file(&cert).unwrap();
+        // Files read as berth reads any: a FIFO does not block, and a
+        // known_hosts left unread (it might revoke the key) is OpenSSH's.
+        let fifo = home.join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let mut kh = o.clone();
+        kh.known_hosts = Some(fifo.clone());
+        assert!(Plan::for_options(&kh, Some(home)).is_err());
+        kh.known_hosts = Some(home.join("no-such-file"));
+        assert!(Plan::for_options(&kh, Some(home)).is_ok());
+        named.keys = vec![fifo, key.clone()];
+        assert!(Plan::for_options(&named, Some(home)).is_err());
         // An agent's keys come first for OpenSSH.
         let mut agent = o.clone();
         agent.agent = true;
